@@ -1,0 +1,98 @@
+"""Typed errors shared by the broker, the wire protocol and the client library.
+
+Every error has a stable wire ``code`` (a name, as in Kafka's error table), a
+``retriable`` flag that tells a client whether trying again can succeed, and a
+message naming the object and the values involved. ``SluiceError`` is the root:
+``except SluiceError`` catches everything this project raises on purpose.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class SluiceError(Exception):
+    """Root of every error Sluice raises on purpose."""
+
+    code: ClassVar[str] = "UNKNOWN_SERVER_ERROR"
+    retriable: ClassVar[bool] = False
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or self.code)
+        self.message = message or self.code
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class CorruptRecordError(SluiceError):
+    """A batch failed its length, magic, structure or CRC32C check."""
+
+    code = "CORRUPT_MESSAGE"
+    retriable = True  # a corrupted transfer may succeed when re-sent
+
+
+class InvalidRequestError(SluiceError):
+    code = "INVALID_REQUEST"
+
+
+class MessageTooLargeError(SluiceError):
+    code = "MESSAGE_TOO_LARGE"
+
+
+class OffsetOutOfRangeError(SluiceError):
+    code = "OFFSET_OUT_OF_RANGE"
+
+
+class UnknownTopicOrPartitionError(SluiceError):
+    code = "UNKNOWN_TOPIC_OR_PARTITION"
+    retriable = True
+
+
+class NotLeaderError(SluiceError):
+    code = "NOT_LEADER"
+    retriable = True
+
+
+class NotEnoughReplicasError(SluiceError):
+    code = "NOT_ENOUGH_REPLICAS"
+    retriable = True
+
+
+class RequestTimedOutError(SluiceError):
+    code = "REQUEST_TIMED_OUT"
+    retriable = True
+
+
+class StorageError(SluiceError):
+    """The log on disk cannot serve the request (I/O error, corrupt sealed segment)."""
+
+    code = "STORAGE_ERROR"
+    retriable = True
+
+
+class InvalidConfigError(SluiceError):
+    code = "INVALID_CONFIG"
+
+
+class UnsupportedCompressionError(SluiceError):
+    code = "UNSUPPORTED_COMPRESSION_TYPE"
+
+
+def _registry() -> dict[str, type[SluiceError]]:
+    table: dict[str, type[SluiceError]] = {}
+    stack: list[type[SluiceError]] = [SluiceError]
+    while stack:
+        cls = stack.pop()
+        table.setdefault(cls.code, cls)
+        stack.extend(cls.__subclasses__())
+    return table
+
+
+def error_for_code(code: str, message: str = "") -> SluiceError:
+    """The exception a client raises for an error ``code`` received on the wire."""
+    cls = _registry().get(code, SluiceError)
+    err = cls(message)
+    if cls is SluiceError and code != SluiceError.code:
+        err.message = f"{code}: {message}"
+    return err
