@@ -186,9 +186,7 @@ def read_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHeade
     """
     avail = len(buf) - pos
     if avail < HEADER_SIZE:
-        raise CorruptRecordError(
-            f"truncated batch header at byte {pos}: {avail} bytes, need {HEADER_SIZE}"
-        )
+        raise CorruptRecordError(f"truncated batch header at byte {pos}: {avail} bytes, need {HEADER_SIZE}")
     h = BatchHeader._make(HEADER.unpack_from(buf, pos))
     if h.batch_length < HEADER_SIZE - LOG_OVERHEAD:
         raise CorruptRecordError(
@@ -492,8 +490,7 @@ def _parse_body(
     colbytes = 4 * count
     if len(body) < ncols * colbytes:
         raise CorruptRecordError(
-            f"batch at byte {pos}: body of {len(body)} bytes cannot hold {ncols} columns "
-            f"of {count} records"
+            f"batch at byte {pos}: body of {len(body)} bytes cannot hold {ncols} columns of {count} records"
         )
     cols: list[array[int]] = []
     for i in range(ncols):
@@ -514,8 +511,7 @@ def _parse_body(
     else:
         if count and h.last_offset_delta != count - 1:
             raise CorruptRecordError(
-                f"batch at byte {pos}: last offset delta {h.last_offset_delta} "
-                f"for {count} records"
+                f"batch at byte {pos}: last offset delta {h.last_offset_delta} for {count} records"
             )
         offsets = range(h.base_offset, h.base_offset + count)
     klen, vlen, tdeltas = cols[0], cols[1], cols[2]
@@ -530,8 +526,7 @@ def _parse_body(
     vstart = kstart + ktotal
     if vstart + vtotal != len(body):
         raise CorruptRecordError(
-            f"batch at byte {pos}: columns describe {vstart + vtotal} body "
-            f"bytes but the body has {len(body)}"
+            f"batch at byte {pos}: columns describe {vstart + vtotal} body bytes but the body has {len(body)}"
         )
     return _Body(h, body, offsets, klen, vlen, tdeltas, hlen, hstart, kstart, vstart)
 
@@ -546,9 +541,7 @@ def decode_batch(
     """Decode the batch at ``pos``, checking length, CRC and body structure."""
     b = _parse_body(buf, pos, max_uncompressed, verify_crc)
     body = b.body
-    headers = (
-        _decode_headers(body[b.hstart : b.kstart], b.hlen, pos) if b.hlen is not None else None
-    )
+    headers = _decode_headers(body[b.hstart : b.kstart], b.hlen, pos) if b.hlen is not None else None
     keys = _split(body[b.kstart : b.vstart], b.klen)
     values = _split(body[b.vstart :], b.vlen)
     first = b.header.first_timestamp

@@ -1,0 +1,186 @@
+"""Log compaction (``cleanup.policy=compact``): keep the newest record per key.
+
+Compaction runs off the append path in two phases:
+
+1. ``build_plan(log)`` reads the sealed segments (never the active one; sealed
+   segments are immutable, so this may run in a background thread), maps every key to
+   its newest offset, and writes each segment that would shrink as
+   ``<base>.log.cleaned`` (fsynced). Offsets are kept: a batch that loses records is
+   re-encoded as a sparse batch with the same last offset; records without a key are
+   kept; a tombstone (null value) is kept until ``delete.retention.ms`` after its
+   timestamp, so consumers that are behind still see the delete.
+2. ``apply_plan(log, plan)`` runs on the log's owner thread and swaps each cleaned
+   file in: rename ``.cleaned`` -> ``.swap`` and fsync the directory (the commit
+   point), delete the old indexes, rename ``.swap`` -> ``.log``, fsync the directory,
+   rebuild the indexes. On open, ``Log`` deletes leftover ``.cleaned`` files and
+   completes any ``.swap``, so a crash at any step leaves a consistent log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+from appliance.log.checkpoint import fsync_dir
+from appliance.log.log import Log
+from appliance.log.segment import LogSegment
+from ipc.records import decode_batch, encode_batch
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class CleanedSegment:
+    base_offset: int
+    source_size: int  # size of the segment the plan was built from
+    cleaned_path: str
+    records_removed: int
+    bytes_after: int
+
+
+@dataclasses.dataclass
+class CleanPlan:
+    segments: list[CleanedSegment]
+    map_end_offset: int  # offsets below this were considered
+
+    @property
+    def records_removed(self) -> int:
+        return sum(s.records_removed for s in self.segments)
+
+
+def _sealed(log_: Log) -> list[LogSegment]:
+    return log_.segments[:-1]
+
+
+def _read_segment(seg: LogSegment) -> bytes:
+    return os.pread(seg.fd, seg.size, 0) if seg.size else b""
+
+
+def build_offset_map(segments: list[LogSegment]) -> dict[bytes, int]:
+    """key -> newest offset over ``segments``."""
+    latest: dict[bytes, int] = {}
+    for seg in segments:
+        for pos, h in seg.iter_batches(0, verify=True):
+            batch = decode_batch(os.pread(seg.fd, h.size, pos))
+            # dict.update keeps the last value per key: one C call per batch
+            latest.update((k, o) for k, o in zip(batch.keys, batch.offsets, strict=True) if k is not None)
+    return latest
+
+
+def build_plan(log_: Log, now_ms: int) -> CleanPlan:
+    """Phase 1: write ``.cleaned`` files for the sealed segments that shrink."""
+    sealed = _sealed(log_)
+    if not sealed:
+        return CleanPlan([], log_.log_start_offset)
+    latest = build_offset_map(sealed)
+    horizon = now_ms - log_.config.delete_retention_ms
+    plan = CleanPlan([], sealed[-1].next_offset)
+    for seg in sealed:
+        cleaned = _clean_segment(seg, latest, horizon)
+        if cleaned is not None:
+            plan.segments.append(cleaned)
+            log_._step("compact.cleaned_written")
+    return plan
+
+
+def _clean_segment(seg: LogSegment, latest: dict[bytes, int], horizon: int) -> CleanedSegment | None:
+    parts: list[bytes] = []
+    removed = 0
+    for pos, h in seg.iter_batches(0, verify=True):
+        raw = os.pread(seg.fd, h.size, pos)
+        batch = decode_batch(raw)
+        keep = [
+            i
+            for i, (k, o, v, t) in enumerate(
+                zip(batch.keys, batch.offsets, batch.values, batch.timestamps, strict=True)
+            )
+            if k is None or (latest.get(k) == o and (v is not None or t >= horizon))
+        ]
+        if len(keep) == len(batch):
+            parts.append(raw)
+            continue
+        removed += len(batch) - len(keep)
+        if not keep:
+            continue
+        base = batch.offsets[keep[0]]
+        first_ts = batch.timestamps[keep[0]]
+        headers = batch.headers
+        parts.append(
+            encode_batch(
+                [batch.values[i] for i in keep],
+                [batch.keys[i] for i in keep],
+                timestamp=first_ts,
+                timestamp_deltas=[batch.timestamps[i] - first_ts for i in keep],
+                headers=[headers[i] for i in keep] if headers is not None else None,
+                compression=h.compression,
+                base_offset=base,
+                leader_epoch=h.leader_epoch,
+                producer_id=h.producer_id,
+                producer_epoch=h.producer_epoch,
+                base_sequence=h.base_sequence,
+                offset_deltas=[batch.offsets[i] - base for i in keep],
+                last_offset_delta=h.last_offset - base,
+            )
+        )
+    if not removed:
+        return None
+    path = seg.path + ".cleaned"
+    data = b"".join(parts)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return CleanedSegment(seg.base_offset, seg.size, path, removed, len(data))
+
+
+def apply_plan(log_: Log, plan: CleanPlan) -> int:
+    """Phase 2: swap the cleaned files in (owner thread). Returns records removed."""
+    by_base = {s.base_offset: (i, s) for i, s in enumerate(log_.segments)}
+    removed = 0
+    for cleaned in plan.segments:
+        found = by_base.get(cleaned.base_offset)
+        if found is None or found[1] is log_.active or found[1].size != cleaned.source_size:
+            # the segment was deleted, truncated or is active again: drop this result
+            os.unlink(cleaned.cleaned_path)
+            continue
+        index, seg = found
+        swap = seg.path + ".swap"
+        os.replace(cleaned.cleaned_path, swap)
+        fsync_dir(log_.directory)
+        log_._step("compact.swap_renamed")
+        seg.close()
+        for path in (seg.index.file.path, seg.time_index.file.path):
+            if os.path.exists(path):
+                os.unlink(path)
+        log_._step("compact.indexes_deleted")
+        os.replace(swap, seg.path)
+        fsync_dir(log_.directory)
+        log_._step("compact.swapped")
+        fresh = LogSegment(log_.directory, seg.base_offset, log_.config.index_interval_bytes)
+        fresh.open()
+        fresh.load(verify=True, is_last=False)
+        fresh.next_offset = max(fresh.next_offset, seg.next_offset)
+        fresh.index.file.fsync()
+        fresh.time_index.file.fsync()
+        log_.segments[index] = fresh
+        removed += cleaned.records_removed
+        log.info(
+            "compacted segment %d of %s: %d records removed, %d -> %d bytes",
+            seg.base_offset,
+            log_.directory,
+            cleaned.records_removed,
+            cleaned.source_size,
+            cleaned.bytes_after,
+        )
+    return removed
+
+
+def compact(log_: Log, now_ms: int | None = None) -> int:
+    """Both phases in the caller's thread; returns the number of records removed."""
+    now = int(log_.clock() * 1000) if now_ms is None else now_ms
+    return apply_plan(log_, build_plan(log_, now))
