@@ -19,6 +19,7 @@ from ipc.errors import CorruptRecordError, SluiceError, UnsupportedCompressionEr
 from ipc.records import (
     CRC_OFFSET,
     CRC_START,
+    DEFAULT_MAX_UNCOMPRESSED,
     HAS_HEADERS,
     HEADER_SIZE,
     LOG_OVERHEAD,
@@ -80,23 +81,23 @@ class Spec(NamedTuple):
         return encode_batch(values, keys, compression=compression, **kwargs)
 
     @property
-    def count(self) -> int:
+    def n(self) -> int:
         return len(self.values)
 
     def expected_offsets(self) -> list[int]:
         if self.offset_deltas is None:
-            return [self.base_offset + i for i in range(self.count)]
+            return [self.base_offset + i for i in range(self.n)]
         return [self.base_offset + d for d in self.offset_deltas]
 
     def expected_last_offset_delta(self) -> int:
         if self.last_offset_delta is not None:
             return self.last_offset_delta
         if self.offset_deltas is not None:
-            return self.offset_deltas[-1] if self.count else 0
-        return max(self.count - 1, 0)
+            return self.offset_deltas[-1] if self.n else 0
+        return max(self.n - 1, 0)
 
     def expected_timestamps(self) -> list[int]:
-        deltas = self.timestamp_deltas or [0] * self.count
+        deltas = self.timestamp_deltas or [0] * self.n
         return [self.timestamp + d for d in deltas]
 
     def expected_headers(self) -> list[Headers]:
@@ -114,17 +115,16 @@ header_lists = st.lists(
 @st.composite
 def specs(draw: st.DrawFn, max_records: int = 16, sparse: bool | None = None) -> Spec:
     n = draw(st.integers(0, max_records))
-    sized = {"min_size": n, "max_size": n}
-    values = draw(st.lists(st.none() | st.binary(max_size=48), **sized))
-    keys = draw(st.none() | st.lists(st.none() | st.binary(max_size=24), **sized))
-    deltas = draw(st.none() | st.lists(st.integers(*INT32), **sized))
-    headers = draw(st.none() | st.lists(st.none() | header_lists, **sized))
+    values = draw(st.lists(st.none() | st.binary(max_size=48), min_size=n, max_size=n))
+    keys = draw(st.none() | st.lists(st.none() | st.binary(max_size=24), min_size=n, max_size=n))
+    deltas = draw(st.none() | st.lists(st.integers(*INT32), min_size=n, max_size=n))
+    headers = draw(st.none() | st.lists(st.none() | header_lists, min_size=n, max_size=n))
     if sparse is None:
         sparse = draw(st.booleans())
     offset_deltas = last = None
     if sparse:
         bound = draw(st.sampled_from([n * 3, INT32[1]]))
-        offset_deltas = sorted(draw(st.lists(st.integers(0, max(bound, n)), unique=True, **sized)))
+        offset_deltas = sorted(draw(st.lists(st.integers(0, max(bound, n)), unique=True, min_size=n, max_size=n)))
         if draw(st.booleans()):  # compaction may drop the last record but keep its offset
             floor = offset_deltas[-1] if offset_deltas else 0
             last = draw(st.integers(floor, INT32[1]))
@@ -176,10 +176,10 @@ def assert_matches(batch: bytes, spec: Spec, codec: Compression) -> None:
     rb = decode_batch(batch)
     h = rb.header
     assert h.size == len(batch)
-    assert h.record_count == spec.count == len(rb)
+    assert h.record_count == spec.n == len(rb)
     assert list(rb.offsets) == spec.expected_offsets()
     assert rb.values == spec.values
-    assert rb.keys == (spec.keys if spec.keys is not None else [None] * spec.count)
+    assert rb.keys == (spec.keys if spec.keys is not None else [None] * spec.n)
     assert rb.timestamps == spec.expected_timestamps()
     assert h.first_timestamp == spec.timestamp
     assert h.max_timestamp == max(spec.expected_timestamps(), default=spec.timestamp)
@@ -385,12 +385,12 @@ def test_stamp_then_restamp_returns_to_original() -> None:
 # --------------------------------------------------------------------------- validation
 
 
-def reject(buf: bytes, pattern: str, **kwargs: int) -> None:
+def reject(buf: bytes, pattern: str, max_uncompressed: int = DEFAULT_MAX_UNCOMPRESSED) -> None:
     """validate_batch and decode_batch both reject ``buf`` naming ``pattern``."""
     with pytest.raises(CorruptRecordError, match=pattern):
-        validate_batch(buf, **kwargs)
+        validate_batch(buf, max_uncompressed=max_uncompressed)
     with pytest.raises(CorruptRecordError, match=pattern):
-        decode_batch(buf, **kwargs)
+        decode_batch(buf, max_uncompressed=max_uncompressed)
 
 
 def test_crafted_batches_have_correct_crcs() -> None:
