@@ -135,9 +135,13 @@ def _decompress(codec: int, data: bytes | memoryview, limit: int) -> bytes:
             import zstandard
 
             size = zstandard.frame_content_size(data)
-            if size < 0 or size > limit:
+            if size < 0:
+                raise CorruptRecordError("zstd body does not record its uncompressed size")
+            if size > limit:
                 raise CorruptRecordError(f"zstd body claims {size} uncompressed bytes (limit {limit})")
-            return bytes(zstandard.ZstdDecompressor().decompress(data, max_output_size=limit))
+            return bytes(
+                zstandard.ZstdDecompressor().decompress(data, max_output_size=limit, allow_extra_data=False)
+            )
     except CorruptRecordError:
         raise
     except Exception as exc:  # noqa: BLE001 - codec libraries raise their own error types
@@ -242,7 +246,9 @@ def stamp_prefix(
 def _int_column(values: Sequence[int] | array[int] | None, count: int) -> array[int]:
     if values is None:
         return array("i", bytes(4 * count))
-    return values if isinstance(values, array) else array("i", values)
+    if isinstance(values, array) and values.typecode == "i":
+        return values
+    return array("i", values)  # raises OverflowError for values outside int32
 
 
 def _lengths(items: Sequence[bytes | None]) -> tuple[array[int], bytes]:
@@ -262,6 +268,8 @@ def _encode_headers(headers: Sequence[Headers | None]) -> tuple[array[int], byte
         parts: list[bytes] = []
         for key, value in record_headers or ():
             k = key.encode()
+            if len(k) > 0xFFFF:
+                raise ValueError(f"header key of {len(k)} bytes exceeds 65535")
             parts.append(_HDR_KEY.pack(len(k)))
             parts.append(k)
             if value is None:
@@ -477,7 +485,8 @@ def _parse_body(
     """Check the header, CRC and that the columns describe the body exactly."""
     h = check_batch(buf, pos) if verify_crc else read_header(buf, pos)
     if h.attributes & ~KNOWN_ATTRIBUTES:
-        raise CorruptRecordError(f"batch at byte {pos} has unknown attribute bits {h.attributes:#x}")
+        unknown = (h.attributes & 0xFFFF) & ~KNOWN_ATTRIBUTES
+        raise CorruptRecordError(f"batch at byte {pos} has unknown attribute bits {unknown:#06x}")
     mv = memoryview(buf)[pos + HEADER_SIZE : pos + h.size]
     codec = h.attributes & COMPRESSION_MASK
     if codec and codec not in (Compression.LZ4, Compression.ZSTD):

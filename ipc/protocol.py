@@ -1,0 +1,245 @@
+"""The wire protocol: ZeroMQ multipart messages with an orjson header frame.
+
+A request is ``[header, *data]`` sent from a DEALER to a ROUTER (the ROUTER sees the
+peer identity first). ``header`` is a JSON object::
+
+    {"api": "produce", "v": 1, "id": 17, ...fields}
+
+``id`` is the correlation id the reply carries back. Data frames (record batches) are
+raw bytes, sent with ``copy=False`` when large. A reply is ``[header, *data]`` with::
+
+    {"id": 17, "error": null, ...fields}
+    {"id": 17, "error": {"code": "NOT_LEADER", "message": "...", "retriable": true}}
+
+Every API's fields are declared once in ``SCHEMAS``; ``parse_request`` checks types and
+ranges, so handlers receive clean values, and anything malformed becomes an
+``InvalidRequestError`` reply. See docs/protocol.md for each API.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from ipc.errors import InvalidRequestError, SluiceError, error_for_code
+
+VERSION = 1
+MAX_HEADER_BYTES = 64 * 1024
+TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
+INT64_MAX = 2**63 - 1
+
+Frame = Any  # bytes, memoryview or zmq.Frame: anything with the buffer protocol
+
+
+def valid_topic_name(name: str) -> str | None:
+    """None if ``name`` is a legal topic name (Kafka's rules), else why not."""
+    if not TOPIC_NAME.match(name):
+        return f"topic name {name[:300]!r} is invalid: use 1..249 characters of [a-zA-Z0-9._-]"
+    if name in (".", ".."):
+        return f"topic name {name!r} is invalid: '.' and '..' are reserved"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    type: type | tuple[type, ...]
+    required: bool = True
+    default: Any = None
+    check: Callable[[Any], str | None] | None = None  # returns why the value is bad
+
+
+def _int_range(lo: int, hi: int = INT64_MAX) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if lo <= v <= hi else f"must be in [{lo}, {hi}]"
+
+    return check
+
+
+def _topic(v: Any) -> str | None:
+    return valid_topic_name(v)
+
+
+def _acks(v: Any) -> str | None:
+    return None if v in (0, 1, -1, "all") else "must be 0, 1 or 'all'"
+
+
+def _config_map(v: Any) -> str | None:
+    if not all(isinstance(k, str) for k in v):
+        return "keys must be strings"
+    if not all(isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in v.values()):
+        return "values must be strings or numbers"
+    return None
+
+
+def _topic_list(v: Any) -> str | None:
+    if not all(isinstance(t, str) for t in v):
+        return "must be a list of topic names"
+    return None
+
+
+TOPIC = Field(str, check=_topic)
+PARTITION = Field(int, check=_int_range(0, 2**31 - 1))
+OFFSET = Field(int, check=_int_range(0))
+
+SCHEMAS: dict[str, dict[str, Field]] = {
+    # front endpoint (supervisor)
+    "metadata": {"topics": Field(list, required=False, check=_topic_list)},
+    "list_topics": {},
+    "create_topic": {
+        "topic": TOPIC,
+        "partitions": Field(int, check=_int_range(1, 10_000)),
+        "replication_factor": Field(int, required=False, default=1, check=_int_range(1, 16)),
+        "config": Field(dict, required=False, default={}, check=_config_map),
+    },
+    "delete_topic": {"topic": TOPIC},
+    "describe_topic": {"topic": TOPIC},
+    "alter_topic": {
+        "topic": TOPIC,
+        "config": Field(dict, required=False, default={}, check=_config_map),
+        "partitions": Field(int, required=False, check=_int_range(1, 10_000)),
+    },
+    "status": {},
+    # partition worker endpoint
+    "produce": {
+        "topic": TOPIC,
+        "partition": PARTITION,
+        "acks": Field((int, str), required=False, default=1, check=_acks),
+        "timeout_ms": Field(int, required=False, default=30_000, check=_int_range(0, 3_600_000)),
+    },
+    "fetch": {
+        "topic": TOPIC,
+        "partition": PARTITION,
+        "offset": OFFSET,
+        "max_bytes": Field(int, required=False, default=1024 * 1024, check=_int_range(1, 1 << 30)),
+        "max_wait_ms": Field(int, required=False, default=500, check=_int_range(0, 300_000)),
+        "min_bytes": Field(int, required=False, default=1, check=_int_range(0, 1 << 30)),
+    },
+    "list_offsets": {
+        "topic": TOPIC,
+        "partition": PARTITION,
+        # -2 earliest, -1 latest, else a timestamp in ms
+        "timestamp": Field(int, check=_int_range(-2)),
+    },
+}
+FRONT_APIS = frozenset(
+    {"metadata", "list_topics", "create_topic", "delete_topic", "describe_topic", "alter_topic", "status"}
+)
+WORKER_APIS = frozenset({"produce", "fetch", "list_offsets"})
+EARLIEST = -2
+LATEST = -1
+
+
+@dataclasses.dataclass
+class Request:
+    api: str
+    id: int
+    fields: dict[str, Any]
+    frames: list[Frame]
+
+
+def _buffer(frame: Frame) -> bytes | memoryview:
+    if isinstance(frame, (bytes, memoryview)):
+        return frame
+    buf = getattr(frame, "buffer", None)  # zmq.Frame
+    return buf if buf is not None else memoryview(frame)
+
+
+def peek_id(header: Frame) -> int:
+    """Best-effort correlation id of a header that failed validation (0 if unknown)."""
+    try:
+        obj = orjson.loads(_buffer(header))
+    except orjson.JSONDecodeError:
+        return 0
+    cid = obj.get("id") if isinstance(obj, dict) else None
+    return cid if isinstance(cid, int) and not isinstance(cid, bool) and 0 <= cid <= INT64_MAX else 0
+
+
+def parse_request(frames: Sequence[Frame], allowed: frozenset[str] | None = None) -> Request:
+    """Validate ``[header, *data]``; raise InvalidRequestError saying what is wrong."""
+    if not frames:
+        raise InvalidRequestError("empty message: expected a header frame")
+    raw = _buffer(frames[0])
+    if len(raw) > MAX_HEADER_BYTES:
+        raise InvalidRequestError(f"header frame of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(f"header frame is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise InvalidRequestError(f"header must be a JSON object, got {type(obj).__name__}")
+    api = obj.get("api")
+    cid = obj.get("id")
+    if not isinstance(cid, int) or isinstance(cid, bool) or not 0 <= cid <= INT64_MAX:
+        raise InvalidRequestError(f"'id' must be a non-negative integer, got {cid!r}")
+    if not isinstance(api, str) or api not in SCHEMAS:
+        raise InvalidRequestError(f"unknown api {api!r}; known: {', '.join(sorted(SCHEMAS))}")
+    if allowed is not None and api not in allowed:
+        raise InvalidRequestError(f"api {api!r} is not served by this endpoint")
+    version = obj.get("v", VERSION)
+    if version != VERSION:
+        raise InvalidRequestError(f"api {api!r} version {version!r} unsupported (this node speaks {VERSION})")
+    fields: dict[str, Any] = {}
+    for name, spec in SCHEMAS[api].items():
+        if name not in obj or obj[name] is None:
+            if spec.required:
+                raise InvalidRequestError(f"{api}: field {name!r} is required")
+            fields[name] = spec.default
+            continue
+        value = obj[name]
+        if isinstance(value, bool) or not isinstance(value, spec.type):
+            want = spec.type.__name__ if isinstance(spec.type, type) else "/".join(t.__name__ for t in spec.type)
+            raise InvalidRequestError(f"{api}: field {name!r} must be {want}, got {type(value).__name__}")
+        if spec.check is not None:
+            why = spec.check(value)
+            if why:
+                raise InvalidRequestError(f"{api}: field {name!r}={value!r:.200} {why}")
+        fields[name] = value
+    return Request(api, cid, fields, list(frames[1:]))
+
+
+def encode_request(api: str, cid: int, **fields: Any) -> bytes:
+    return orjson.dumps({"api": api, "v": VERSION, "id": cid, **fields})
+
+
+def ok_reply(cid: int, **fields: Any) -> bytes:
+    return orjson.dumps({"id": cid, "error": None, **fields})
+
+
+def error_reply(cid: int, err: SluiceError) -> bytes:
+    return orjson.dumps({"id": cid, "error": {"code": err.code, "message": err.message, "retriable": err.retriable}})
+
+
+@dataclasses.dataclass
+class Reply:
+    id: int
+    fields: dict[str, Any]
+    frames: list[Frame]
+    error: SluiceError | None
+
+    def raise_for_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+def parse_reply(frames: Sequence[Frame]) -> Reply:
+    """Decode a reply; a malformed one raises InvalidRequestError (the client's view)."""
+    if not frames:
+        raise InvalidRequestError("empty reply")
+    try:
+        obj = orjson.loads(_buffer(frames[0]))
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(f"reply header is not JSON: {exc}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("id"), int):
+        raise InvalidRequestError("reply header must be an object with an integer 'id'")
+    err = obj.pop("error", None)
+    error: SluiceError | None = None
+    if err is not None:
+        if not isinstance(err, dict):
+            raise InvalidRequestError("reply 'error' must be an object")
+        error = error_for_code(str(err.get("code")), str(err.get("message", "")))
+    cid = obj.pop("id")
+    return Reply(cid, obj, list(frames[1:]), error)
