@@ -54,6 +54,23 @@ class NotLeaderError(SluiceError):
     retriable = True
 
 
+class LeaderNotAvailableError(SluiceError):
+    """The partition has no serving leader right now (starting, restarting, offline)."""
+
+    code = "LEADER_NOT_AVAILABLE"
+    retriable = True
+
+
+class TopicAlreadyExistsError(SluiceError):
+    code = "TOPIC_ALREADY_EXISTS"
+
+
+class PolicyViolationError(SluiceError):
+    """The request is well formed but not allowed now (e.g. a topic being deleted)."""
+
+    code = "POLICY_VIOLATION"
+
+
 class NotEnoughReplicasError(SluiceError):
     code = "NOT_ENOUGH_REPLICAS"
     retriable = True

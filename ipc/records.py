@@ -139,9 +139,7 @@ def _decompress(codec: int, data: bytes | memoryview, limit: int) -> bytes:
                 raise CorruptRecordError("zstd body does not record its uncompressed size")
             if size > limit:
                 raise CorruptRecordError(f"zstd body claims {size} uncompressed bytes (limit {limit})")
-            return bytes(
-                zstandard.ZstdDecompressor().decompress(data, max_output_size=limit, allow_extra_data=False)
-            )
+            return bytes(zstandard.ZstdDecompressor().decompress(data, max_output_size=limit, allow_extra_data=False))
     except CorruptRecordError:
         raise
     except Exception as exc:  # noqa: BLE001 - codec libraries raise their own error types
@@ -194,15 +192,13 @@ def read_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHeade
     h = BatchHeader._make(HEADER.unpack_from(buf, pos))
     if h.batch_length < HEADER_SIZE - LOG_OVERHEAD:
         raise CorruptRecordError(
-            f"batch at byte {pos} has impossible length {h.batch_length} "
-            f"(minimum {HEADER_SIZE - LOG_OVERHEAD})"
+            f"batch at byte {pos} has impossible length {h.batch_length} (minimum {HEADER_SIZE - LOG_OVERHEAD})"
         )
     if h.magic != MAGIC:
         raise CorruptRecordError(f"batch at byte {pos} has unknown magic {h.magic} (expected {MAGIC})")
     if h.record_count < 0 or h.last_offset_delta < 0:
         raise CorruptRecordError(
-            f"batch at byte {pos} has negative record count {h.record_count} "
-            f"or last offset delta {h.last_offset_delta}"
+            f"batch at byte {pos} has negative record count {h.record_count} or last offset delta {h.last_offset_delta}"
         )
     return h
 
@@ -212,9 +208,7 @@ def check_batch(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHeade
     h = read_header(buf, pos)
     end = pos + h.size
     if end > len(buf):
-        raise CorruptRecordError(
-            f"truncated batch at byte {pos}: header says {h.size} bytes, {len(buf) - pos} present"
-        )
+        raise CorruptRecordError(f"truncated batch at byte {pos}: header says {h.size} bytes, {len(buf) - pos} present")
     actual = batch_crc(buf, pos, end)
     if actual != h.crc:
         raise CorruptRecordError(
@@ -479,9 +473,7 @@ class _Body(NamedTuple):
     vstart: int
 
 
-def _parse_body(
-    buf: bytes | bytearray | memoryview, pos: int, max_uncompressed: int, verify_crc: bool
-) -> _Body:
+def _parse_body(buf: bytes | bytearray | memoryview, pos: int, max_uncompressed: int, verify_crc: bool) -> _Body:
     """Check the header, CRC and that the columns describe the body exactly."""
     h = check_batch(buf, pos) if verify_crc else read_header(buf, pos)
     if h.attributes & ~KNOWN_ATTRIBUTES:
@@ -566,9 +558,7 @@ def iter_headers(buf: bytes | bytearray | memoryview, verify_crc: bool = False) 
     while pos < end:
         h = check_batch(buf, pos) if verify_crc else read_header(buf, pos)
         if not verify_crc and pos + h.size > end:
-            raise CorruptRecordError(
-                f"truncated batch at byte {pos}: header says {h.size} bytes, {end - pos} present"
-            )
+            raise CorruptRecordError(f"truncated batch at byte {pos}: header says {h.size} bytes, {end - pos} present")
         yield h
         pos += h.size
 
@@ -593,6 +583,11 @@ def validate_batch(
     if h.size != len(buf):
         raise CorruptRecordError(f"frame holds {len(buf)} bytes but the batch is {h.size}")
     b = _parse_body(buf, 0, max_uncompressed, verify_crc=False)
+    if h.record_count and h.max_timestamp != h.first_timestamp + max(b.tdeltas):
+        raise CorruptRecordError(
+            f"max timestamp {h.max_timestamp} disagrees with the records' "
+            f"({h.first_timestamp + max(b.tdeltas)})"
+        )
     if b.hlen is not None:
         _decode_headers(b.body[b.hstart : b.kstart], b.hlen, 0)
     return h

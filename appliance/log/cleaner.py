@@ -25,7 +25,7 @@ import os
 from appliance.log.checkpoint import fsync_dir
 from appliance.log.log import Log
 from appliance.log.segment import LogSegment
-from ipc.records import decode_batch, encode_batch
+from ipc.records import TIMESTAMP_LOG_APPEND, decode_batch, encode_batch
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,7 @@ def _clean_segment(seg: LogSegment, latest: dict[bytes, int], horizon: int) -> C
                 base_sequence=h.base_sequence,
                 offset_deltas=[batch.offsets[i] - base for i in keep],
                 last_offset_delta=h.last_offset - base,
+                log_append_time=bool(h.attributes & TIMESTAMP_LOG_APPEND),
             )
         )
     if not removed:

@@ -70,6 +70,7 @@ class _Option:
     kind: Any
     minimum: float | None = None
     allow_minus_one: bool = False
+    maximum: float | None = None
 
     def parse(self, name: str, raw: Any) -> Any:
         if issubclass(self.kind, enum.Enum):
@@ -84,10 +85,12 @@ class _Option:
             value = self.kind(raw)
             if self.kind is int and isinstance(raw, float) and raw != int(raw):
                 raise ValueError
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise InvalidConfigError(f"{name}={raw!r}: expected {self.kind.__name__}") from None
         if self.allow_minus_one and value == -1:
             return value
+        if self.maximum is not None and value > self.maximum:
+            raise InvalidConfigError(f"{name}={raw!r}: must be <= {self.maximum:g}")
         if self.minimum is not None and value < self.minimum:
             extra = " (or -1 for no limit)" if self.allow_minus_one else ""
             raise InvalidConfigError(f"{name}={raw!r}: must be >= {self.minimum:g}{extra}")
@@ -95,7 +98,7 @@ class _Option:
 
 
 _OPTIONS: dict[str, _Option] = {
-    "segment.bytes": _Option("segment_bytes", int, 1024),
+    "segment.bytes": _Option("segment_bytes", int, 1024, maximum=2**31 - 1),
     "segment.ms": _Option("segment_ms", int, 1),
     "retention.ms": _Option("retention_ms", int, 0, allow_minus_one=True),
     "retention.bytes": _Option("retention_bytes", int, 0, allow_minus_one=True),

@@ -21,6 +21,7 @@ from ipc.errors import CorruptRecordError, MessageTooLargeError, OffsetOutOfRang
 from ipc.records import (
     DEFAULT_MAX_UNCOMPRESSED,
     PREFIX,
+    SPARSE_OFFSETS,
     BatchHeader,
     check_batch,
     stamp_prefix,
@@ -111,9 +112,7 @@ class Log:
                 is_last = i == len(bases) - 1
                 next_base = bases[i + 1] if not is_last else None
                 # A segment needs recovery when data past the recovery point may be in it.
-                verify = not self.was_clean_shutdown and (
-                    next_base is None or next_base > self.recovery_point
-                )
+                verify = not self.was_clean_shutdown and (next_base is None or next_base > self.recovery_point)
                 try:
                     self.recovered_bytes_truncated += seg.load(verify=verify, is_last=is_last)
                 except BaseException:
@@ -140,9 +139,7 @@ class Log:
             self.log_start_offset,
             self.log_end_offset,
             len(self.segments),
-            ""
-            if self.was_clean_shutdown
-            else f", recovered ({self.recovered_bytes_truncated} bytes truncated)",
+            "" if self.was_clean_shutdown else f", recovered ({self.recovered_bytes_truncated} bytes truncated)",
         )
 
     def _finish_interrupted_operations(self) -> None:
@@ -218,6 +215,13 @@ class Log:
                 f"batch of {len(batch)} bytes exceeds max.message.bytes={self.config.max_message_bytes}"
             )
         h = validate_batch(batch, max_uncompressed=max_uncompressed) if validate else check_batch(batch)
+        if h.size != len(batch):
+            raise CorruptRecordError(f"frame holds {len(batch)} bytes but the batch is {h.size}")
+        if h.record_count <= 0 or h.attributes & SPARSE_OFFSETS or h.last_offset_delta != h.record_count - 1:
+            raise CorruptRecordError(
+                f"a produced batch must hold records with dense offsets (count {h.record_count}, "
+                f"last offset delta {h.last_offset_delta})"
+            )
         base = self.log_end_offset
         prefix = stamp_prefix(batch, h, base, leader_epoch)
         return self._write(prefix, memoryview(batch)[len(prefix) :], h, base, leader_epoch)
@@ -234,11 +238,9 @@ class Log:
         prefix = PREFIX.pack(h.base_offset, h.batch_length, h.leader_epoch, h.magic, h.crc)
         return self._write(prefix, memoryview(batch)[len(prefix) :], h, h.base_offset, h.leader_epoch)
 
-    def _write(
-        self, prefix: bytes, rest: memoryview, h: BatchHeader, base: int, leader_epoch: int
-    ) -> AppendResult:
+    def _write(self, prefix: bytes, rest: memoryview, h: BatchHeader, base: int, leader_epoch: int) -> AppendResult:
         size = len(prefix) + len(rest)
-        if self._should_roll(size):
+        if self._should_roll(size, h.max_timestamp):
             self.roll()
         assert self.leader_epochs is not None
         if leader_epoch > self.leader_epochs.latest_epoch:
@@ -254,19 +256,23 @@ class Log:
             self.maybe_flush(now)
         return AppendResult(base, base + h.last_offset_delta, h.max_timestamp, size)
 
-    def _should_roll(self, incoming: int) -> bool:
+    def _should_roll(self, incoming: int, incoming_max_ts: int) -> bool:
+        """Roll by size, or by age as Kafka does: the incoming batch's max timestamp is
+        ``segment.ms`` past the first batch's (so backdated data cannot roll per append)."""
         seg = self.active
         if not seg.size:
             return False
         if seg.size + incoming > self.config.segment_bytes:
             return True
-        return (
-            seg.first_timestamp >= 0 and self.clock() * 1000 - seg.first_timestamp >= self.config.segment_ms
-        )
+        return seg.first_timestamp >= 0 and incoming_max_ts - seg.first_timestamp >= self.config.segment_ms
 
     def roll(self) -> LogSegment:
-        """Seal the active segment (fsync it, checkpoint) and start a new one at the LEO."""
+        """Seal the active segment (fsync it, checkpoint) and start a new one at the LEO.
+
+        An empty active segment is kept as it is (a second one would share its name)."""
         old = self.active
+        if not old.size:
+            return old
         old.seal()
         self._unflushed_since = None
         self.recovery_point = self.log_end_offset

@@ -106,18 +106,16 @@ class LogSegment:
         try:
             for pos, h in self.iter_batches(0, verify=True):
                 if h.base_offset < self.next_offset:
-                    raise TornBatch(
-                        pos, f"offset {h.base_offset} goes backwards (expected >= {self.next_offset})"
-                    )
+                    raise TornBatch(pos, f"offset {h.base_offset} goes backwards (expected >= {self.next_offset})")
                 if pos == 0:
                     self.first_timestamp = h.max_timestamp
+                self.max_timestamp = max(self.max_timestamp, h.max_timestamp)
                 if since >= self.index_interval_bytes:
                     offsets.append((h.base_offset, pos))
-                    if h.max_timestamp > self.max_timestamp:
-                        times.append((h.max_timestamp, h.base_offset))
+                    if not times or self.max_timestamp > times[-1][0]:
+                        times.append((self.max_timestamp, h.base_offset))
                     since = 0
                 since += h.size
-                self.max_timestamp = max(self.max_timestamp, h.max_timestamp)
                 self.next_offset = h.next_offset
                 valid_end = pos + h.size
         except TornBatch as exc:
@@ -141,9 +139,7 @@ class LogSegment:
         return truncated
 
     # ---- scanning ---------------------------------------------------------------
-    def iter_batches(
-        self, position: int, verify: bool, end: int | None = None
-    ) -> Iterator[tuple[int, BatchHeader]]:
+    def iter_batches(self, position: int, verify: bool, end: int | None = None) -> Iterator[tuple[int, BatchHeader]]:
         """Yield (position, header) of each batch from ``position``; raise TornBatch."""
         limit = self.size if end is None else min(end, self.size)
         pos = position
@@ -159,9 +155,7 @@ class LogSegment:
                         break  # header straddles the chunk: read on
                     raise TornBatch(pos + at, exc.message) from None
                 if pos + at + h.size > limit:
-                    raise TornBatch(
-                        pos + at, f"batch of {h.size} bytes runs past the end of the file ({limit})"
-                    )
+                    raise TornBatch(pos + at, f"batch of {h.size} bytes runs past the end of the file ({limit})")
                 if at + h.size > len(buf):
                     if at == 0:  # one batch bigger than the chunk
                         buf = os.pread(self.fd, h.size, pos)
@@ -219,7 +213,7 @@ class LogSegment:
         if ``min_one``), only batches whose base offset is below ``max_offset``. Each
         returned batch is CRC-checked: damage raises LogCorruptionError."""
         want = min(max_bytes, self.size - position)
-        if want <= 0:
+        if position >= self.size or (want <= 0 and not min_one):
             return b""
         buf = os.pread(self.fd, max(want, HEADER_SIZE) if min_one else want, position)
         at = 0
@@ -259,13 +253,13 @@ class LogSegment:
         self.size += size
         if position == 0:
             self.first_timestamp = h.max_timestamp
+        self.max_timestamp = max(self.max_timestamp, h.max_timestamp)
         if self._bytes_since_entry >= self.index_interval_bytes or position == 0:
+            # (running max timestamp, this batch): every record up to here is <= it
             self.index.append(base_offset, position)
-            if h.max_timestamp > self.max_timestamp:
-                self.time_index.append(h.max_timestamp, base_offset)
+            self.time_index.append(self.max_timestamp, base_offset)
             self._bytes_since_entry = 0
         self._bytes_since_entry += size
-        self.max_timestamp = max(self.max_timestamp, h.max_timestamp)
         self.next_offset = base_offset + h.last_offset_delta + 1
         return position
 

@@ -1,0 +1,62 @@
+"""Node status read from the shared-memory status table (lock-free).
+
+Used by ``sluice status`` (reading the table directly, so it works even when the
+supervisor is busy) and by the front endpoint's ``status`` API.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from appliance.process import pid_alive
+from ipc.errors import SluiceError
+from ipc.shm import StatusTable
+
+
+def table_status(table: StatusTable) -> dict[str, Any]:
+    now = time.monotonic()
+    parts = []
+    for slot, ctl, st in table.snapshot():
+        parts.append(
+            {
+                "topic": ctl.topic,
+                "partition": ctl.partition,
+                "slot": slot,
+                "state": ctl.state.name.lower(),
+                "role": ctl.role.name.lower(),
+                "pid": ctl.worker_pid,
+                "restarts": ctl.restarts,
+                "last_exit_code": ctl.last_exit_code,
+                "offline_since": ctl.offline_since or None,
+                "leader_epoch": st.leader_epoch,
+                "log_start_offset": st.log_start_offset,
+                "log_end_offset": st.log_end_offset,
+                "high_watermark": st.high_watermark,
+                "heartbeat_age_s": round(now - st.heartbeat, 3) if st.heartbeat else None,
+                "records_in": st.records_in,
+                "bytes_in": st.bytes_in,
+                "records_out": st.records_out,
+                "bytes_out": st.bytes_out,
+                "size_bytes": st.log_size_bytes,
+            }
+        )
+    parts.sort(key=lambda p: (p["topic"], p["partition"]))
+    return {
+        "node_id": table.node_id,
+        "supervisor_pid": table.supervisor_pid,
+        "supervisor_alive": pid_alive(table.supervisor_pid),
+        "partitions": parts,
+    }
+
+
+def read_status(path: str) -> dict[str, Any]:
+    """Attach read-only, read, detach (never removes the table)."""
+    try:
+        table = StatusTable.attach(path, writable=False)
+    except SluiceError as exc:
+        raise SluiceError(f"no running node found: {exc.message}") from None
+    try:
+        return table_status(table)
+    finally:
+        table.close()

@@ -1,0 +1,22 @@
+"""The Sluice client library: ``Admin``, ``Producer`` and ``Consumer``.
+
+``from ipc.client import Admin, Producer, Consumer`` is the public API; see
+docs/client.md.
+"""
+
+from ipc.client.admin import Admin
+from ipc.client.consumer import Consumer, ConsumerRecord
+from ipc.client.producer import FutureRecordMetadata, Producer, ProducerClosedError, RecordMetadata
+from ipc.client.transport import DEFAULT_BOOTSTRAP, parse_bootstrap
+
+__all__ = [
+    "DEFAULT_BOOTSTRAP",
+    "Admin",
+    "Consumer",
+    "ConsumerRecord",
+    "FutureRecordMetadata",
+    "Producer",
+    "ProducerClosedError",
+    "RecordMetadata",
+    "parse_bootstrap",
+]

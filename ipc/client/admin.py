@@ -1,0 +1,102 @@
+"""``Admin``: create, delete, alter, describe and list topics; node status."""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import zmq as _zmq
+
+from ipc.client.transport import Bootstrap, BootstrapChannel, parse_bootstrap
+from ipc.errors import InvalidConfigError
+from ipc.protocol import valid_topic_name
+
+
+class Admin:
+    """Topic administration against any node of the cluster.
+
+    >>> with Admin("tcp://127.0.0.1:6100") as admin:
+    ...     admin.create_topic("events", partitions=4, config={"fsync": "always"})
+    """
+
+    def __init__(self, bootstrap: Bootstrap = None, *, timeout_ms: int = 30_000, zmq_module: ModuleType = _zmq) -> None:
+        self.endpoints = parse_bootstrap(bootstrap)
+        if timeout_ms <= 0:
+            raise ValueError(f"timeout_ms={timeout_ms}: must be positive")
+        self.timeout_s = timeout_ms / 1000
+        self.ctx = zmq_module.Context()
+        self.channel = BootstrapChannel(self.ctx, self.endpoints, zmq_module)
+
+    def _call(self, api: str, timeout_ms: int | None = None, **fields: Any) -> dict[str, Any]:
+        timeout = self.timeout_s if timeout_ms is None else timeout_ms / 1000
+        reply = self.channel.request(api, timeout, **fields)
+        reply.raise_for_error()
+        return reply.fields
+
+    @staticmethod
+    def _check_topic(name: str) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"topic must be a str, got {type(name).__name__}")
+        why = valid_topic_name(name)
+        if why:
+            raise InvalidConfigError(why)
+
+    def create_topic(
+        self,
+        name: str,
+        partitions: int = 1,
+        replication_factor: int = 1,
+        config: dict[str, Any] | None = None,
+        timeout_ms: int | None = None,
+    ) -> None:
+        """Create ``name``; returns once every partition is serving."""
+        self._check_topic(name)
+        if not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1:
+            raise ValueError(f"partitions={partitions!r}: must be an integer >= 1")
+        if not isinstance(replication_factor, int) or replication_factor < 1:
+            raise ValueError(f"replication_factor={replication_factor!r}: must be an integer >= 1")
+        self._call(
+            "create_topic",
+            timeout_ms,
+            topic=name,
+            partitions=partitions,
+            replication_factor=replication_factor,
+            config=dict(config or {}),
+        )
+
+    def delete_topic(self, name: str, timeout_ms: int | None = None) -> None:
+        self._check_topic(name)
+        self._call("delete_topic", timeout_ms, topic=name)
+
+    def list_topics(self, timeout_ms: int | None = None) -> list[str]:
+        topics: list[str] = self._call("list_topics", timeout_ms)["topics"]
+        return topics
+
+    def describe_topic(self, name: str, timeout_ms: int | None = None) -> dict[str, Any]:
+        """Partitions (leader, epoch, offsets, state) and effective configuration."""
+        self._check_topic(name)
+        return self._call("describe_topic", timeout_ms, topic=name)
+
+    def alter_topic(
+        self,
+        name: str,
+        config: dict[str, Any] | None = None,
+        partitions: int | None = None,
+        timeout_ms: int | None = None,
+    ) -> None:
+        """Change topic options live (``""`` resets one to the default) or add partitions."""
+        self._check_topic(name)
+        self._call("alter_topic", timeout_ms, topic=name, config=dict(config or {}), partitions=partitions)
+
+    def status(self, timeout_ms: int | None = None) -> dict[str, Any]:
+        return self._call("status", timeout_ms)
+
+    def close(self) -> None:
+        self.channel.close()
+        self.ctx.term()
+
+    def __enter__(self) -> Admin:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

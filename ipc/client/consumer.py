@@ -1,0 +1,440 @@
+"""``Consumer``: read partitions by offset, with fetch-ahead.
+
+Not thread-safe (like Kafka's): one application thread calls it. Each assigned
+partition keeps one long-poll fetch in flight to its leader's worker; as soon as a
+response arrives the next fetch is sent (fetch-ahead) and the batches are decoded
+into records, which ``poll`` hands out in offset order per partition.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import time
+from collections.abc import Iterable
+from itertools import repeat
+from types import ModuleType
+from typing import Any, NamedTuple
+
+import zmq as _zmq
+
+from ipc.client.metadata import ClusterMetadata
+from ipc.client.transport import Bootstrap, BootstrapChannel, Channel, parse_bootstrap
+from ipc.errors import (
+    InvalidConfigError,
+    OffsetOutOfRangeError,
+    RequestTimedOutError,
+    SluiceError,
+    UnknownTopicOrPartitionError,
+)
+from ipc.protocol import EARLIEST, LATEST, valid_topic_name
+from ipc.records import Headers, decode_batches
+
+log = logging.getLogger(__name__)
+
+_NO_HEADERS: Headers = []
+OFFSET_RESETS = ("earliest", "latest", "none")
+
+
+class ConsumerRecord(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+
+
+TopicPartition = tuple[str, int]
+
+
+@dataclasses.dataclass
+class _PartitionState:
+    topic: str
+    partition: int
+    position: int | None = None  # next offset handed to the application
+    fetch_offset: int | None = None  # next offset to fetch (ahead of position)
+    buffer: collections.deque[ConsumerRecord] = dataclasses.field(default_factory=collections.deque)
+    inflight: int = 0  # correlation id of the fetch in flight, 0 if none
+    inflight_deadline: float = 0.0
+    channel: Channel | None = None
+    retry_at: float = 0.0
+    high_watermark: int = -1
+
+
+class Consumer:
+    """Assign partitions, seek, poll.
+
+    >>> with Consumer("tcp://127.0.0.1:6100", auto_offset_reset="earliest") as c:
+    ...     c.assign([("events", 0)])
+    ...     records = c.poll(timeout_ms=1000)
+    """
+
+    def __init__(
+        self,
+        bootstrap: Bootstrap = None,
+        *,
+        auto_offset_reset: str = "latest",
+        max_poll_records: int = 500,
+        fetch_max_bytes: int = 1024 * 1024,
+        fetch_max_wait_ms: int = 500,
+        fetch_min_bytes: int = 1,
+        request_timeout_ms: int = 30_000,
+        retry_backoff_ms: int = 100,
+        zmq_module: ModuleType = _zmq,
+    ) -> None:
+        self.endpoints = parse_bootstrap(bootstrap)
+        if auto_offset_reset not in OFFSET_RESETS:
+            raise ValueError(f"auto_offset_reset={auto_offset_reset!r}: allowed {', '.join(OFFSET_RESETS)}")
+        for name, value, lo in (
+            ("max_poll_records", max_poll_records, 1),
+            ("fetch_max_bytes", fetch_max_bytes, 1),
+            ("fetch_max_wait_ms", fetch_max_wait_ms, 0),
+            ("fetch_min_bytes", fetch_min_bytes, 0),
+            ("request_timeout_ms", request_timeout_ms, 1),
+            ("retry_backoff_ms", retry_backoff_ms, 0),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+                raise ValueError(f"{name}={value!r}: must be an integer >= {lo}")
+        self.auto_offset_reset = auto_offset_reset
+        self.max_poll_records = max_poll_records
+        self.fetch_max_bytes = fetch_max_bytes
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.fetch_min_bytes = fetch_min_bytes
+        self.request_timeout_s = request_timeout_ms / 1000
+        self.retry_backoff_s = retry_backoff_ms / 1000
+        self.zmq = zmq_module
+        self.ctx = zmq_module.Context()
+        self.metadata = ClusterMetadata(BootstrapChannel(self.ctx, self.endpoints, zmq_module), self.request_timeout_s)
+        self.poller = zmq_module.Poller()
+        self.channels: dict[str, Channel] = {}
+        self._states: dict[TopicPartition, _PartitionState] = {}
+        self._by_cid: dict[int, _PartitionState] = {}
+        self._leaders: dict[TopicPartition, str] = {}
+        self._closed = False
+
+    # ---- assignment -------------------------------------------------------------------------
+    def assign(self, partitions: Iterable[TopicPartition]) -> None:
+        """Read exactly these (topic, partition) pairs, replacing any earlier assignment."""
+        wanted: list[TopicPartition] = []
+        for item in partitions:
+            if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and type(item[1]) is int):
+                raise TypeError(f"assign() takes (topic, partition) pairs, got {item!r:.100}")
+            why = valid_topic_name(item[0])
+            if why:
+                raise InvalidConfigError(why)
+            if item[1] < 0:
+                raise ValueError(f"partition {item[1]} is negative")
+            wanted.append(item)
+        for tp in list(self._states):
+            if tp not in wanted:
+                self._drop(tp)
+        for tp in wanted:
+            if tp not in self._states:
+                self._states[tp] = _PartitionState(tp[0], tp[1])
+        self._refresh_leaders({t for t, _ in wanted}, strict=True)
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._states)
+
+    def _drop(self, tp: TopicPartition) -> None:
+        st = self._states.pop(tp)
+        if st.inflight:
+            self._by_cid.pop(st.inflight, None)
+
+    def _state(self, topic: str, partition: int) -> _PartitionState:
+        st = self._states.get((topic, partition))
+        if st is None:
+            raise ValueError(f"{topic}-{partition} is not assigned to this consumer")
+        return st
+
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        """The next ``poll`` returns records of this partition from ``offset``."""
+        if type(offset) is not int or offset < 0:
+            raise ValueError(f"offset={offset!r}: must be an integer >= 0")
+        st = self._state(topic, partition)
+        self._reset_fetch(st, offset)
+
+    def _reset_fetch(self, st: _PartitionState, offset: int | None) -> None:
+        st.position = st.fetch_offset = offset
+        st.buffer.clear()
+        if st.inflight:
+            self._by_cid.pop(st.inflight, None)
+            st.inflight = 0
+
+    def seek_to_beginning(self, *partitions: TopicPartition) -> None:
+        for tp in partitions or list(self._states):
+            self._reset_fetch(self._state(*tp), self._list_offset(tp, EARLIEST))
+
+    def seek_to_end(self, *partitions: TopicPartition) -> None:
+        for tp in partitions or list(self._states):
+            self._reset_fetch(self._state(*tp), self._list_offset(tp, LATEST))
+
+    def position(self, topic: str, partition: int) -> int:
+        """Offset of the next record ``poll`` returns for this partition."""
+        st = self._state(topic, partition)
+        if st.position is None:
+            self._reset_position(st)
+        assert st.position is not None
+        return st.position
+
+    def beginning_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self._list_offset(tp, EARLIEST) for tp in partitions}
+
+    def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """The high watermark of each partition (the offset the next record will get)."""
+        return {tp: self._list_offset(tp, LATEST) for tp in partitions}
+
+    def offsets_for_times(self, query: dict[TopicPartition, int]) -> dict[TopicPartition, int | None]:
+        """First offset whose timestamp >= the given ms, or None if there is none."""
+        out: dict[TopicPartition, int | None] = {}
+        for tp, ts in query.items():
+            off = self._list_offset(tp, ts)
+            out[tp] = off if off >= 0 else None
+        return out
+
+    # ---- plumbing ------------------------------------------------------------------------------
+    def _channel(self, endpoint: str) -> Channel:
+        ch = self.channels.get(endpoint)
+        if ch is None:
+            ch = self.channels[endpoint] = Channel(self.ctx, endpoint, self.zmq)
+            self.poller.register(ch.sock, self.zmq.POLLIN)
+        return ch
+
+    def _reset_channel(self, ch: Channel) -> None:
+        self.poller.unregister(ch.sock)
+        ch.reset()
+        self.poller.register(ch.sock, self.zmq.POLLIN)
+        for st in self._states.values():
+            if st.channel is ch and st.inflight:
+                self._by_cid.pop(st.inflight, None)
+                st.inflight = 0
+
+    def _refresh_leaders(self, topics: set[str], strict: bool = False) -> None:
+        try:
+            result = self.metadata.refresh(sorted(topics), self.request_timeout_s)
+        except RequestTimedOutError:
+            if strict:
+                raise
+            return
+        for name in topics:
+            md = result.get(name)
+            if md is None or md.error is not None:
+                if strict and md is not None and md.error is not None and not md.error.retriable:
+                    raise md.error
+                continue
+            for p in md.partitions:
+                if p.endpoint and p.error is None:
+                    self._leaders[(name, p.partition)] = p.endpoint
+                else:
+                    self._leaders.pop((name, p.partition), None)
+            if strict:
+                for t, part in self._states:
+                    if t == name and part >= len(md.partitions):
+                        raise UnknownTopicOrPartitionError(f"topic {name!r} has no partition {part}")
+
+    def _leader(self, tp: TopicPartition, timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        delay = 0.02
+        while True:
+            ep = self._leaders.get(tp)
+            if ep is not None:
+                return ep
+            self._refresh_leaders({tp[0]})
+            if tp in self._leaders:
+                continue
+            if time.monotonic() + delay > deadline:
+                raise RequestTimedOutError(f"no leader for {tp[0]}-{tp[1]} within {timeout_s:.1f} s")
+            time.sleep(delay)  # back-off between metadata refreshes
+            delay = min(delay * 2, 0.5)
+
+    def _list_offset(self, tp: TopicPartition, timestamp: int) -> int:
+        deadline = time.monotonic() + self.request_timeout_s
+        while True:
+            ch = self._channel(self._leader(tp, max(0.1, deadline - time.monotonic())))
+            try:
+                reply = ch.request(
+                    "list_offsets",
+                    max(0.1, deadline - time.monotonic()),
+                    topic=tp[0],
+                    partition=tp[1],
+                    timestamp=timestamp,
+                )
+                reply.raise_for_error()
+                offset: int = reply.fields["offset"]
+                return offset
+            except SluiceError as exc:
+                if not exc.retriable or time.monotonic() >= deadline:
+                    raise
+                self._leaders.pop(tp, None)
+                time.sleep(self.retry_backoff_s)  # back-off before retrying another leader
+
+    def _reset_position(self, st: _PartitionState) -> None:
+        if self.auto_offset_reset == "none":
+            raise OffsetOutOfRangeError(
+                f"no position for {st.topic}-{st.partition} and auto_offset_reset='none'; seek() first"
+            )
+        which = EARLIEST if self.auto_offset_reset == "earliest" else LATEST
+        offset = self._list_offset((st.topic, st.partition), which)
+        st.position = st.fetch_offset = offset
+
+    def _send_fetch(self, st: _PartitionState, now: float) -> None:
+        tp = (st.topic, st.partition)
+        endpoint = self._leaders.get(tp)
+        if endpoint is None:
+            self._refresh_leaders({st.topic})
+            endpoint = self._leaders.get(tp)
+            if endpoint is None:
+                st.retry_at = now + self.retry_backoff_s
+                return
+        ch = self._channel(endpoint)
+        assert st.fetch_offset is not None
+        cid = ch.send(
+            "fetch",
+            topic=st.topic,
+            partition=st.partition,
+            offset=st.fetch_offset,
+            max_bytes=self.fetch_max_bytes,
+            max_wait_ms=self.fetch_max_wait_ms,
+            min_bytes=self.fetch_min_bytes,
+        )
+        st.inflight = cid
+        st.channel = ch
+        st.inflight_deadline = now + self.request_timeout_s + self.fetch_max_wait_ms / 1000
+        self._by_cid[cid] = st
+
+    def _fill(self, now: float) -> None:
+        """Make sure every partition that can use data has a fetch in flight."""
+        for st in self._states.values():
+            if st.inflight:
+                if now >= st.inflight_deadline and st.channel is not None:
+                    log.info("fetch for %s-%d timed out; reconnecting", st.topic, st.partition)
+                    self._leaders.pop((st.topic, st.partition), None)
+                    self._reset_channel(st.channel)
+                continue
+            if now < st.retry_at or len(st.buffer) >= self.max_poll_records * 4:
+                continue
+            if st.position is None:
+                self._reset_position(st)
+            self._send_fetch(st, now)
+
+    def _on_reply(self, ch: Channel) -> None:
+        for _ in range(1000):
+            try:
+                reply = ch.recv_nowait()
+            except SluiceError as exc:
+                log.warning("malformed fetch reply from %s: %s", ch.endpoint, exc)
+                continue
+            if reply is None:
+                return
+            st = self._by_cid.pop(reply.id, None)
+            if st is None or st.inflight != reply.id:
+                continue  # a stale reply (after seek or reassignment)
+            st.inflight = 0
+            now = time.monotonic()
+            if reply.error is not None:
+                self._on_fetch_error(st, reply.error, now)
+                continue
+            st.high_watermark = reply.fields.get("high_watermark", -1)
+            if not reply.frames:
+                continue
+            data = reply.frames[0]
+            buf = data.buffer if hasattr(data, "buffer") else data
+            start = st.fetch_offset
+            assert start is not None
+            topic, partition = st.topic, st.partition
+            try:
+                for batch in decode_batches(buf):
+                    offsets = batch.offsets
+                    n = len(batch.values)
+                    records = map(
+                        ConsumerRecord,
+                        repeat(topic, n),
+                        repeat(partition, n),
+                        offsets,
+                        batch.timestamps,
+                        batch.keys,
+                        batch.values,
+                        batch.headers if batch.headers is not None else repeat(_NO_HEADERS, n),
+                    )
+                    if offsets[0] < start if n else False:
+                        st.buffer.extend(r for r in records if r.offset >= start)
+                    else:
+                        st.buffer.extend(records)
+                    st.fetch_offset = max(st.fetch_offset or 0, batch.header.next_offset)
+            except SluiceError as exc:
+                log.error("corrupt data from %s-%d at offset %d: %s", topic, partition, start, exc)
+                st.retry_at = now + self.retry_backoff_s
+                continue
+            if len(st.buffer) < self.max_poll_records * 4:
+                self._send_fetch(st, now)  # fetch ahead while the application consumes
+
+    def _on_fetch_error(self, st: _PartitionState, err: SluiceError, now: float) -> None:
+        if isinstance(err, OffsetOutOfRangeError):
+            if self.auto_offset_reset == "none":
+                raise err
+            log.warning("%s-%d: %s; resetting to %s", st.topic, st.partition, err, self.auto_offset_reset)
+            st.buffer.clear()
+            st.position = st.fetch_offset = None
+            return
+        if not err.retriable:
+            raise err
+        self._leaders.pop((st.topic, st.partition), None)
+        st.retry_at = now + self.retry_backoff_s
+
+    def poll(self, timeout_ms: int = 1000) -> list[ConsumerRecord]:
+        """Records after each partition's position, up to ``max_poll_records``; waits up to
+        ``timeout_ms`` for the first one. Returns [] on timeout."""
+        if self._closed:
+            raise SluiceError("poll() on a closed consumer")
+        if not isinstance(timeout_ms, int) or timeout_ms < 0:
+            raise ValueError(f"timeout_ms={timeout_ms!r}: must be an integer >= 0")
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            now = time.monotonic()
+            self._fill(now)
+            out = self._take()
+            if out or now >= deadline:
+                return out
+            wait = deadline - now
+            for st in self._states.values():
+                if not st.inflight and st.retry_at > now:
+                    wait = min(wait, st.retry_at - now)
+            events = dict(self.poller.poll(int(max(wait, 0.0) * 1000) + 1))
+            for ch in list(self.channels.values()):
+                if ch.sock in events:
+                    self._on_reply(ch)
+
+    def _take(self) -> list[ConsumerRecord]:
+        out: list[ConsumerRecord] = []
+        room = self.max_poll_records
+        for st in self._states.values():
+            if not st.buffer or room <= 0:
+                continue
+            buf = st.buffer
+            if len(buf) <= room:
+                out.extend(buf)
+                room -= len(buf)
+                buf.clear()
+            else:
+                out.extend(buf.popleft() for _ in range(room))
+                room = 0
+            st.position = out[-1].offset + 1
+        return out
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for ch in self.channels.values():
+            ch.close()
+        self.metadata.bootstrap.close()
+        self.ctx.term()
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,656 @@
+"""``Producer``: batching, partitioning, retries, and cheap futures.
+
+The application thread's ``send`` does a few appends under one producer-wide lock and
+returns a ``FutureRecordMetadata`` (two slots: its batch and its index; no lock or
+event of its own). A background I/O thread owns every socket: it takes whole batches
+from the per-partition queues, encodes each with one columnar ``encode_batch`` call,
+and sends them to the partition leader's worker.
+
+Natural batching: a partition with no request in flight is sent at once; records that
+arrive while a request is outstanding accumulate and go out together when it
+completes. ``linger_ms`` only matters with ``max_in_flight > 1``: it bounds how long a
+non-full batch waits before an extra request is sent alongside the outstanding one.
+With the default ``max_in_flight=1`` per partition, retries cannot reorder records.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any, NamedTuple
+
+import zmq as _zmq
+
+from ipc.client.metadata import ClusterMetadata
+from ipc.client.partitioner import KeyPartitioner
+from ipc.client.transport import Bootstrap, BootstrapChannel, Channel, parse_bootstrap
+from ipc.errors import (
+    InvalidConfigError,
+    LeaderNotAvailableError,
+    RequestTimedOutError,
+    SluiceError,
+)
+from ipc.protocol import valid_topic_name
+from ipc.records import Compression, Headers, encode_batch
+
+log = logging.getLogger(__name__)
+
+RECORD_OVERHEAD = 12  # three int32 columns per record
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+
+
+class ProducerClosedError(SluiceError):
+    code = "PRODUCER_CLOSED"
+
+
+class RecordMetadata(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+
+
+class ProducerBatch:
+    """Records for one partition that travel (and succeed or fail) together."""
+
+    __slots__ = (
+        "topic",
+        "partition",
+        "keys",
+        "values",
+        "headers",
+        "timestamps",
+        "has_keys",
+        "size",
+        "first_ts",
+        "created",
+        "deadline",
+        "not_before",
+        "attempts",
+        "encoded",
+        "base_offset",
+        "error",
+        "done",
+        "event",
+        "callbacks",
+    )
+
+    def __init__(self, topic: str, partition: int, now: float, deadline: float) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.keys: list[bytes | None] = []
+        self.values: list[bytes | None] = []
+        self.headers: list[Headers | None] | None = None
+        self.timestamps: list[int] | None = None
+        self.has_keys = False
+        self.size = 0
+        self.first_ts = int(time.time() * 1000)
+        self.created = now
+        self.deadline = deadline
+        self.not_before = 0.0
+        self.attempts = 0
+        self.encoded: bytes | None = None
+        self.base_offset = -1
+        self.error: SluiceError | None = None
+        self.done = False
+        self.event: threading.Event | None = None
+        self.callbacks: list[tuple[Callable[[FutureRecordMetadata], Any], FutureRecordMetadata]] | None = None
+
+    def encode(self, compression: Compression) -> bytes:
+        if self.encoded is None:
+            n = len(self.values)
+            deltas = None
+            if self.timestamps is not None:
+                first = self.first_ts
+                deltas = [t - first for t in self.timestamps]
+            self.encoded = encode_batch(
+                self.values,
+                self.keys if self.has_keys else None,
+                timestamp=self.first_ts,
+                timestamp_deltas=deltas,
+                headers=self.headers if self.headers is not None and len(self.headers) == n else None,
+                compression=compression,
+            )
+        return self.encoded
+
+
+class FutureRecordMetadata:
+    """What ``send`` returns: resolves to ``RecordMetadata`` or raises the delivery error."""
+
+    __slots__ = ("_batch", "_index", "_producer")
+
+    def __init__(self, batch: ProducerBatch, index: int, producer: Producer) -> None:
+        self._batch = batch
+        self._index = index
+        self._producer = producer
+
+    def done(self) -> bool:
+        return self._batch.done
+
+    def _wait(self, timeout: float | None) -> None:
+        b = self._batch
+        if b.done:
+            return
+        with self._producer._lock:
+            if not b.done and b.event is None:
+                b.event = threading.Event()
+            event = b.event
+        if event is not None and not event.wait(timeout):
+            raise TimeoutError(f"record to {b.topic}-{b.partition} not acknowledged within {timeout} s")
+
+    def result(self, timeout: float | None = None) -> RecordMetadata:
+        self._wait(timeout)
+        b = self._batch
+        if b.error is not None:
+            raise b.error
+        offset = b.base_offset + self._index if b.base_offset >= 0 else -1
+        ts = b.timestamps[self._index] if b.timestamps is not None else b.first_ts
+        return RecordMetadata(b.topic, b.partition, offset, ts)
+
+    def exception(self, timeout: float | None = None) -> SluiceError | None:
+        self._wait(timeout)
+        return self._batch.error
+
+    def add_done_callback(self, fn: Callable[[FutureRecordMetadata], Any]) -> None:
+        """Call ``fn(future)`` when done (at once if already done; else in the I/O thread)."""
+        b = self._batch
+        with self._producer._lock:
+            if not b.done:
+                if b.callbacks is None:
+                    b.callbacks = []
+                b.callbacks.append((fn, self))
+                return
+        fn(self)
+
+
+class _InFlight:
+    __slots__ = ("cid", "channel", "batches", "deadline", "key")
+
+    def __init__(self, cid: int, channel: Channel, batches: list[ProducerBatch], deadline: float, key: tuple[str, int]):
+        self.cid = cid
+        self.channel = channel
+        self.batches = batches
+        self.deadline = deadline
+        self.key = key
+
+
+class Producer:
+    """Send records to topics; thread-safe.
+
+    >>> with Producer("tcp://127.0.0.1:6100", acks=1) as p:
+    ...     md = p.send("events", b"value", key=b"user-42").result(timeout=10)
+    """
+
+    def __init__(
+        self,
+        bootstrap: Bootstrap = None,
+        *,
+        acks: int | str = 1,
+        linger_ms: int = 5,
+        batch_size: int = 65536,
+        compression: str | None = None,
+        max_in_flight: int = 1,
+        retry_backoff_ms: int = 100,
+        request_timeout_ms: int = 30_000,
+        delivery_timeout_ms: int = 120_000,
+        max_block_ms: int = 60_000,
+        buffer_memory: int = 64 * 1024 * 1024,
+        zmq_module: ModuleType = _zmq,
+    ) -> None:
+        self.endpoints = parse_bootstrap(bootstrap)
+        if acks not in (0, 1, -1, "all"):
+            raise ValueError(f"acks={acks!r}: allowed 0, 1, 'all'")
+        self.acks: int | str = "all" if acks in (-1, "all") else acks
+        for name, value, lo in (
+            ("linger_ms", linger_ms, 0),
+            ("batch_size", batch_size, 1),
+            ("max_in_flight", max_in_flight, 1),
+            ("retry_backoff_ms", retry_backoff_ms, 0),
+            ("request_timeout_ms", request_timeout_ms, 1),
+            ("delivery_timeout_ms", delivery_timeout_ms, 1),
+            ("max_block_ms", max_block_ms, 0),
+            ("buffer_memory", buffer_memory, 1),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+                raise ValueError(f"{name}={value!r}: must be an integer >= {lo}")
+        self.compression = Compression.parse(compression)
+        self.linger_s = linger_ms / 1000
+        self.batch_size = batch_size
+        self.max_in_flight = max_in_flight
+        self.retry_backoff_s = retry_backoff_ms / 1000
+        self.request_timeout_s = request_timeout_ms / 1000
+        self.delivery_timeout_s = delivery_timeout_ms / 1000
+        self.max_block_s = max_block_ms / 1000
+        self.buffer_memory = buffer_memory
+        self.zmq = zmq_module
+
+        self._lock = threading.Lock()
+        self._space = threading.Condition(self._lock)
+        self._queues: dict[tuple[str, int], collections.deque[ProducerBatch]] = {}
+        self._incomplete: set[ProducerBatch] = set()
+        self._buffered = 0
+        self._partitions: dict[str, int] = {}
+        self._sticky: dict[str, int] = {}
+        self._sticky_next = 0
+        self._key_partitioner = KeyPartitioner()
+        self._closed = False
+        self._need_wake = True
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.ctx = zmq_module.Context()
+        self._md_lock = threading.Lock()
+        self._app_metadata = ClusterMetadata(BootstrapChannel(self.ctx, self.endpoints, zmq_module), self.max_block_s)
+        self._thread = threading.Thread(target=self._io_main, name="sluice-producer-io", daemon=True)
+        self._io_error: BaseException | None = None
+        self._thread.start()
+
+    # ---- application side --------------------------------------------------------------
+    def partitions_for(self, topic: str) -> int:
+        n = self._partitions.get(topic)
+        if n is None:
+            why = valid_topic_name(topic) if isinstance(topic, str) else "topic must be a str"
+            if why:
+                raise InvalidConfigError(why)
+            with self._md_lock:
+                md = self._app_metadata.wait_for(topic, self.max_block_s, need_leaders=False)
+            n = self._partitions[topic] = len(md.partitions)
+        return n
+
+    def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        headers: Sequence[tuple[str, bytes | None]] | None = None,
+        timestamp_ms: int | None = None,
+    ) -> FutureRecordMetadata:
+        """Queue one record; returns a future for its metadata. Raises at once on bad input."""
+        if self._closed:
+            raise ProducerClosedError("send() on a closed producer")
+        if value is not None and type(value) is not bytes:
+            value = _as_bytes(value, "value")
+        if key is not None and type(key) is not bytes:
+            key = _as_bytes(key, "key")
+        n = self._partitions.get(topic)
+        if n is None:
+            n = self.partitions_for(topic)
+        if partition is None:
+            if key is not None:
+                partition = self._key_partitioner(key, n)
+            else:
+                partition = self._sticky.get(topic, -1)
+                if partition < 0:
+                    partition = self._sticky_next % n
+                    self._sticky_next += 1
+                    self._sticky[topic] = partition
+        elif type(partition) is not int or not 0 <= partition < n:
+            raise ValueError(f"partition={partition!r}: topic {topic!r} has partitions 0..{n - 1}")
+        size = (len(value) if value is not None else 0) + (len(key) if key is not None else 0) + RECORD_OVERHEAD
+        tp = (topic, partition)
+        with self._lock:
+            if self._buffered + size > self.buffer_memory:
+                self._wait_for_space(size)
+            q = self._queues.get(tp)
+            if q is None:
+                q = self._queues[tp] = collections.deque()
+            if q and q[-1].encoded is None and q[-1].size + size <= self.batch_size:
+                b = q[-1]
+            else:
+                now = time.monotonic()
+                b = ProducerBatch(topic, partition, now, now + self.delivery_timeout_s)
+                q.append(b)
+                self._incomplete.add(b)
+                if key is None and self._sticky.get(topic) == partition and q[0] is not b:
+                    self._sticky.pop(topic, None)  # the sticky partition has a full batch: move on
+            index = len(b.values)
+            b.values.append(value)
+            b.keys.append(key)
+            b.size += size
+            self._buffered += size
+            if key is not None:
+                b.has_keys = True
+            if headers is not None or b.headers is not None:
+                if b.headers is None:
+                    b.headers = [None] * index
+                b.headers.append(_check_headers(headers))
+            if timestamp_ms is not None or b.timestamps is not None:
+                if b.timestamps is None:
+                    b.timestamps = [b.first_ts] * index
+                b.timestamps.append(int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms))
+        if self._need_wake:
+            self._wake()
+        return FutureRecordMetadata(b, index, self)
+
+    def _wait_for_space(self, size: int) -> None:
+        deadline = time.monotonic() + self.max_block_s
+        while self._buffered + size > self.buffer_memory and self._buffered > 0:
+            left = deadline - time.monotonic()
+            if left <= 0 or self._closed:
+                raise RequestTimedOutError(
+                    f"buffer_memory={self.buffer_memory} full for {self.max_block_s:.1f} s (max_block_ms)"
+                )
+            self._wake()
+            self._space.wait(left)
+
+    def _wake(self) -> None:
+        self._need_wake = False
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"x")
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until every record sent before this call is acknowledged or failed."""
+        with self._lock:
+            pending = list(self._incomplete)
+        self._wake()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for b in pending:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            FutureRecordMetadata(b, 0, self)._wait(left)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush (up to ``timeout``), then stop the I/O thread; unsent records fail."""
+        if self._closed:
+            return
+        try:
+            if self._thread.is_alive():
+                self.flush(timeout)
+        finally:
+            self._closed = True
+            self._wake()
+            self._thread.join(timeout=max(5.0, self.request_timeout_s))
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._app_metadata.bootstrap.close()
+            self.ctx.term()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- I/O thread ------------------------------------------------------------------------
+    def _complete(
+        self, batches: list[ProducerBatch], base_offsets: list[int] | None, error: SluiceError | None
+    ) -> None:
+        events = []
+        callbacks = []
+        with self._lock:
+            for i, b in enumerate(batches):
+                b.base_offset = base_offsets[i] if base_offsets is not None and i < len(base_offsets) else -1
+                b.error = error
+                b.done = True
+                b.encoded = None
+                self._buffered -= b.size
+                self._incomplete.discard(b)
+                if b.event is not None:
+                    events.append(b.event)
+                if b.callbacks:
+                    callbacks.extend(b.callbacks)
+                    b.callbacks = None
+            self._space.notify_all()
+        for ev in events:
+            ev.set()
+        for fn, fut in callbacks:
+            try:
+                fn(fut)
+            except Exception:  # noqa: BLE001 - a user callback must not kill the I/O thread
+                log.exception("producer callback raised")
+
+    def _io_main(self) -> None:
+        try:
+            _ProducerIO(self).run()
+        except BaseException as exc:  # noqa: BLE001 - reported to every waiting future
+            self._io_error = exc
+            log.exception("producer I/O thread failed")
+            with self._lock:
+                pending = list(self._incomplete)
+            self._complete(pending, None, ProducerClosedError(f"producer I/O thread failed: {exc}"))
+
+
+def _as_bytes(value: Any, what: str) -> bytes:
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"{what} must be bytes (or None), got {type(value).__name__}; encode it first")
+
+
+def _check_headers(headers: Sequence[tuple[str, bytes | None]] | None) -> Headers | None:
+    if headers is None:
+        return None
+    out: Headers = []
+    for item in headers:
+        if not isinstance(item, tuple) or len(item) != 2 or not isinstance(item[0], str):
+            raise TypeError(f"headers must be (str, bytes | None) pairs, got {item!r:.100}")
+        v = item[1]
+        out.append((item[0], None if v is None else v if type(v) is bytes else _as_bytes(v, "header value")))
+    return out
+
+
+class _ProducerIO:
+    """The I/O thread's state: channels, in-flight requests, metadata."""
+
+    def __init__(self, p: Producer) -> None:
+        self.p = p
+        self.zmq = p.zmq
+        self.metadata = ClusterMetadata(BootstrapChannel(p.ctx, p.endpoints, p.zmq), p.request_timeout_s)
+        self.leaders: dict[tuple[str, int], str] = {}
+        self.channels: dict[str, Channel] = {}
+        self.poller = p.zmq.Poller()
+        self.poller.register(p._wake_r, p.zmq.POLLIN)
+        self.inflight: dict[int, _InFlight] = {}
+        self.inflight_count: collections.Counter[tuple[str, int]] = collections.Counter()
+        self.need_metadata: set[str] = set()
+        self.next_metadata = 0.0
+
+    def channel(self, endpoint: str) -> Channel:
+        ch = self.channels.get(endpoint)
+        if ch is None:
+            ch = self.channels[endpoint] = Channel(self.p.ctx, endpoint, self.zmq)
+            self.poller.register(ch.sock, self.zmq.POLLIN)
+        return ch
+
+    def reset_channel(self, ch: Channel) -> None:
+        self.poller.unregister(ch.sock)
+        ch.reset()
+        self.poller.register(ch.sock, self.zmq.POLLIN)
+
+    def run(self) -> None:
+        p = self.p
+        while True:
+            p._need_wake = True
+            now = time.monotonic()
+            self.refresh_metadata(now)
+            self.send_ready(now)
+            self.expire(now)
+            if p._closed and not self.inflight:
+                with p._lock:
+                    leftover = list(p._incomplete)
+                if leftover:
+                    p._complete(leftover, None, ProducerClosedError("producer closed before delivery"))
+                break
+            timeout = self.next_timeout(now)
+            events = dict(self.poller.poll(int(timeout * 1000) + 1))
+            if p._wake_r in events:
+                try:
+                    while os.read(p._wake_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+            for ch in list(self.channels.values()):
+                if ch.sock in events:
+                    self.drain_replies(ch)
+        self.metadata.bootstrap.close()
+        for ch in self.channels.values():
+            ch.close()
+
+    def next_timeout(self, now: float) -> float:
+        t = 1.0
+        for f in self.inflight.values():
+            t = min(t, f.deadline - now)
+        with self.p._lock:
+            for tp, q in self.p._queues.items():
+                if q:
+                    head = q[0]
+                    if self.inflight_count[tp] == 0:
+                        t = min(t, head.not_before - now)
+                    elif self.inflight_count[tp] < self.p.max_in_flight:
+                        t = min(t, head.created + self.p.linger_s - now)
+                    t = min(t, head.deadline - now)
+        if self.need_metadata:
+            t = min(t, self.next_metadata - now)
+        return max(t, 0.0)
+
+    def refresh_metadata(self, now: float) -> None:
+        if not self.need_metadata or now < self.next_metadata:
+            return
+        topics = sorted(self.need_metadata)
+        try:
+            result = self.metadata.refresh(topics, min(self.p.request_timeout_s, 5.0))
+        except SluiceError as exc:
+            log.warning("metadata refresh for %s failed: %s", topics, exc)
+            self.next_metadata = now + max(self.p.retry_backoff_s, 0.05)
+            return
+        complete = True
+        for name in topics:
+            md = result.get(name)
+            if md is None or md.error is not None:
+                complete = False
+                continue
+            for part in md.partitions:
+                if part.endpoint is not None and part.error is None:
+                    self.leaders[(name, part.partition)] = part.endpoint
+                else:
+                    self.leaders.pop((name, part.partition), None)
+                    complete = False
+        if complete:
+            self.need_metadata.clear()
+        else:
+            self.next_metadata = now + max(self.p.retry_backoff_s, 0.05)
+
+    def send_ready(self, now: float) -> None:
+        p = self.p
+        to_send: list[tuple[tuple[str, int], str, list[ProducerBatch]]] = []
+        with p._lock:
+            for tp, q in p._queues.items():
+                if not q:
+                    continue
+                n = self.inflight_count[tp]
+                if n >= p.max_in_flight or q[0].not_before > now:
+                    continue
+                full = q[0].size >= p.batch_size or len(q) > 1
+                if n and not full and now - q[0].created < p.linger_s:
+                    continue
+                endpoint = self.leaders.get(tp)
+                if endpoint is None:
+                    self.need_metadata.add(tp[0])
+                    continue
+                batches: list[ProducerBatch] = []
+                total = 0
+                while q and (not batches or total + q[0].size <= MAX_REQUEST_BYTES):
+                    b = q.popleft()
+                    total += b.size
+                    batches.append(b)
+                if p._sticky.get(tp[0]) == tp[1]:
+                    p._sticky.pop(tp[0], None)
+                to_send.append((tp, endpoint, batches))
+        for tp, endpoint, batches in to_send:
+            self.send(tp, endpoint, batches, now)
+
+    def send(self, tp: tuple[str, int], endpoint: str, batches: list[ProducerBatch], now: float) -> None:
+        p = self.p
+        try:
+            frames = [b.encode(p.compression) for b in batches]
+        except (ValueError, OverflowError, SluiceError) as exc:
+            err = exc if isinstance(exc, SluiceError) else SluiceError(f"cannot encode batch: {exc}")
+            p._complete(batches, None, err)
+            return
+        ch = self.channel(endpoint)
+        acks = p.acks
+        cid = ch.send(
+            "produce",
+            frames,
+            topic=tp[0],
+            partition=tp[1],
+            acks=acks,
+            timeout_ms=int(p.request_timeout_s * 1000),
+        )
+        for b in batches:
+            b.attempts += 1
+        if acks == 0:
+            p._complete(batches, None, None)
+            return
+        self.inflight[cid] = _InFlight(cid, ch, batches, now + p.request_timeout_s, tp)
+        self.inflight_count[tp] += 1
+
+    def drain_replies(self, ch: Channel) -> None:
+        for _ in range(1000):
+            try:
+                reply = ch.recv_nowait()
+            except SluiceError as exc:
+                log.warning("malformed reply from %s: %s", ch.endpoint, exc)
+                continue
+            if reply is None:
+                return
+            f = self.inflight.pop(reply.id, None)
+            if f is None:
+                continue  # a reply to a request we already gave up on
+            self.inflight_count[f.key] -= 1
+            if reply.error is None:
+                offsets = reply.fields.get("base_offsets")
+                self.p._complete(f.batches, offsets if isinstance(offsets, list) else None, None)
+            else:
+                self.fail(f, reply.error)
+
+    def fail(self, f: _InFlight, err: SluiceError) -> None:
+        """A request failed: retry its batches (at the head of their queue) or fail them."""
+        p = self.p
+        now = time.monotonic()
+        if not err.retriable:
+            p._complete(f.batches, None, err)
+            return
+        self.need_metadata.add(f.key[0])
+        self.next_metadata = min(self.next_metadata, now)
+        if isinstance(err, (LeaderNotAvailableError, RequestTimedOutError)) or err.code in (
+            "NOT_LEADER",
+            "UNKNOWN_TOPIC_OR_PARTITION",
+        ):
+            self.leaders.pop(f.key, None)
+        expired = [b for b in f.batches if now >= b.deadline]
+        retry = [b for b in f.batches if now < b.deadline]
+        if expired:
+            p._complete(expired, None, err)
+        if retry:
+            log.info("retrying %d batch(es) to %s-%d after %s", len(retry), f.key[0], f.key[1], err)
+            with p._lock:
+                q = p._queues.setdefault(f.key, collections.deque())
+                for b in reversed(retry):
+                    b.not_before = now + p.retry_backoff_s * min(2 ** (b.attempts - 1), 32)
+                    q.appendleft(b)
+
+    def expire(self, now: float) -> None:
+        for f in [f for f in self.inflight.values() if now >= f.deadline]:
+            # the request (or its reply) is lost: drop the channel's queue and retry
+            ch = f.channel
+            lost = [x for x in self.inflight.values() if x.channel is ch]
+            for x in lost:
+                self.inflight.pop(x.cid, None)
+                self.inflight_count[x.key] -= 1
+            self.reset_channel(ch)
+            for x in lost:
+                self.fail(x, RequestTimedOutError(f"no reply from {ch.endpoint} within {self.p.request_timeout_s} s"))
+        p = self.p
+        expired: list[ProducerBatch] = []
+        with p._lock:
+            for q in p._queues.values():
+                while q and now >= q[0].deadline:
+                    expired.append(q.popleft())
+        if expired:
+            p._complete(expired, None, RequestTimedOutError(f"not delivered within {p.delivery_timeout_s} s"))

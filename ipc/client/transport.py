@@ -1,0 +1,132 @@
+"""Client-side transport: bootstrap endpoints and request/reply channels over DEALER.
+
+A ``Channel`` is one DEALER connected to one endpoint, used by one thread. Requests
+carry a correlation id; replies are matched by it, so several requests may be in
+flight on one channel. The zmq module is injectable (``zmq.green`` under gevent, for
+locust) — everything else in the client gets its sockets through here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import time
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+import zmq as _zmq
+
+from ipc import sockets
+from ipc.errors import RequestTimedOutError
+from ipc.protocol import Reply, encode_request, parse_reply
+
+DEFAULT_BOOTSTRAP = "tcp://127.0.0.1:6100"
+_ENDPOINT = re.compile(r"^(tcp://(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):\d{1,5}|ipc://.+)$")
+
+Bootstrap = str | Sequence[str] | None
+
+
+def parse_bootstrap(bootstrap: Bootstrap) -> list[str]:
+    """Endpoints from ``"tcp://a:6100,tcp://b:6100"``, a list, or ``$SLUICE_BOOTSTRAP``."""
+    if bootstrap is None:
+        bootstrap = os.environ.get("SLUICE_BOOTSTRAP") or DEFAULT_BOOTSTRAP
+    items = bootstrap.split(",") if isinstance(bootstrap, str) else list(bootstrap)
+    endpoints = [str(e).strip() for e in items if str(e).strip()]
+    if not endpoints:
+        raise ValueError("bootstrap: no endpoint given (expected tcp://HOST:PORT[,tcp://HOST:PORT...])")
+    for e in endpoints:
+        if not _ENDPOINT.match(e):
+            raise ValueError(f"bootstrap endpoint {e!r} is invalid: expected tcp://HOST:PORT")
+    return endpoints
+
+
+_ids = itertools.count(1)
+
+
+def next_id() -> int:
+    return next(_ids)
+
+
+class Channel:
+    def __init__(self, ctx: Any, endpoint: str, zmq_module: ModuleType = _zmq) -> None:
+        self.ctx = ctx
+        self.endpoint = endpoint
+        self.zmq = zmq_module
+        self.sock: Any = sockets.dealer(ctx, endpoint)
+
+    def send(self, api: str, frames: Sequence[Any] = (), **fields: Any) -> int:
+        cid = next_id()
+        header = encode_request(api, cid, **fields)
+        if frames:
+            self.sock.send_multipart([header, *frames], copy=False)
+        else:
+            self.sock.send(header)
+        return cid
+
+    def recv_nowait(self) -> Reply | None:
+        try:
+            frames = self.sock.recv_multipart(flags=self.zmq.NOBLOCK, copy=False)
+        except self.zmq.Again:
+            return None
+        return parse_reply(frames)
+
+    def request(self, api: str, timeout_s: float, frames: Sequence[Any] = (), **fields: Any) -> Reply:
+        """Send and wait for the matching reply; RequestTimedOutError after ``timeout_s``."""
+        cid = self.send(api, frames, **fields)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.sock.poll(left * 1000, self.zmq.POLLIN):
+                self.reset()  # drop the queued request so it is not delivered late
+                raise RequestTimedOutError(f"no reply to {api} from {self.endpoint} within {timeout_s:.1f} s")
+            reply = self.recv_nowait()
+            if reply is not None and reply.id == cid:
+                return reply
+
+    def reset(self) -> None:
+        """Close and reconnect: queued requests are dropped, late replies never arrive."""
+        self.sock.close(0)
+        self.sock = sockets.dealer(self.ctx, self.endpoint)
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
+class BootstrapChannel:
+    """Requests to the front endpoint of any bootstrap node, failing over in turn."""
+
+    def __init__(self, ctx: Any, endpoints: list[str], zmq_module: ModuleType = _zmq) -> None:
+        self.endpoints = endpoints
+        self.ctx = ctx
+        self.zmq = zmq_module
+        self._i = 0
+        self._chan: Channel | None = None
+
+    def request(self, api: str, timeout_s: float, **fields: Any) -> Reply:
+        deadline = time.monotonic() + timeout_s
+        last: Exception | None = None
+        for _ in range(max(1, len(self.endpoints)) * 3):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if self._chan is None:
+                self._chan = Channel(self.ctx, self.endpoints[self._i % len(self.endpoints)], self.zmq)
+            per_try = left if len(self.endpoints) == 1 else min(left, max(1.0, timeout_s / len(self.endpoints)))
+            try:
+                return self._chan.request(api, per_try, **fields)
+            except RequestTimedOutError as exc:
+                last = exc
+                self._chan.close()
+                self._chan = None
+                self._i += 1
+        raise RequestTimedOutError(
+            f"no node answered {api} within {timeout_s:.1f} s (tried {', '.join(self.endpoints)})"
+            + (f": {last}" if last else "")
+        )
+
+    def close(self) -> None:
+        if self._chan is not None:
+            self._chan.close()
+            self._chan = None
