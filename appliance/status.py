@@ -11,13 +11,20 @@ from typing import Any
 
 from appliance.process import pid_alive
 from ipc.errors import SluiceError
-from ipc.shm import StatusTable
+from ipc.shm import ShmBusyError, SlotState, StatusTable, WorkerStatus
 
 
 def table_status(table: StatusTable) -> dict[str, Any]:
     now = time.monotonic()
     parts = []
-    for slot, ctl, st in table.snapshot():
+    for slot in range(table.slots):
+        ctl = table.read_control(slot)
+        if ctl.state is SlotState.FREE:
+            continue
+        try:
+            st = table.read_status(slot)
+        except ShmBusyError:  # its worker stopped in the middle of a write
+            st = WorkerStatus()
         parts.append(
             {
                 "topic": ctl.topic,

@@ -42,7 +42,7 @@ from appliance.worker import WorkerSpec, run_worker
 from ipc import sockets
 from ipc.errors import SluiceError
 from ipc.protocol import FRONT_APIS, error_reply, parse_request, peek_id
-from ipc.shm import ControlBlock, Role, SlotState, StatusTable
+from ipc.shm import ControlBlock, Role, ShmBusyError, SlotState, StatusTable
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ class Replica:
     crash_times: collections.deque[float] = dataclasses.field(default_factory=collections.deque)
     last_exit: int = 0
     offline_since: float = 0.0
+    last_beat: float = 0.0
     after_stop: Callable[[Replica], None] | None = None
 
     @property
@@ -256,6 +257,8 @@ class Supervisor:
         proc.close()
         r.proc = None
         r.last_exit = code
+        r.last_beat = 0.0
+        self.table.reset_status(r.slot)
         if r.state is ReplicaState.STOPPING:
             log.info("%s: worker %d stopped (exit %d)", r.name, r.pid, code)
             r.pid = 0
@@ -291,7 +294,11 @@ class Supervisor:
                 r.restarts += 1
                 self._spawn(r)
             elif r.state is ReplicaState.SERVING:
-                beat = self.table.read_status(r.slot).heartbeat
+                try:
+                    r.last_beat = max(r.last_beat, self.table.read_status(r.slot).heartbeat)
+                except ShmBusyError:
+                    pass  # stopped mid-write: its heartbeat ages like any silent worker's
+                beat = max(r.last_beat, r.started_at)
                 if now - beat > cfg.heartbeat_timeout_ms / 1000:
                     log.error("%s: worker %d silent for %.1f s; killing it", r.name, r.pid, now - beat)
                     self._signal(r, signal.SIGKILL)

@@ -46,7 +46,7 @@ from appliance.log.config import LogConfig
 from appliance.log.errors import LogCorruptionError
 from appliance.log.log import CLEAN_SHUTDOWN_FILE, RECOVERY_POINT_FILE, Log
 from ipc.errors import SluiceError
-from ipc.records import HEADER_SIZE, RecordBatch, decode_batch, encode_batch, iter_headers, read_header
+from ipc.records import decode_batch, encode_batch, iter_headers, read_header
 
 REPO = Path(__file__).resolve().parents[2]
 CHILD_ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -76,9 +76,7 @@ HEADER_FIELDS = {
     "record_count": (57, 61),
 }
 # Damage to these two fields makes reads skip a batch silently (see the xfail test).
-OFFSET_FIELD_BYTES = frozenset(
-    b for name in ("base_offset", "last_offset_delta") for b in range(*HEADER_FIELDS[name])
-)
+OFFSET_FIELD_BYTES = frozenset(b for name in ("base_offset", "last_offset_delta") for b in range(*HEADER_FIELDS[name]))
 
 BUG_OFFSET_FIELDS = (
     "BUG: appliance/log/segment.py LogSegment.find scans headers without their CRC (verify=False) "
@@ -116,8 +114,7 @@ def random_batch(
         for _ in range(count)
     ]
     values: list[bytes | None] = [
-        None if k is not None and rng.random() < tombstone_rate else rng.randbytes(rng.randint(0, 48))
-        for k in keys
+        None if k is not None and rng.random() < tombstone_rate else rng.randbytes(rng.randint(0, 48)) for k in keys
     ]
     return encode_batch(
         values,
@@ -157,9 +154,7 @@ def fill(
     i = 0
     while len(log.segments) < min_segments or len(raw_batches(log.active.path)) < min_active_batches:
         log.append(
-            random_batch(
-                rng, TS_START + 10 * i, key_space=key_space, tombstone_rate=tombstone_rate, records=records
-            )
+            random_batch(rng, TS_START + 10 * i, key_space=key_space, tombstone_rate=tombstone_rate, records=records)
         )
         i += 1
         assert i < 10_000, "fill did not converge"
@@ -282,8 +277,9 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
         batches = log_batches(log)
         start, leo = log.log_start_offset, log.log_end_offset
         reads = {(o, mb): log.read(o, max_bytes=mb) for o in range(start, leo + 1) for mb in (1, 700)}
-        stamps = sorted({t for _, _, _, t in records_of(batches)})
-        probes = {0, stamps[-1] + 1000} | {t + d for t in stamps for d in (-1, 0, 1)}
+        headers = [read_header(b) for b in batches]
+        probes = {0, headers[-1].max_timestamp + 1000}
+        probes |= {t for h in headers for t in (h.first_timestamp - 1, h.first_timestamp + 1, h.max_timestamp)}
         times = {t: log.offset_for_timestamp(t) for t in sorted(probes)}
         crashed = root / "crashed"
         shutil.copytree(clean, crashed)  # the files as a SIGKILL would leave them
@@ -350,9 +346,11 @@ def test_flipped_bytes_in_the_active_tail_truncate_from_the_damaged_batch(
     for p in rng.sample(range(pos, pos + len(damaged)), rng.randint(1, 4)):
         flip(last, p, rng.randint(1, 255))
     k = template.batches.index(damaged)
+    size = last.stat().st_size
     with opened(work, template.cfg) as log:
         assert not log.was_clean_shutdown
-        assert log.recovered_bytes_truncated == last.stat().st_size == pos
+        assert log.recovered_bytes_truncated == size - pos
+        assert last.stat().st_size == pos
         assert log.log_end_offset == base_of(damaged)
         assert log_batches(log) == template.batches[:k]
         log.verify()
@@ -521,9 +519,7 @@ def test_damaged_index_is_rebuilt_and_answers_as_before(
     entry = OFFSET_ENTRY if suffix == ".index" else TIME_ENTRY
     original_size = (src / index_name).stat().st_size
     assert original_size, f"{index_name} is empty in the template"
-    next_base = (
-        int(logs[logs.index(seg_log) + 1].name[:20]) if which == "sealed" else template.log_end_offset
-    )
+    next_base = int(logs[logs.index(seg_log) + 1].name[:20]) if which == "sealed" else template.log_end_offset
     for kind in damage_kinds(original_size, entry.size):
         what = f"{state} log, {kind} {index_name}"
         work = copy_of(src, tmp_path / "work")
@@ -567,12 +563,14 @@ def test_index_entry_inside_a_batch_is_rebuilt(tmp_path: Path, template: Templat
 )
 def test_max_timestamp_survives_index_rebuild_and_clean_restart(tmp_path: Path) -> None:
     cfg = config(retention_ms=1000)
-    rng = random.Random(3)
     directory = tmp_path / "log"
     late = T0_MS + 5000  # a producer clock ahead of the others, in the middle of segment 0
     with opened(directory, cfg) as log:
         for i in range(40):
-            log.append(random_batch(rng, late if i == 3 else TS_START + 10 * i, records=1))
+            # 113-byte batches, index entry every 128 bytes: the even batches are index points
+            batch = encode_batch([b"v" * 40], timestamp=late if i == 3 else TS_START + 10 * i)
+            assert len(batch) == 113
+            log.append(batch)
         assert len(log.segments) >= 3
         live_max = [s.max_timestamp for s in log.segments]
         live_lookup = log.offset_for_timestamp(late)
@@ -741,9 +739,8 @@ def test_sigkill_loses_no_acknowledged_append(tmp_path: Path) -> None:
     script.write_text(WRITER_CHILD)
     directory = tmp_path / "log"
     acks: list[Ack] = []
-    rounds = 24
+    rounds = 40
     deadline = time.monotonic() + 60
-    kills_during_open = 0
     for round_ in range(rounds):
         target = 0 if rng.random() < 0.15 else rng.randint(1, 40)
         lines: list[bytes] = []
@@ -760,7 +757,6 @@ def test_sigkill_loses_no_acknowledged_append(tmp_path: Path) -> None:
             assert proc.wait(timeout=30) == -signal.SIGKILL
             while (line := reader.readline(deadline)) is not None:  # acks written before the kill
                 lines.append(line)
-        kills_during_open += not any(line.startswith(b"ready") for line in lines)
         for line in lines:
             if line.startswith((b"opening", b"ready")):
                 continue
@@ -775,7 +771,6 @@ def test_sigkill_loses_no_acknowledged_append(tmp_path: Path) -> None:
         check_acknowledged(snapshot, acks, seed, f"after kill {round_}")
         shutil.rmtree(snapshot)
     assert len(acks) >= rounds, "too few acknowledged appends to mean anything"
-    assert kills_during_open >= 1
     assert len(segment_paths(directory)) >= 3, "the writer should have rolled segments"
 
 
@@ -852,23 +847,16 @@ def make_step_case(root: Path, operation: str) -> StepCase:
     cfg = LogConfig.from_options(options)
     directory = root / operation
     offset = 0
+    aged = operation in ("retention", "truncate_fully")
+    keyed = operation == "compaction"
     with opened(directory, cfg) as log:
-        if operation == "compaction":
-            fill(log, rng, min_segments=5, min_active_batches=3, key_space=6, tombstone_rate=0.2)
-        else:
-            fill(log, rng, min_segments=6, min_active_batches=3)
-        if operation in ("retention", "truncate_fully"):
-            # the first three segments are older than retention.ms at T0
-            old = log.segments[3].base_offset
-            bases = [s.base_offset for s in log.segments]
-            log.close()
-            shutil.rmtree(directory)
-            log = Log.open(str(directory), cfg, clock=clock)
-            i = 0
-            while len(log.segments) < len(bases) or len(raw_batches(log.active.path)) < 3:
-                ts = T0_MS - 3_600_000 + i if log.log_end_offset < old else T0_MS - 1000 + i
-                log.append(random_batch(rng, ts))
-                i += 1
+        i = 0
+        while len(log.segments) < 6 or len(raw_batches(log.active.path)) < 3:
+            ts = TS_START + 10 * i
+            if aged:  # the first three segments are older than retention.ms at T0
+                ts = (T0_MS - 3_600_000 if len(log.segments) <= 3 else T0_MS - 1000) + i
+            log.append(random_batch(rng, ts, key_space=6 if keyed else None, tombstone_rate=0.2 if keyed else 0.0))
+            i += 1
         if operation == "truncate_fully":
             assert log.apply_retention(T0_MS) >= 2
             offset = log.log_start_offset
@@ -886,9 +874,7 @@ def make_step_case(root: Path, operation: str) -> StepCase:
         after, after_start, after_end = log_batches(log), log.log_start_offset, log.log_end_offset
     shutil.rmtree(reference)
     assert after != before, f"{operation} should change the log"
-    return StepCase(
-        operation, directory, options, offset, before, bases, start, end, after, after_start, after_end
-    )
+    return StepCase(operation, directory, options, offset, before, bases, start, end, after, after_start, after_end)
 
 
 @pytest.fixture(scope="module")
