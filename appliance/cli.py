@@ -306,6 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CliError, SluiceError, ValueError, TypeError) as exc:
         print(f"sluice {a.command}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except OSError as exc:  # includes zmq.ZMQError: an address in use, a directory not writable
+        print(f"sluice {a.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -64,7 +64,14 @@ class NodeConfig:
 
     @property
     def advertised(self) -> str:
-        return self.advertised_listen or self.listen
+        """What clients are told; a wildcard listen without advertised_listen advertises loopback."""
+        if self.advertised_listen:
+            return self.advertised_listen
+        m = _TCP.match(self.listen)
+        assert m is not None
+        if m.group("host") in ("*", "0.0.0.0"):
+            return f"tcp://127.0.0.1:{m.group('port')}"
+        return self.listen
 
     @property
     def advertised_host(self) -> str:

@@ -3,7 +3,7 @@
 Served by the supervisor's loop (see ``Supervisor._handle_front``). A handler returns
 the reply frames, or None when the reply is deferred: ``create_topic`` (and an
 ``alter_topic`` that adds partitions) answers once every new partition's worker is
-serving, or with REQUEST_TIMED_OUT after ``timeout_ms``.
+serving, or with REQUEST_TIMED_OUT after ``ADMIN_TIMEOUT_S``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -27,13 +28,14 @@ from ipc.errors import (
     UnknownTopicOrPartitionError,
 )
 from ipc.protocol import Request, error_reply, ok_reply, valid_topic_name
+from ipc.shm import ShmBusyError, WorkerStatus
 
 if TYPE_CHECKING:
     from appliance.supervisor import Replica, Supervisor
 
 log = logging.getLogger(__name__)
 
-ADMIN_TIMEOUT_S = 60.0
+ADMIN_TIMEOUT_S = 25.0  # below the Admin client's default 30 s, so the node answers first
 INTERNAL_PREFIX = "__"
 
 
@@ -90,10 +92,19 @@ class FrontApi:
         if topic in self.deleting:
             raise PolicyViolationError(f"topic {topic!r} is being deleted; try again shortly")
         self.node.config.topic_log_config(config)  # validate before anything is written
+        self._check_room(partitions)
         self.node.coordinator.create_topic(topic, partitions, replication_factor, config)
         for p in range(partitions):
             self.node.add_replica(topic, p)
         log.info("created topic %s with %d partition(s), config %s", topic, partitions, config)
+
+    def _check_room(self, partitions: int) -> None:
+        free = self.node.free_slots()
+        if partitions > free:
+            raise PolicyViolationError(
+                f"{partitions} new partition(s) do not fit: this node has room for {free} more "
+                f"(max_partitions={self.node.config.max_partitions})"
+            )
 
     def _defer(self, identity: bytes, req: Request, topic: str, partitions: range) -> list[bytes] | None:
         pending = PendingAdmin(identity, req.id, topic, partitions, self.node.clock() + ADMIN_TIMEOUT_S)
@@ -177,8 +188,8 @@ class FrontApi:
             src = self.node.partition_dir(r.topic, r.partition)
             if os.path.exists(src):
                 dst = f"{src}.{int(time.time() * 1000)}-delete"
-                os.replace(src, dst)
-                shutil.rmtree(dst, ignore_errors=True)
+                os.replace(src, dst)  # gone from the node's view at once; the bytes go in the background
+                threading.Thread(target=shutil.rmtree, args=(dst, True), name="rmtree", daemon=True).start()
             remaining.discard((r.topic, r.partition))
             if not remaining:
                 self.deleting.discard(name)
@@ -205,7 +216,10 @@ class FrontApi:
             md = self._partition_md(name, i, st)
             r = self.node.replicas.get((name, i))
             if r is not None:
-                status = self.node.table.read_status(r.slot)
+                try:
+                    status = self.node.table.read_status(r.slot)
+                except ShmBusyError:  # its worker stopped mid-write
+                    status = WorkerStatus()
                 md.update(
                     state=r.state.value,
                     pid=r.pid,
@@ -232,10 +246,16 @@ class FrontApi:
         info = self._topic_info(name)
         changes = req.fields["config"]
         new_config = {**info.config, **changes}
-        for key in [k for k, v in changes.items() if v == ""]:
+        resets = [k for k, v in changes.items() if v == ""]
+        LogConfig.from_options({k: v for k, v in changes.items() if k not in resets})  # names and values
+        for key in resets:
+            if key not in LogConfig().to_options():
+                raise InvalidConfigError(f"unknown topic option {key!r}")
             new_config.pop(key)  # "" resets an option to the node default
         LogConfig.from_options({**self.node.config.topic_defaults, **new_config})
         old_count = len(info.partitions)
+        if req.fields["partitions"] is not None and req.fields["partitions"] > old_count:
+            self._check_room(req.fields["partitions"] - old_count)
         info = self.node.coordinator.alter_topic(name, new_config, req.fields["partitions"])
         options = {**self.node.config.topic_defaults, **info.config}
         for p in range(old_count):

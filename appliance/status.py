@@ -10,8 +10,7 @@ import time
 from typing import Any
 
 from appliance.process import pid_alive
-from ipc.errors import SluiceError
-from ipc.shm import ShmBusyError, SlotState, StatusTable, WorkerStatus
+from ipc.shm import ShmBusyError, ShmError, SlotState, StatusTable, WorkerStatus
 
 
 def table_status(table: StatusTable) -> dict[str, Any]:
@@ -61,8 +60,8 @@ def read_status(path: str) -> dict[str, Any]:
     """Attach read-only, read, detach (never removes the table)."""
     try:
         table = StatusTable.attach(path, writable=False)
-    except SluiceError as exc:
-        raise SluiceError(f"no running node found: {exc.message}") from None
+    except ShmError as exc:
+        raise ShmError(f"no running node found: {exc.message}") from None
     try:
         return table_status(table)
     finally:

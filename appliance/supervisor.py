@@ -21,6 +21,7 @@ import collections
 import contextlib
 import dataclasses
 import enum
+import fcntl
 import logging
 import multiprocessing
 import multiprocessing.forkserver
@@ -40,13 +41,14 @@ from appliance.coordinator.local import LocalCoordinator
 from appliance.process import SignalPipe
 from appliance.worker import WorkerSpec, run_worker
 from ipc import sockets
-from ipc.errors import SluiceError
+from ipc.errors import InvalidConfigError, SluiceError
 from ipc.protocol import FRONT_APIS, error_reply, parse_request, peek_id
 from ipc.shm import ControlBlock, Role, ShmBusyError, SlotState, StatusTable
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.1
+LOCK_FILE = ".lock"
 
 
 class ReplicaState(enum.Enum):
@@ -143,24 +145,47 @@ class Supervisor:
         )
 
     # ---- start-up -----------------------------------------------------------------------
+    def _lock_data_dir(self) -> None:
+        """One node per data directory: hold an exclusive flock for our lifetime."""
+        cfg = self.config
+        try:
+            os.makedirs(cfg.data_dir, exist_ok=True)
+            self._lock_fd = os.open(os.path.join(cfg.data_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise InvalidConfigError(f"data_dir={cfg.data_dir!r} is not usable: {exc.strerror}") from None
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._lock_fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise InvalidConfigError(f"data_dir={cfg.data_dir!r} is in use by another node (pid {holder})") from None
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
+
     def setup(self) -> None:
         cfg = self.config
-        os.makedirs(cfg.data_dir, exist_ok=True)
-        runtime = cfg.resolved_runtime_dir
-        os.makedirs(runtime, mode=0o700, exist_ok=True)
-        # Fork server first: this process has no other thread yet.
+        # Fork server first: this process has no other thread and no socket yet.
         mp = multiprocessing.get_context("forkserver")
         mp.set_forkserver_preload(["appliance.worker"])
         multiprocessing.forkserver.ensure_running()
         self.mp = mp
-        self.table = StatusTable.create(cfg.status_path, cfg.max_partitions, cfg.node_id)
+        self._lock_data_dir()
+        runtime = cfg.resolved_runtime_dir
+        try:
+            os.makedirs(runtime, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise InvalidConfigError(f"runtime_dir={runtime!r} is not usable: {exc.strerror}") from None
+        self.ctx = zmq.Context()
+        try:
+            self.front, _ = sockets.bind_router(self.ctx, cfg.listen, cfg.max_request_bytes)
+        except zmq.ZMQError as exc:
+            self.ctx.destroy(0)
+            raise InvalidConfigError(f"listen={cfg.listen!r}: cannot bind: {exc}") from None
         self.coordinator.load()
         self._remove_deleted_dirs()
-        self.ctx = zmq.Context()
-        self.front, _ = sockets.bind_router(self.ctx, cfg.listen, cfg.max_request_bytes)
+        self.table = StatusTable.create(cfg.status_path, cfg.max_partitions, cfg.node_id)
         control_path = cfg.control_endpoint[len("ipc://") :]
         if os.path.exists(control_path):
-            os.unlink(control_path)
+            os.unlink(control_path)  # left by a node that died: the data-dir lock says it is not running
         self.control, _ = sockets.bind_router(self.ctx, cfg.control_endpoint)
         self.poller.register(self.front, zmq.POLLIN)
         self.poller.register(self.control, zmq.POLLIN)
@@ -185,6 +210,9 @@ class Supervisor:
         return os.path.join(self.config.data_dir, f"{topic}-{partition}")
 
     # ---- replicas -------------------------------------------------------------------------
+    def free_slots(self) -> int:
+        return self.config.max_partitions - len(self.replicas)
+
     def add_replica(self, topic: str, partition: int) -> Replica:
         slot = self.table.find_free_slot()
         if slot is None:
@@ -336,6 +364,10 @@ class Supervisor:
                 r.port = int(port) if port.isdigit() else 0
                 r.endpoint = f"tcp://{self.config.advertised_host}:{r.port}"
                 self._set_replica_state(r, ReplicaState.SERVING)
+                # a topic change made while it was starting could not reach it: resend
+                info = self.coordinator.topics().get(r.topic)
+                if info is not None:
+                    self.send_control(r, cmd="config", options={**self.config.topic_defaults, **info.config})
                 self.api.on_replica_ready(r)
 
     def send_control(self, r: Replica, **msg: Any) -> None:
@@ -424,4 +456,5 @@ class Supervisor:
             os.unlink(path)
         self.table.close()
         self.table.unlink()
+        os.close(self._lock_fd)
         log.info("node %d stopped", self.config.node_id)

@@ -28,17 +28,18 @@ import zmq
 from appliance.log.cleaner import CleanPlan, apply_plan, build_plan
 from appliance.log.config import CleanupPolicy, LogConfig
 from appliance.log.log import Log
-from appliance.process import SignalPipe, die_with_parent, setup_logging
+from appliance.process import SignalPipe, die_with_parent, pid_alive, setup_logging
 from ipc import sockets
 from ipc.errors import (
     CorruptRecordError,
     InvalidRequestError,
     MessageTooLargeError,
     SluiceError,
+    StorageError,
     UnknownTopicOrPartitionError,
 )
 from ipc.protocol import EARLIEST, LATEST, WORKER_APIS, Request, error_reply, ok_reply, parse_request, peek_id
-from ipc.records import BatchHeader, iter_headers, validate_batch
+from ipc.records import BatchHeader, check_producible, iter_headers, validate_batch
 from ipc.shm import StatusTable, StatusWriter
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,7 @@ class PartitionWorker:
                         log.info("%s: SIGTERM", self.name)
                         self._set_state(WorkerState.STOPPING)
             if self.state is not WorkerState.SERVING:
+                self._answer_queued()
                 break
             if self.control in events:
                 self._handle_control()
@@ -200,6 +202,15 @@ class PartitionWorker:
         self.shutdown()
         return 0
 
+    def _answer_queued(self) -> None:
+        """On the way out: answer what clients already sent (bounded), then stop."""
+        for _ in range(10_000):
+            try:
+                frames = self.data.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._handle(frames)
+
     def _next_deadline(self) -> float:
         deadlines = [p.deadline for p in self.parked]
         flush = self.log.next_flush_deadline()
@@ -209,6 +220,10 @@ class PartitionWorker:
         return min(deadlines) if deadlines else float("inf")
 
     def tick(self, now: float) -> None:
+        if not pid_alive(self.spec.supervisor_pid):
+            log.error("%s: supervisor %d is gone; stopping", self.name, self.spec.supervisor_pid)
+            self._set_state(WorkerState.STOPPING)
+            return
         self.log.maybe_flush()
         cfg = self.log.config
         if now >= self._next_retention and self._clean_thread is None:
@@ -332,7 +347,7 @@ class PartitionWorker:
         for frame in req.frames:
             buf = frame.buffer if hasattr(frame, "buffer") else memoryview(frame)
             try:
-                headers.append(validate_batch(buf))
+                headers.append(check_producible(validate_batch(buf)))
             except CorruptRecordError as exc:
                 raise CorruptRecordError(f"{self.name}: {exc.message}") from None
             buffers.append(buf)
@@ -344,7 +359,10 @@ class PartitionWorker:
                 )
         base_offsets = []
         for buf, h in zip(buffers, headers, strict=True):
-            result = self.log.append(buf, self.spec.leader_epoch, validate=False)
+            try:
+                result = self.log.append(buf, self.spec.leader_epoch, validate=False)
+            except OSError as exc:
+                raise StorageError(f"{self.name}: cannot append: {exc}") from exc
             base_offsets.append(result.base_offset)
             self.records_in += h.record_count
             self.bytes_in += result.size
@@ -444,8 +462,25 @@ class PartitionWorker:
         self.status.heartbeat()
 
 
+def _close_forkserver_alive_fd() -> None:
+    """The fork server exits when every holder of its "alive" pipe has closed it; a
+    forked child inherits one end, so close it here or the fork server (our parent,
+    whose death kills us) would outlive a SIGKILLed supervisor."""
+    import multiprocessing.forkserver as fs
+
+    server = getattr(fs, "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if isinstance(fd, int):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        server._forkserver_alive_fd = None  # type: ignore[union-attr]
+
+
 def run_worker(spec: WorkerSpec) -> None:
     """Entry point in the forked child (multiprocessing target)."""
+    _close_forkserver_alive_fd()
     die_with_parent(spec.supervisor_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the supervisor, which stops us
     setup_logging(spec.log_level)

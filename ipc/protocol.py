@@ -68,6 +68,8 @@ def _acks(v: Any) -> str | None:
 
 
 def _config_map(v: Any) -> str | None:
+    if len(v) > 100:
+        return "has too many entries"
     if not all(isinstance(k, str) for k in v):
         return "keys must be strings"
     if not all(isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in v.values()):
@@ -158,8 +160,25 @@ def peek_id(header: Frame) -> int:
     return cid if isinstance(cid, int) and not isinstance(cid, bool) and 0 <= cid <= INT64_MAX else 0
 
 
+def _short(value: Any) -> str:
+    """A bounded, non-recursive rendering of a client's value for an error message."""
+    if isinstance(value, (dict, list)):
+        return f"<{type(value).__name__} of {len(value)}>"
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
 def parse_request(frames: Sequence[Frame], allowed: frozenset[str] | None = None) -> Request:
     """Validate ``[header, *data]``; raise InvalidRequestError saying what is wrong."""
+    try:
+        return _parse_request(frames, allowed)
+    except InvalidRequestError:
+        raise
+    except (RecursionError, ValueError, TypeError, MemoryError) as exc:  # hostile input, never a crash
+        raise InvalidRequestError(f"malformed request: {type(exc).__name__}") from None
+
+
+def _parse_request(frames: Sequence[Frame], allowed: frozenset[str] | None) -> Request:
     if not frames:
         raise InvalidRequestError("empty message: expected a header frame")
     raw = _buffer(frames[0])
@@ -180,7 +199,7 @@ def parse_request(frames: Sequence[Frame], allowed: frozenset[str] | None = None
     if allowed is not None and api not in allowed:
         raise InvalidRequestError(f"api {api!r} is not served by this endpoint")
     version = obj.get("v", VERSION)
-    if version != VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version != VERSION:
         raise InvalidRequestError(f"api {api!r} version {version!r} unsupported (this node speaks {VERSION})")
     fields: dict[str, Any] = {}
     for name, spec in SCHEMAS[api].items():
@@ -196,7 +215,7 @@ def parse_request(frames: Sequence[Frame], allowed: frozenset[str] | None = None
         if spec.check is not None:
             why = spec.check(value)
             if why:
-                raise InvalidRequestError(f"{api}: field {name!r}={value!r:.200} {why}")
+                raise InvalidRequestError(f"{api}: field {name!r}={_short(value)} {why}")
         fields[name] = value
     return Request(api, cid, fields, list(frames[1:]))
 

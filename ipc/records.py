@@ -575,6 +575,17 @@ def decode_batches(
         pos += batch.header.size
 
 
+def check_producible(h: BatchHeader) -> BatchHeader:
+    """A producer's batch holds at least one record with dense offsets (sparse batches
+    are written only by compaction)."""
+    if h.record_count <= 0 or h.attributes & SPARSE_OFFSETS or h.last_offset_delta != h.record_count - 1:
+        raise CorruptRecordError(
+            f"a produced batch must hold records with dense offsets (count {h.record_count}, "
+            f"last offset delta {h.last_offset_delta})"
+        )
+    return h
+
+
 def validate_batch(
     buf: bytes | bytearray | memoryview, *, max_uncompressed: int = DEFAULT_MAX_UNCOMPRESSED
 ) -> BatchHeader:
@@ -585,8 +596,7 @@ def validate_batch(
     b = _parse_body(buf, 0, max_uncompressed, verify_crc=False)
     if h.record_count and h.max_timestamp != h.first_timestamp + max(b.tdeltas):
         raise CorruptRecordError(
-            f"max timestamp {h.max_timestamp} disagrees with the records' "
-            f"({h.first_timestamp + max(b.tdeltas)})"
+            f"max timestamp {h.max_timestamp} disagrees with the records' ({h.first_timestamp + max(b.tdeltas)})"
         )
     if b.hlen is not None:
         _decode_headers(b.body[b.hstart : b.kstart], b.hlen, 0)

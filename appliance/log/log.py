@@ -21,9 +21,9 @@ from ipc.errors import CorruptRecordError, MessageTooLargeError, OffsetOutOfRang
 from ipc.records import (
     DEFAULT_MAX_UNCOMPRESSED,
     PREFIX,
-    SPARSE_OFFSETS,
     BatchHeader,
     check_batch,
+    check_producible,
     stamp_prefix,
     validate_batch,
 )
@@ -100,7 +100,9 @@ class Log:
         self.was_clean_shutdown = os.path.exists(clean_marker)
         self.recovery_point = self._recovery_ckpt.read(0)
         if not bases:
-            bases = [self.recovery_point if self.was_clean_shutdown else 0]
+            # empty: a new log, or one whose segments were all deleted (truncate_fully
+            # checkpoints its new start offset first)
+            bases = [self.recovery_point]
             seg = LogSegment(self.directory, bases[0], self.config.index_interval_bytes)
             seg.open(create=True)
             fsync_dir(self.directory)
@@ -217,11 +219,7 @@ class Log:
         h = validate_batch(batch, max_uncompressed=max_uncompressed) if validate else check_batch(batch)
         if h.size != len(batch):
             raise CorruptRecordError(f"frame holds {len(batch)} bytes but the batch is {h.size}")
-        if h.record_count <= 0 or h.attributes & SPARSE_OFFSETS or h.last_offset_delta != h.record_count - 1:
-            raise CorruptRecordError(
-                f"a produced batch must hold records with dense offsets (count {h.record_count}, "
-                f"last offset delta {h.last_offset_delta})"
-            )
+        check_producible(h)
         base = self.log_end_offset
         prefix = stamp_prefix(batch, h, base, leader_epoch)
         return self._write(prefix, memoryview(batch)[len(prefix) :], h, base, leader_epoch)
@@ -339,12 +337,15 @@ class Log:
         i = self._segment_index(offset)
         while i < len(self.segments) and offset < limit:
             seg = self.segments[i]
-            found = seg.find(offset)
-            if found is not None:
-                pos, h = found
-                if h.base_offset >= limit:
+            if offset < seg.next_offset:
+                data = seg.read(offset, max_bytes, limit, min_one)
+                if data:
+                    return data
+                if seg is not self.active and offset >= seg.base_offset:
+                    # a compacted segment may end before its next offset: go on
+                    offset = max(offset, seg.next_offset)
+                else:
                     return b""
-                return seg.read(pos, max_bytes, limit, min_one)
             i += 1
         return b""
 
@@ -381,10 +382,15 @@ class Log:
         return self.log_end_offset
 
     def truncate_fully_and_start_at(self, offset: int, keep_start: bool = False) -> int:
-        """Delete every segment and start empty at ``offset``."""
-        for seg in self.segments:
-            self._delete_segment(seg)
+        """Delete every segment and start empty at ``offset``.
+
+        The new start is checkpointed first and segments go newest first, so a crash
+        leaves either a prefix of the old log or an empty log at the new start."""
         start = min(offset, self.log_start_offset) if keep_start else offset
+        self.recovery_point = start
+        self._recovery_ckpt.write(start)
+        for seg in reversed(self.segments):
+            self._delete_segment(seg)
         seg = LogSegment(self.directory, start, self.config.index_interval_bytes)
         seg.open(create=True)
         fsync_dir(self.directory)

@@ -73,7 +73,15 @@ class LogSegment:
             log.warning("rebuilding index of %s: %s", self.path, exc)
             return self._recover(is_last)
         last_offset, last_pos = self.index.lookup(2**62)
-        self._scan_tail(last_pos, last_offset)
+        first = self.header_or_none(last_pos)
+        if self.size and (first is None or first.base_offset != last_offset):
+            log.warning("rebuilding indexes of %s: last entry does not point at batch %d", self.path, last_offset)
+            return self._recover(is_last)
+        try:
+            self._scan_tail(last_pos, last_offset)
+        except LogCorruptionError as exc:
+            log.warning("rescanning %s: %s", self.path, exc)
+            return self._recover(is_last)
         try:
             self.time_index.load(self.next_offset)
         except IndexError_ as exc:
@@ -172,6 +180,13 @@ class LogSegment:
                 raise TornBatch(pos, "no progress while scanning")  # pragma: no cover
             pos += at
 
+    def header_or_none(self, position: int) -> BatchHeader | None:
+        """The header at ``position``, or None if there is none or it is damaged."""
+        try:
+            return self.header_at(position)
+        except LogCorruptionError:
+            return None
+
     def header_at(self, position: int) -> BatchHeader | None:
         if position >= self.size:
             return None
@@ -185,7 +200,7 @@ class LogSegment:
         """Position and header of the first batch whose last offset >= ``offset``."""
         _, pos = self.index.lookup(offset)
         try:
-            for p, h in self.iter_batches(pos, verify=False):
+            for p, h in self.iter_batches(pos, verify=True):
                 if h.last_offset >= offset:
                     return p, h
         except TornBatch as exc:
@@ -197,7 +212,7 @@ class LogSegment:
         start = self.time_index.lookup(timestamp)
         _, pos = self.index.lookup(start)
         try:
-            for p, h in self.iter_batches(pos, verify=False):
+            for p, h in self.iter_batches(pos, verify=True):
                 if h.max_timestamp >= timestamp:
                     batch = decode_batch(os.pread(self.fd, h.size, p))
                     for off, ts in zip(batch.offsets, batch.timestamps, strict=True):
@@ -208,38 +223,67 @@ class LogSegment:
             raise LogCorruptionError(self.path, position, str(exc)) from None
         return None
 
-    def read(self, position: int, max_bytes: int, max_offset: int, min_one: bool) -> bytes:
-        """Whole batches from ``position``: at most ``max_bytes`` (but at least one batch
-        if ``min_one``), only batches whose base offset is below ``max_offset``. Each
-        returned batch is CRC-checked: damage raises LogCorruptionError."""
-        want = min(max_bytes, self.size - position)
-        if position >= self.size or (want <= 0 and not min_one):
+    def read(self, offset: int, max_bytes: int, max_offset: int, min_one: bool) -> bytes:
+        """Whole batches from the one holding ``offset``: at most ``max_bytes`` (but at
+        least one batch if ``min_one``), only batches whose base offset is below
+        ``max_offset``. Every batch scanned is CRC-checked and its offsets must follow
+        the index entry and each other, so a damaged header is never trusted: damage
+        raises LogCorruptionError naming the file and byte position."""
+        index_offset, pos = self.index.lookup(offset)
+        # an index entry at or below offset must point exactly at a batch with its offset
+        exact = bool(len(self.index)) and self.base_offset + self.index.rel_offsets[0] <= offset
+        if pos >= self.size:
             return b""
-        buf = os.pread(self.fd, max(want, HEADER_SIZE) if min_one else want, position)
-        at = 0
+        # one pread normally covers the scan from the index entry and the whole answer
+        buf = os.pread(self.fd, min(self.size - pos, max_bytes + 2 * self.index_interval_bytes + HEADER_SIZE), pos)
         mv = memoryview(buf)
-        while at < len(buf):
-            try:
+        at = 0
+        start = -1
+        prev_next = index_offset
+        try:
+            while pos + at < self.size:
+                if len(buf) - at < HEADER_SIZE:
+                    if pos + at + HEADER_SIZE > self.size:
+                        raise CorruptRecordError(f"{self.size - pos - at} stray bytes at the end of the segment")
+                    mv.release()
+                    buf, mv = self._refill(buf, pos, at, HEADER_SIZE, max_bytes)
+                    continue
                 h = read_header(buf, at)
-            except CorruptRecordError as exc:
-                if len(buf) - at < HEADER_SIZE and position + len(buf) < self.size:
-                    break
-                raise LogCorruptionError(self.path, position + at, exc.message) from None
-            if h.base_offset >= max_offset:
-                break
-            if at + h.size > len(buf):
-                if at == 0 and min_one and position + h.size <= self.size:
-                    buf = os.pread(self.fd, h.size, position)
-                    mv = memoryview(buf)
-                else:
-                    break
-            try:
+                if pos + at + h.size > self.size:
+                    raise CorruptRecordError(f"batch of {h.size} bytes runs past the end of the segment")
+                if at + h.size > len(buf) and (start < 0 or (at == start and min_one)):
+                    mv.release()
+                    buf, mv = self._refill(buf, pos, at, h.size, max_bytes)
+                    continue
+                if at + h.size > len(buf):
+                    break  # the answer is full
+                if h.base_offset < prev_next or (at == 0 and exact and h.base_offset != index_offset):
+                    raise CorruptRecordError(f"batch offset {h.base_offset} does not follow offset {prev_next}")
                 check_batch(mv, at)
-            except CorruptRecordError as exc:
-                raise LogCorruptionError(self.path, position + at, exc.message) from None
-            at += h.size
-        mv.release()
-        return buf if at == len(buf) else buf[:at]
+                if start < 0:
+                    if h.last_offset >= offset:
+                        if h.base_offset >= max_offset:
+                            return b""
+                        start = at
+                elif h.base_offset >= max_offset or at + h.size - start > max_bytes:
+                    break
+                prev_next = h.next_offset
+                at += h.size
+                if start >= 0 and at - start >= max_bytes:
+                    break
+        except CorruptRecordError as exc:
+            raise LogCorruptionError(self.path, pos + at, exc.message) from None
+        finally:
+            mv.release()
+        if start < 0 or (not min_one and at - start > max_bytes):
+            return b""
+        return buf[start:at] if (start, at) != (0, len(buf)) else buf
+
+    def _refill(self, buf: bytes, pos: int, at: int, need: int, max_bytes: int) -> tuple[bytes, memoryview]:
+        """Keep ``buf[:at]`` and read on from ``pos + at``: at least ``need`` bytes."""
+        more = os.pread(self.fd, min(self.size - pos - at, max(need, max_bytes)), pos + at)
+        buf = buf[:at] + more
+        return buf, memoryview(buf)
 
     # ---- writing -------------------------------------------------------------------
     def append(self, prefix: bytes, rest: memoryview | bytes, h: BatchHeader, base_offset: int) -> int:

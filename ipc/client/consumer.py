@@ -37,6 +37,10 @@ _NO_HEADERS: Headers = []
 OFFSET_RESETS = ("earliest", "latest", "none")
 
 
+class ConsumerClosedError(SluiceError):
+    code = "CONSUMER_CLOSED"
+
+
 class ConsumerRecord(NamedTuple):
     topic: str
     partition: int
@@ -114,6 +118,7 @@ class Consumer:
         self._by_cid: dict[int, _PartitionState] = {}
         self._leaders: dict[TopicPartition, str] = {}
         self._closed = False
+        self._rr = 0
 
     # ---- assignment -------------------------------------------------------------------------
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
@@ -388,7 +393,7 @@ class Consumer:
         """Records after each partition's position, up to ``max_poll_records``; waits up to
         ``timeout_ms`` for the first one. Returns [] on timeout."""
         if self._closed:
-            raise SluiceError("poll() on a closed consumer")
+            raise ConsumerClosedError("poll() on a closed consumer")
         if not isinstance(timeout_ms, int) or timeout_ms < 0:
             raise ValueError(f"timeout_ms={timeout_ms!r}: must be an integer >= 0")
         deadline = time.monotonic() + timeout_ms / 1000
@@ -410,7 +415,11 @@ class Consumer:
     def _take(self) -> list[ConsumerRecord]:
         out: list[ConsumerRecord] = []
         room = self.max_poll_records
-        for st in self._states.values():
+        states = list(self._states.values())
+        if not states:
+            return out
+        self._rr = (self._rr + 1) % len(states)  # rotate the first partition: none starves
+        for st in states[self._rr :] + states[: self._rr]:
             if not st.buffer or room <= 0:
                 continue
             buf = st.buffer

@@ -42,7 +42,9 @@ from ipc.records import Compression, Headers, encode_batch
 log = logging.getLogger(__name__)
 
 RECORD_OVERHEAD = 12  # three int32 columns per record
+METADATA_MAX_AGE_S = 300.0  # as Kafka's metadata.max.age.ms: learn of added partitions
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
+MAX_TS_DELTA = 2**31 - 1  # record timestamps are int32 deltas from their batch's first timestamp
 
 
 class ProducerClosedError(SluiceError):
@@ -301,11 +303,18 @@ class Producer:
             q = self._queues.get(tp)
             if q is None:
                 q = self._queues[tp] = collections.deque()
-            if q and q[-1].encoded is None and q[-1].size + size <= self.batch_size:
+            if (
+                q
+                and q[-1].encoded is None
+                and q[-1].size + size <= self.batch_size
+                and (timestamp_ms is None or abs(timestamp_ms - q[-1].first_ts) < MAX_TS_DELTA)
+            ):
                 b = q[-1]
             else:
                 now = time.monotonic()
                 b = ProducerBatch(topic, partition, now, now + self.delivery_timeout_s)
+                if timestamp_ms is not None:
+                    b.first_ts = int(timestamp_ms)
                 q.append(b)
                 self._incomplete.add(b)
                 if key is None and self._sticky.get(topic) == partition and q[0] is not b:
@@ -362,6 +371,8 @@ class Producer:
         try:
             if self._thread.is_alive():
                 self.flush(timeout)
+        except TimeoutError:
+            pass  # what is still unsent fails with ProducerClosedError below
         finally:
             self._closed = True
             self._wake()
@@ -449,6 +460,7 @@ class _ProducerIO:
         self.inflight_count: collections.Counter[tuple[str, int]] = collections.Counter()
         self.need_metadata: set[str] = set()
         self.next_metadata = 0.0
+        self.next_periodic_metadata = time.monotonic() + METADATA_MAX_AGE_S
 
     def channel(self, endpoint: str) -> Channel:
         ch = self.channels.get(endpoint)
@@ -509,6 +521,9 @@ class _ProducerIO:
         return max(t, 0.0)
 
     def refresh_metadata(self, now: float) -> None:
+        if now >= self.next_periodic_metadata:
+            self.next_periodic_metadata = now + METADATA_MAX_AGE_S
+            self.need_metadata.update(self.p._partitions)
         if not self.need_metadata or now < self.next_metadata:
             return
         topics = sorted(self.need_metadata)
@@ -524,6 +539,8 @@ class _ProducerIO:
             if md is None or md.error is not None:
                 complete = False
                 continue
+            if len(md.partitions) > self.p._partitions.get(name, 0):
+                self.p._partitions[name] = len(md.partitions)  # partitions were added
             for part in md.partitions:
                 if part.endpoint is not None and part.error is None:
                     self.leaders[(name, part.partition)] = part.endpoint

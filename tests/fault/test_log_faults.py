@@ -14,8 +14,6 @@ design.md ("Storage engine", "Durability"):
   acknowledged append and invents nothing;
 * crash at each step: a child ``os._exit``s at every named step of retention,
   truncation and compaction; the reopened log is consistent.
-
-Tests marked ``xfail(strict=True, reason="BUG: ...")`` expose known engine bugs.
 """
 
 from __future__ import annotations
@@ -51,7 +49,7 @@ from ipc.records import decode_batch, encode_batch, iter_headers, read_header
 REPO = Path(__file__).resolve().parents[2]
 CHILD_ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
-T0 = 1_700_000_000.0  # the injected clock: fixed, so segment.ms never rolls a segment
+T0 = 1_700_000_000.0  # the injected clock (fixed): retention and compaction run "now" = T0
 T0_MS = int(T0 * 1000)
 TS_START = T0_MS - 1_000_000  # record timestamps: increasing, all older than T0
 
@@ -75,15 +73,6 @@ HEADER_FIELDS = {
     "base_sequence": (53, 57),
     "record_count": (57, 61),
 }
-# Damage to these two fields makes reads skip a batch silently (see the xfail test).
-OFFSET_FIELD_BYTES = frozenset(b for name in ("base_offset", "last_offset_delta") for b in range(*HEADER_FIELDS[name]))
-
-BUG_OFFSET_FIELDS = (
-    "BUG: appliance/log/segment.py LogSegment.find scans headers without their CRC (verify=False) "
-    "and trusts their offsets, so a sealed batch whose base_offset / last_offset_delta is damaged "
-    "is skipped (read returns the next batch) or yields b'' from Log.read (base offset >= LEO) "
-    "instead of raising LogCorruptionError"
-)
 
 
 def clock() -> float:
@@ -224,16 +213,17 @@ def assert_appends_continue(log: Log, rng: random.Random) -> None:
 
 
 def assert_not_served(
-    log: Log, seg_path: str, damaged: range, expected: dict[tuple[int, int], bytes], what: str
+    log: Log, seg_path: str, damaged_pos: int, damaged: range, expected: dict[tuple[int, int], bytes], what: str
 ) -> None:
-    """Each read either raises LogCorruptionError naming the segment, or returns a
-    non-empty prefix (whole batches) of what the undamaged log returned; offsets of the
-    damaged batch must raise."""
+    """Each read either raises LogCorruptionError naming the segment and a byte at or
+    after the damage, or returns a non-empty prefix (whole batches) of what the undamaged
+    log returned; offsets of the damaged batch must raise."""
     for (offset, max_bytes), want in expected.items():
         try:
             got = log.read(offset, max_bytes=max_bytes)
         except LogCorruptionError as exc:
             assert seg_path in str(exc), f"{what}: read({offset}) error does not name the segment: {exc}"
+            assert exc.position >= damaged_pos, f"{what}: read({offset}) blames byte {exc.position}: {exc}"
             continue
         assert offset not in damaged, (
             f"{what}: read({offset}, {max_bytes}) of the damaged batch {damaged.start}..{damaged.stop - 1} "
@@ -374,8 +364,7 @@ def test_flipped_bytes_in_a_sealed_segment_are_reported_never_served(
     name = names[seg_index]
     batches = raw_batches(template.clean / name)
     pos, damaged = batches[rng.randrange(len(batches))]
-    # Header bytes of base_offset/last_offset_delta: see test_damaged_offset_fields_...
-    allowed = [p for p in range(len(damaged)) if p not in OFFSET_FIELD_BYTES]
+    allowed = list(range(len(damaged)))
     flips = [(pos + p, rng.randint(1, 255)) for p in rng.sample(allowed, rng.randint(1, 3))]
     h = read_header(damaged)
     damaged_offsets = range(h.base_offset, h.next_offset)
@@ -388,11 +377,11 @@ def test_flipped_bytes_in_a_sealed_segment_are_reported_never_served(
     try:
         log = Log.open(str(work), template.cfg, clock=clock)
     except LogCorruptionError as exc:
-        assert exc.path == seg_path and seg_path in str(exc)
+        assert exc.path == seg_path and seg_path in str(exc) and exc.position >= pos
     else:
         try:
             expected = sealed_segment_reads(template, seg_index)
-            assert_not_served(log, seg_path, damaged_offsets, expected, f"flips {flips}")
+            assert_not_served(log, seg_path, pos, damaged_offsets, expected, f"flips {flips}")
             with pytest.raises(LogCorruptionError) as err:
                 log.verify()
             assert err.value.path == seg_path and err.value.position == pos
@@ -433,12 +422,7 @@ def three_record_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
 
 @pytest.mark.parametrize(
     "field",
-    [
-        pytest.param(f, marks=pytest.mark.xfail(strict=True, reason=BUG_OFFSET_FIELDS))
-        if f in ("base_offset", "last_offset_delta")
-        else f
-        for f in HEADER_FIELDS
-    ],
+    HEADER_FIELDS,
 )
 def test_damaged_header_field_of_a_sealed_batch_is_never_served(
     three_record_log: tuple[Log, str, int, int, dict], field: str
@@ -451,7 +435,7 @@ def test_damaged_header_field_of_a_sealed_batch_is_never_served(
         for mask in (0x01, 0x02, 0x04, 0x80, 0xFF):
             flip(seg_path, pos + byte, mask)
             try:
-                assert_not_served(log, seg_path, range(base, base + 3), expected, f"byte {byte} ^ {mask:#x}")
+                assert_not_served(log, seg_path, pos, range(base, base + 3), expected, f"byte {byte} ^ {mask:#x}")
                 with pytest.raises(LogCorruptionError) as err:
                     log.verify()
                 assert (err.value.path, err.value.position) == (seg_path, pos)
@@ -537,12 +521,6 @@ def test_damaged_index_is_rebuilt_and_answers_as_before(
         shutil.rmtree(work)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: appliance/log/segment.py LogSegment.load (fast path) scans the tail from the last "
-    ".index entry without checking that it points at a batch start; an entry inside a batch makes "
-    "Log.open raise LogCorruptionError blaming the intact .log instead of rebuilding the index",
-)
 def test_index_entry_inside_a_batch_is_rebuilt(tmp_path: Path, template: Template) -> None:
     work = copy_of(template.clean, tmp_path / "work")
     index = work / (segment_paths(work)[1].name[:20] + ".index")
@@ -554,14 +532,9 @@ def test_index_entry_inside_a_batch_is_rebuilt(tmp_path: Path, template: Templat
         assert_answers_as_before(log, template, "index entry inside a batch")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: appliance/log/segment.py LogSegment._recover rebuilds .timeindex without a final "
-    "(max timestamp) entry, so after a rebuild the next clean open (fast path, load) sets "
-    "max_timestamp from the time index and the tail only: a larger timestamp in the middle of a "
-    "sealed segment is lost -> offset_for_timestamp skips the segment and retention deletes it early",
-)
 def test_max_timestamp_survives_index_rebuild_and_clean_restart(tmp_path: Path) -> None:
+    """A late timestamp between two index points is not lost by a rebuilt time index
+    and a clean restart (the fast path): time lookups and retention still see it."""
     cfg = config(retention_ms=1000)
     directory = tmp_path / "log"
     late = T0_MS + 5000  # a producer clock ahead of the others, in the middle of segment 0
@@ -592,7 +565,8 @@ def records_for(seed: int, round_: int, index: int) -> tuple[list[bytes], list[b
     """The records the writer child appends as batch ``index`` of round ``round_``."""
     count = 1 + (round_ + index) % 3
     keys = [f"{seed}:{round_}:{index}:{j}".encode() for j in range(count)]
-    values = [hashlib.sha256(k).digest() * (1 + (index * 7 + j * 13) % 50) for j, k in enumerate(keys)]
+    sizes = [1 + (index * 7 + j * 13) % 50 for j in range(count)]  # 32 B .. 1.6 KiB values
+    values = [hashlib.sha256(k).digest() * n for k, n in zip(keys, sizes, strict=True)]
     return keys, values
 
 
@@ -928,16 +902,18 @@ def check_truncate(case: StepCase, log: Log, batches: list[bytes], completed: bo
 
 
 def check_truncate_fully(case: StepCase, log: Log, batches: list[bytes], completed: bool) -> None:
-    start = log.log_start_offset
-    assert batches == [b for b in case.batches if base_of(b) >= start], "not the original batches"
-    assert start >= case.offset, (
-        f"log restarted at offset {start} (LEO {log.log_end_offset}) below the truncation point "
-        f"{case.offset}: offsets {start}..{case.offset - 1} would be reused"
-    )
-    if not batches:
-        assert log.log_end_offset == case.offset
+    start, end = log.log_start_offset, log.log_end_offset
+    if batches:  # cut short: segments go newest first, so what is left is a prefix of the original
+        assert start == case.log_start_offset
+        assert batches == case.batches[: len(batches)], "not a prefix of the original batches"
+        assert end <= case.log_end_offset
+    else:
+        assert (start, end) == (case.offset, case.offset), (
+            f"the emptied log restarted at offset {start} (LEO {end}), not at the truncation point "
+            f"{case.offset}: offsets would be reused"
+        )
     if completed:
-        assert (batches, start, log.log_end_offset) == ([], case.offset, case.offset)
+        assert (batches, start, end) == ([], case.offset, case.offset)
 
 
 def check_compaction(case: StepCase, log: Log, batches: list[bytes], completed: bool) -> None:
@@ -1011,13 +987,6 @@ def crash_at_every_occurrence(tmp_path: Path, case: StepCase, step: str) -> None
     assert not failures, f"{case.operation}: " + "\n".join(failures)
 
 
-BUG_TRUNCATE_FULLY = (
-    "BUG: appliance/log/log.py truncate_fully_and_start_at deletes every segment before creating "
-    "the new one at the start offset; a crash in between leaves no .log file and Log._load then "
-    "starts an unclean log at offset 0, reusing offsets below the log start offset"
-)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("operation", "step"),
@@ -1031,16 +1000,8 @@ BUG_TRUNCATE_FULLY = (
         ("compaction", "compact.swapped"),
         ("truncate", "delete.renamed"),
         ("truncate", "delete.dir_synced"),
-        pytest.param(
-            "truncate_fully",
-            "delete.renamed",
-            marks=pytest.mark.xfail(strict=True, reason=BUG_TRUNCATE_FULLY),
-        ),
-        pytest.param(
-            "truncate_fully",
-            "delete.dir_synced",
-            marks=pytest.mark.xfail(strict=True, reason=BUG_TRUNCATE_FULLY),
-        ),
+        ("truncate_fully", "delete.renamed"),
+        ("truncate_fully", "delete.dir_synced"),
     ],
 )
 def test_crash_at_each_step_leaves_a_consistent_log(

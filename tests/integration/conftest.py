@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -202,6 +203,7 @@ def node_factory(tmp_path: Path) -> Iterator[Callable[..., Node]]:
             with contextlib.suppress(Exception):
                 n.status()  # learn the worker pids before killing
             n.kill_all()
+            shutil.rmtree(os.path.dirname(n.status_path), ignore_errors=True)
             print(f"--- node {n.node_id} log tail ---\n{n.log_tail()}")
 
 

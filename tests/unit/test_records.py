@@ -49,9 +49,7 @@ PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthC
 FEW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # What read_header/check_batch say about a damaged batch: every message names the fault.
-DAMAGE = re.compile(
-    r"CRC mismatch|truncated|impossible length|unknown magic|negative record count"
-)
+DAMAGE = re.compile(r"CRC mismatch|truncated|impossible length|unknown magic|negative record count")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -107,9 +105,7 @@ class Spec(NamedTuple):
         return self.headers is not None and any(self.headers)
 
 
-header_lists = st.lists(
-    st.tuples(st.text(max_size=12), st.none() | st.binary(max_size=24)), max_size=4
-)
+header_lists = st.lists(st.tuples(st.text(max_size=12), st.none() | st.binary(max_size=24)), max_size=4)
 
 
 @st.composite
@@ -266,8 +262,9 @@ def test_round_trip_edge_cases(codec: Compression) -> None:
         small_spec(False)._replace(values=[], keys=[], timestamp_deltas=[], headers=[]),
         small_spec(False)._replace(values=[b""], keys=None, timestamp_deltas=None, headers=[[]]),
         small_spec(False)._replace(values=[None] * 3, keys=[None] * 3, headers=None),
-        small_spec(False)._replace(values=[b"x" * 70_000], keys=[b"k"], timestamp_deltas=[INT32[0]],
-                                   headers=[[("k" * 300, b"y" * 5000)]]),
+        small_spec(False)._replace(
+            values=[b"x" * 70_000], keys=[b"k"], timestamp_deltas=[INT32[0]], headers=[[("k" * 300, b"y" * 5000)]]
+        ),
     ):
         assert_matches(spec.encode(codec), spec, codec)
 
@@ -405,8 +402,11 @@ def test_crafted_batches_have_correct_crcs() -> None:
 def test_validate_rejects_trailing_bytes(codec: Compression) -> None:
     batch = small_spec(False).encode(codec)
     for extra in (b"\x00", b"x" * 100, batch):
-        with pytest.raises(CorruptRecordError, match=rf"frame holds {len(batch) + len(extra)} bytes "
-                           rf"but the batch is {len(batch)}"):
+        with pytest.raises(
+            CorruptRecordError,
+            match=rf"frame holds {len(batch) + len(extra)} bytes "
+            rf"but the batch is {len(batch)}",
+        ):
             validate_batch(batch + extra)
 
 
@@ -415,10 +415,16 @@ def test_validate_rejects_columns_not_summing_to_body(sparse: bool) -> None:
     batch = small_spec(sparse).encode(Compression.NONE)
     body = batch[HEADER_SIZE:]
     described = len(body)
-    reject(rebuild(batch, body + b"\x00"), rf"columns describe {described} body bytes but the body has "
-           rf"{described + 1}")
-    reject(rebuild(batch, body[:-1]), rf"columns describe {described} body bytes but the body has "
-           rf"{described - 1}")
+    reject(
+        rebuild(batch, body + b"\x00"),
+        rf"columns describe {described} body bytes but the body has "
+        rf"{described + 1}",
+    )
+    reject(
+        rebuild(batch, body[:-1]),
+        rf"columns describe {described} body bytes but the body has "
+        rf"{described - 1}",
+    )
     # A key length one larger borrows a byte from the values: sums no longer match.
     col = 4 if sparse else 0
     grown = bytearray(body)
@@ -635,9 +641,7 @@ def test_decode_batches_and_iter_headers(items: list[tuple[Spec, Compression]]) 
 
 @FEW
 @given(st.lists(st.tuples(specs(max_records=4), codecs), min_size=1, max_size=4), st.data())
-def test_flipped_bit_in_concatenation_is_detected(
-    items: list[tuple[Spec, Compression]], data: st.DataObject
-) -> None:
+def test_flipped_bit_in_concatenation_is_detected(items: list[tuple[Spec, Compression]], data: st.DataObject) -> None:
     buf = b"".join(spec.encode(codec) for spec, codec in items)
     bad = flip(buf, data.draw(st.integers(0, len(buf) * 8 - 1), label="bit"))
     with pytest.raises(CorruptRecordError):
