@@ -104,7 +104,28 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--print-key", action="store_true")
     c.add_argument("--print-offset", action="store_true")
     c.add_argument("--key-separator", default="\t")
+    c.add_argument("--group", help="join this consumer group (committing offsets) instead of assigning partitions")
     c.add_argument("--bootstrap")
+
+    g = sub.add_parser("groups", help="list, describe, reset offsets of and delete consumer groups")
+    gsub = g.add_subparsers(dest="action", required=True, metavar="ACTION")
+    gl = gsub.add_parser("list")
+    gd = gsub.add_parser("describe")
+    gd.add_argument("group")
+    gd.add_argument("--json", action="store_true")
+    gr = gsub.add_parser("reset-offsets", help="set an empty group's committed offsets")
+    gr.add_argument("group")
+    gr.add_argument("--topic", required=True)
+    gr.add_argument("--partition", type=_positive, action="append", help="repeatable; default all")
+    to = gr.add_mutually_exclusive_group(required=True)
+    to.add_argument("--to-earliest", action="store_true")
+    to.add_argument("--to-latest", action="store_true")
+    to.add_argument("--to-offset", type=_positive)
+    to.add_argument("--to-datetime", help="ISO 8601, e.g. 2026-11-25T10:00:00Z (first record at or after it)")
+    gx = gsub.add_parser("delete")
+    gx.add_argument("group")
+    for sp in (gl, gd, gr, gx):
+        client(sp)
 
     st = sub.add_parser("status", help="node, partitions, worker pids and health (shared-memory table)")
     st.add_argument("--config")
@@ -131,9 +152,12 @@ def cmd_serve(a: argparse.Namespace) -> int:
     import signal
 
     from appliance.supervisor import Supervisor
+    from appliance.systemd import ServiceNotifier
 
+    systemd = ServiceNotifier.from_environ()  # before the fork server starts: it must not inherit NOTIFY_SOCKET
     signals = SignalPipe((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
-    return Supervisor(cfg).run(signals)
+    supervisor = Supervisor(cfg, load_config=lambda: load_config(a.config, overrides), systemd=systemd)
+    return supervisor.run(signals)
 
 
 # ---- topics -------------------------------------------------------------------------------
@@ -217,22 +241,24 @@ def cmd_consume(a: argparse.Namespace) -> int:
 
     if a.offset is not None and not a.partition:
         raise CliError("--offset needs --partition")
+    if a.group and (a.partition or a.offset is not None):
+        raise CliError("--group assigns partitions itself: it does not mix with --partition or --offset")
     reset = "earliest" if a.from_beginning else "latest"
     out = sys.stdout.buffer
     sep = a.key_separator.encode()
     seen = 0
-    with Consumer(a.bootstrap, auto_offset_reset=reset) as c:
-        if a.partition:
-            parts = a.partition
+    # with --max-messages a group commits exactly what was printed (auto commit would also
+    # commit records fetched but not printed)
+    auto_commit = a.max_messages is None
+    with Consumer(a.bootstrap, auto_offset_reset=reset, group_id=a.group, enable_auto_commit=auto_commit) as c:
+        if a.group:
+            c.subscribe([a.topic])
         else:
-            from ipc.client import Admin
-
-            with Admin(a.bootstrap) as admin:
-                parts = range(len(admin.describe_topic(a.topic)["partitions"]))
-        c.assign([(a.topic, p) for p in parts])
-        if a.offset is not None:
-            for p in parts:
-                c.seek(a.topic, p, a.offset)
+            parts = a.partition or _all_partitions(a.bootstrap, a.topic)
+            c.assign([(a.topic, p) for p in parts])
+            if a.offset is not None:
+                for p in parts:
+                    c.seek(a.topic, p, a.offset)
         last = time.monotonic()
         while a.max_messages is None or seen < a.max_messages:
             records = c.poll(timeout_ms=200)
@@ -241,9 +267,11 @@ def cmd_consume(a: argparse.Namespace) -> int:
                     break
                 continue
             last = time.monotonic()
+            printed: dict[tuple[str, int], int] = {}
             for r in records:
                 if a.max_messages is not None and seen >= a.max_messages:
                     break
+                printed[(r.topic, r.partition)] = r.offset + 1
                 parts_out = []
                 if a.print_offset:
                     parts_out.append(f"{r.partition}:{r.offset}".encode())
@@ -253,7 +281,95 @@ def cmd_consume(a: argparse.Namespace) -> int:
                 out.write(sep.join(parts_out) + b"\n")
                 seen += 1
             out.flush()
+            if a.group and not auto_commit:
+                c.commit(dict(printed))
     return 0
+
+
+def _all_partitions(bootstrap: str | None, topic: str) -> list[int]:
+    from ipc.client import Admin
+
+    with Admin(bootstrap) as admin:
+        return list(range(len(admin.describe_topic(topic)["partitions"])))
+
+
+# ---- groups --------------------------------------------------------------------------------
+def cmd_groups(a: argparse.Namespace) -> int:
+    from ipc.client import Admin
+
+    with Admin(a.bootstrap, **({"timeout_ms": a.request_timeout_ms} if a.request_timeout_ms else {})) as admin:
+        if a.action == "list":
+            for g in admin.list_groups():
+                print(f"{g['group']}\t{g['state']}")
+        elif a.action == "describe":
+            d = admin.describe_group(a.group)
+            if a.json:
+                import orjson
+
+                sys.stdout.write(orjson.dumps(d, option=orjson.OPT_INDENT_2).decode() + "\n")
+            else:
+                _print_group(d)
+        elif a.action == "reset-offsets":
+            known = {g["group"] for g in admin.list_groups()}
+            desc = admin.describe_group(a.group) if a.group in known else None
+            if desc is not None and desc["members"]:
+                raise CliError(
+                    f"group {a.group!r} has {len(desc['members'])} active member(s); stop its consumers before "
+                    "resetting offsets"
+                )
+            parts = a.partition or _all_partitions(a.bootstrap, a.topic)
+            targets = _reset_targets(a, [(a.topic, p) for p in parts])
+            admin.alter_group_offsets(a.group, targets)
+            for (t, p), off in sorted(targets.items()):
+                print(f"{t}\t{p}\t{off}")
+        elif a.action == "delete":
+            admin.delete_group(a.group)
+            print(f"deleted group {a.group}")
+    return 0
+
+
+def _reset_targets(a: argparse.Namespace, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    from ipc.client import Consumer
+
+    if a.to_offset is not None:
+        return dict.fromkeys(tps, a.to_offset)
+    with Consumer(a.bootstrap) as c:
+        c.assign(tps)
+        if a.to_earliest:
+            return c.beginning_offsets(tps)
+        if a.to_latest:
+            return c.end_offsets(tps)
+        import datetime
+
+        try:
+            when = datetime.datetime.fromisoformat(a.to_datetime.replace("Z", "+00:00"))
+        except ValueError:
+            raise CliError(f"--to-datetime {a.to_datetime!r} is not an ISO 8601 date-time") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.UTC)
+        ms = int(when.timestamp() * 1000)
+        found = c.offsets_for_times(dict.fromkeys(tps, ms))
+        ends = c.end_offsets(tps)
+        return {tp: (off if off is not None else ends[tp]) for tp, off in found.items()}
+
+
+def _print_group(d: dict[str, Any]) -> None:
+    print(
+        f"group {d['group']}  state {d['state']}  generation {d['generation']}  "
+        f"assignor {d['protocol'] or '-'}  members {len(d['members'])}"
+    )
+    for m in d["members"]:
+        tps = ", ".join(f"{t}-{p}" for t, p in m["assignment"]) or "-"
+        who = f" (instance {m['instance_id']})" if m.get("instance_id") else ""
+        print(f"  member {m['member_id']}{who}: {tps}")
+    print(f"  {'TOPIC':<24} {'PART':>4} {'COMMITTED':>10} {'END':>10} {'LAG':>8}  MEMBER")
+    for p in d["partitions"]:
+        lag = "-" if p["lag"] is None else p["lag"]
+        committed = "-" if p["committed_offset"] < 0 else p["committed_offset"]
+        print(
+            f"  {p['topic']:<24} {p['partition']:>4} {committed:>10} {p['log_end_offset']:>10} {lag:>8}  "
+            f"{p['member_id'] or '-'}"
+        )
 
 
 # ---- status --------------------------------------------------------------------------------
@@ -293,6 +409,7 @@ COMMANDS = {
     "produce": cmd_produce,
     "consume": cmd_consume,
     "status": cmd_status,
+    "groups": cmd_groups,
 }
 
 

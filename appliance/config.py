@@ -53,6 +53,8 @@ class NodeConfig:
     retention_check_interval_ms: int = 300_000
     cleaner_interval_ms: int = 15_000
     max_request_bytes: int = 100 * 1024 * 1024
+    offsets_topic_partitions: int = 4  # partitions of __consumer_offsets (fixed once created)
+    offsets_retention_ms: int = 7 * 24 * 3600 * 1000  # committed offsets of an empty group expire after
     topic_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     # ---- derived ------------------------------------------------------------------------
@@ -120,6 +122,8 @@ _INT_MIN = {
     "retention_check_interval_ms": 10,
     "cleaner_interval_ms": 10,
     "max_request_bytes": 1024,
+    "offsets_topic_partitions": 1,
+    "offsets_retention_ms": 1000,
 }
 
 

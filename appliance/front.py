@@ -16,6 +16,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from appliance.groups.coordinator import GroupCoordinator
 from appliance.log.config import LogConfig
 from appliance.status import table_status
 from ipc import sockets
@@ -27,7 +28,7 @@ from ipc.errors import (
     SluiceError,
     UnknownTopicOrPartitionError,
 )
-from ipc.protocol import Request, error_reply, ok_reply, valid_topic_name
+from ipc.protocol import GROUP_APIS, Request, error_reply, ok_reply, valid_topic_name
 from ipc.shm import ShmBusyError, WorkerStatus
 
 if TYPE_CHECKING:
@@ -57,8 +58,11 @@ class FrontApi:
         self.node = node
         self.pending: list[PendingAdmin] = []
         self.deleting: set[str] = set()
+        self.groups = GroupCoordinator(self)
 
     def handle(self, identity: bytes, req: Request) -> list[bytes] | None:
+        if req.api in GROUP_APIS:
+            return self.groups.handle(identity, req)
         handler = getattr(self, "api_" + req.api)
         result: list[bytes] | None = handler(identity, req)
         return result
@@ -123,19 +127,38 @@ class FrontApi:
     def on_replica_ready(self, r: Replica) -> None:
         self.tick(self.node.clock())
 
+    def on_events(self, events: dict[Any, int]) -> None:
+        """Replies on the sockets the front's components opened (offset commits)."""
+        self.groups.on_events(events)
+
+    def create_topic(self, topic: str, partitions: int, replication_factor: int, config: dict[str, Any]) -> None:
+        """Create a topic from inside the node (e.g. __consumer_offsets)."""
+        self._create(topic, partitions, replication_factor, config)
+
+    def partition_end(self, topic: str, partition: int) -> int:
+        """High watermark of a partition on this node (-1 if unknown)."""
+        r = self.node.replicas.get((topic, partition))
+        if r is None:
+            return -1
+        try:
+            return self.node.table.read_status(r.slot).high_watermark
+        except ShmBusyError:
+            return -1
+
     def tick(self, now: float) -> None:
+        self.groups.tick(now)
         still = []
         for p in self.pending:
             if self._ready(p):
-                self._send(p.identity, [ok_reply(p.cid, topic=p.topic)])
+                self.send(p.identity, [ok_reply(p.cid, topic=p.topic)])
             elif now > p.deadline:
                 err = RequestTimedOutError(f"partitions of {p.topic!r} not serving after {ADMIN_TIMEOUT_S:.0f} s")
-                self._send(p.identity, [error_reply(p.cid, err)])
+                self.send(p.identity, [error_reply(p.cid, err)])
             else:
                 still.append(p)
         self.pending = still
 
-    def _send(self, identity: bytes, frames: list[bytes]) -> None:
+    def send(self, identity: bytes, frames: list[bytes]) -> None:
         if self.node.state.value == "running":
             sockets.send_reply(self.node.front, identity, frames)
 

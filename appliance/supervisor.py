@@ -417,6 +417,7 @@ class Supervisor:
                 self._reap(fd)
             if self.state is SupervisorState.RUNNING and self.front in events:
                 self._handle_front()
+            self.api.on_events(events)
             now = self.clock()
             if now >= next_tick:
                 self._check_workers(now)

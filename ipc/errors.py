@@ -71,6 +71,46 @@ class PolicyViolationError(SluiceError):
     code = "POLICY_VIOLATION"
 
 
+class IllegalGenerationError(SluiceError):
+    """A group request carries a generation that is not the group's current one."""
+
+    code = "ILLEGAL_GENERATION"
+
+
+class UnknownMemberIdError(SluiceError):
+    code = "UNKNOWN_MEMBER_ID"
+
+
+class RebalanceInProgressError(SluiceError):
+    """The group is rebalancing: the member must rejoin."""
+
+    code = "REBALANCE_IN_PROGRESS"
+
+
+class CoordinatorLoadInProgressError(SluiceError):
+    code = "COORDINATOR_LOAD_IN_PROGRESS"
+    retriable = True
+
+
+class CoordinatorNotAvailableError(SluiceError):
+    code = "COORDINATOR_NOT_AVAILABLE"
+    retriable = True
+
+
+class GroupIdNotFoundError(SluiceError):
+    code = "GROUP_ID_NOT_FOUND"
+
+
+class NonEmptyGroupError(SluiceError):
+    """The operation needs a group without members (reset offsets, delete)."""
+
+    code = "NON_EMPTY_GROUP"
+
+
+class InconsistentGroupProtocolError(SluiceError):
+    code = "INCONSISTENT_GROUP_PROTOCOL"
+
+
 class NotEnoughReplicasError(SluiceError):
     code = "NOT_ENOUGH_REPLICAS"
     retriable = True

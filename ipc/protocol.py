@@ -83,7 +83,59 @@ def _topic_list(v: Any) -> str | None:
     return None
 
 
+def _short_str(v: Any) -> str | None:
+    return None if len(v) <= 255 else "must be at most 255 characters"
+
+
+def _group(v: Any) -> str | None:
+    return None if 0 < len(v) <= 255 else "must be 1..255 characters"
+
+
+def _str_list(v: Any) -> str | None:
+    if len(v) > 16 or not all(isinstance(x, str) and len(x) <= 64 for x in v):
+        return "must be a list of at most 16 short strings"
+    return None
+
+
+def _is_tp(x: Any) -> bool:
+    return (
+        isinstance(x, list)
+        and len(x) == 2
+        and isinstance(x[0], str)
+        and valid_topic_name(x[0]) is None
+        and isinstance(x[1], int)
+        and not isinstance(x[1], bool)
+        and 0 <= x[1] < 2**31
+    )
+
+
+def _tp_list(v: Any) -> str | None:
+    if len(v) > 100_000 or not all(_is_tp(x) for x in v):
+        return "must be a list of [topic, partition] pairs"
+    return None
+
+
+def _commit_list(v: Any) -> str | None:
+    if len(v) > 100_000:
+        return "has too many entries"
+    for x in v:
+        if not (
+            isinstance(x, dict)
+            and _is_tp([x.get("topic"), x.get("partition")])
+            and isinstance(x.get("offset"), int)
+            and not isinstance(x.get("offset"), bool)
+            and 0 <= x["offset"] <= INT64_MAX
+            and isinstance(x.get("metadata", ""), str)
+            and len(x.get("metadata", "")) <= 4096
+        ):
+            return "must be a list of {topic, partition, offset >= 0, metadata (str)} objects"
+    return None
+
+
 TOPIC = Field(str, check=_topic)
+GROUP = Field(str, check=_group)
+MEMBER = Field(str, check=_short_str)
+GENERATION = Field(int, check=_int_range(-1, 2**31 - 1))
 PARTITION = Field(int, check=_int_range(0, 2**31 - 1))
 OFFSET = Field(int, check=_int_range(0))
 
@@ -105,6 +157,32 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "partitions": Field(int, required=False, check=_int_range(1, 10_000)),
     },
     "status": {},
+    # consumer groups (front endpoint, the group coordinator)
+    "find_coordinator": {"group": GROUP},
+    "join_group": {
+        "group": GROUP,
+        "member_id": Field(str, required=False, default="", check=_short_str),
+        "group_instance_id": Field(str, required=False, check=_short_str),
+        "client_id": Field(str, required=False, default="", check=_short_str),
+        "session_timeout_ms": Field(int, required=False, default=10_000, check=_int_range(100, 3_600_000)),
+        "rebalance_timeout_ms": Field(int, required=False, default=30_000, check=_int_range(0, 3_600_000)),
+        "topics": Field(list, check=_topic_list),
+        "assignors": Field(list, required=False, default=["range"], check=_str_list),
+        "owned": Field(list, required=False, default=[], check=_tp_list),
+    },
+    "sync_group": {"group": GROUP, "member_id": MEMBER, "generation": GENERATION},
+    "heartbeat": {"group": GROUP, "member_id": MEMBER, "generation": GENERATION},
+    "leave_group": {"group": GROUP, "member_id": MEMBER},
+    "offset_commit": {
+        "group": GROUP,
+        "member_id": Field(str, required=False, default="", check=_short_str),
+        "generation": Field(int, required=False, default=-1, check=_int_range(-1, 2**31 - 1)),
+        "offsets": Field(list, check=_commit_list),
+    },
+    "offset_fetch": {"group": GROUP, "partitions": Field(list, required=False, check=_tp_list)},
+    "list_groups": {},
+    "describe_group": {"group": GROUP},
+    "delete_group": {"group": GROUP},
     # partition worker endpoint
     "produce": {
         "topic": TOPIC,
@@ -127,10 +205,26 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "timestamp": Field(int, check=_int_range(-2)),
     },
 }
-FRONT_APIS = frozenset(
-    {"metadata", "list_topics", "create_topic", "delete_topic", "describe_topic", "alter_topic", "status"}
+GROUP_APIS = frozenset(
+    {
+        "find_coordinator",
+        "join_group",
+        "sync_group",
+        "heartbeat",
+        "leave_group",
+        "offset_commit",
+        "offset_fetch",
+        "list_groups",
+        "describe_group",
+        "delete_group",
+    }
+)
+FRONT_APIS = (
+    frozenset({"metadata", "list_topics", "create_topic", "delete_topic", "describe_topic", "alter_topic", "status"})
+    | GROUP_APIS
 )
 WORKER_APIS = frozenset({"produce", "fetch", "list_offsets"})
+ASSIGNORS = ("range", "roundrobin", "cooperative-sticky")  # partition assignors the coordinator runs
 EARLIEST = -2
 LATEST = -1
 

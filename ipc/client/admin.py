@@ -88,6 +88,33 @@ class Admin:
         self._check_topic(name)
         self._call("alter_topic", timeout_ms, topic=name, config=dict(config or {}), partitions=partitions)
 
+    # ---- consumer groups ---------------------------------------------------------------------
+    def list_groups(self, timeout_ms: int | None = None) -> list[dict[str, Any]]:
+        """Every group the coordinator knows (with members or committed offsets) and its state."""
+        groups: list[dict[str, Any]] = self._call("list_groups", timeout_ms)["groups"]
+        return groups
+
+    def describe_group(self, group: str, timeout_ms: int | None = None) -> dict[str, Any]:
+        """State, generation, assignor, members with their assignment, and per partition the
+        committed offset, log end offset (high watermark) and lag."""
+        return self._call("describe_group", timeout_ms, group=group)
+
+    def delete_group(self, group: str, timeout_ms: int | None = None) -> None:
+        """Delete an empty group's committed offsets (refused while it has members)."""
+        self._call("delete_group", timeout_ms, group=group)
+
+    def alter_group_offsets(
+        self, group: str, offsets: dict[tuple[str, int], int], timeout_ms: int | None = None
+    ) -> None:
+        """Set a group's committed offsets (refused while the group has members)."""
+        body = []
+        for (topic, partition), offset in offsets.items():
+            self._check_topic(topic)
+            if type(offset) is not int or offset < 0:
+                raise ValueError(f"offset for {topic}-{partition}: {offset!r} is not an integer >= 0")
+            body.append({"topic": topic, "partition": partition, "offset": offset, "metadata": ""})
+        self._call("offset_commit", timeout_ms, group=group, member_id="", generation=-1, offsets=body)
+
     def status(self, timeout_ms: int | None = None) -> dict[str, Any]:
         return self._call("status", timeout_ms)
 

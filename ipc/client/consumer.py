@@ -11,14 +11,18 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import queue
+import re
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from itertools import repeat
 from types import ModuleType
 from typing import Any, NamedTuple
 
 import zmq as _zmq
 
+from ipc.client.group import GroupMembership
 from ipc.client.metadata import ClusterMetadata
 from ipc.client.transport import Bootstrap, BootstrapChannel, Channel, parse_bootstrap
 from ipc.errors import (
@@ -28,12 +32,13 @@ from ipc.errors import (
     SluiceError,
     UnknownTopicOrPartitionError,
 )
-from ipc.protocol import EARLIEST, LATEST, valid_topic_name
+from ipc.protocol import ASSIGNORS, EARLIEST, LATEST, valid_topic_name
 from ipc.records import Headers, decode_batches
 
 log = logging.getLogger(__name__)
 
 _NO_HEADERS: Headers = []
+PATTERN_REFRESH_S = 5.0  # how often a pattern subscription looks for new topics
 OFFSET_RESETS = ("earliest", "latest", "none")
 
 
@@ -87,6 +92,18 @@ class Consumer:
         fetch_min_bytes: int = 1,
         request_timeout_ms: int = 30_000,
         retry_backoff_ms: int = 100,
+        group_id: str | None = None,
+        enable_auto_commit: bool = True,
+        auto_commit_interval_ms: int = 5000,
+        session_timeout_ms: int = 10_000,
+        heartbeat_interval_ms: int = 3000,
+        max_poll_interval_ms: int = 300_000,
+        rebalance_timeout_ms: int | None = None,
+        partition_assignment_strategy: str | Sequence[str] = "cooperative-sticky",
+        group_instance_id: str | None = None,
+        client_id: str = "",
+        on_assign: Callable[[list[TopicPartition]], Any] | None = None,
+        on_revoke: Callable[[list[TopicPartition]], Any] | None = None,
         zmq_module: ModuleType = _zmq,
     ) -> None:
         self.endpoints = parse_bootstrap(bootstrap)
@@ -119,10 +136,181 @@ class Consumer:
         self._leaders: dict[TopicPartition, str] = {}
         self._closed = False
         self._rr = 0
+        self._group: GroupMembership | None = None
+        self._subscription: list[str] | re.Pattern[str] | None = None
+        self._topics: list[str] = []
+        self._next_pattern_check = 0.0
+        self.on_assign = on_assign
+        self.on_revoke = on_revoke
+        self.enable_auto_commit = enable_auto_commit
+        self.auto_commit_interval_s = auto_commit_interval_ms / 1000
+        self._next_auto_commit = 0.0
+        self._committer: _Committer | None = None
+        if group_id is not None:
+            if not isinstance(group_id, str) or not 0 < len(group_id) <= 255:
+                raise ValueError(f"group_id={group_id!r}: must be a non-empty string of at most 255 characters")
+            strategies = (
+                [partition_assignment_strategy]
+                if isinstance(partition_assignment_strategy, str)
+                else list(partition_assignment_strategy)
+            )
+            for s in strategies:
+                if s not in ASSIGNORS:
+                    raise ValueError(f"partition_assignment_strategy={s!r}: allowed {', '.join(ASSIGNORS)}")
+            for name, value, lo in (
+                ("auto_commit_interval_ms", auto_commit_interval_ms, 1),
+                ("session_timeout_ms", session_timeout_ms, 100),
+                ("heartbeat_interval_ms", heartbeat_interval_ms, 1),
+                ("max_poll_interval_ms", max_poll_interval_ms, 1),
+            ):
+                if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+                    raise ValueError(f"{name}={value!r}: must be an integer >= {lo}")
+            if heartbeat_interval_ms >= session_timeout_ms:
+                raise ValueError(
+                    f"heartbeat_interval_ms={heartbeat_interval_ms} must be below "
+                    f"session_timeout_ms={session_timeout_ms}"
+                )
+            self._group = GroupMembership(
+                self.ctx,
+                self.endpoints,
+                zmq_module,
+                group_id,
+                instance_id=group_instance_id,
+                client_id=client_id,
+                session_timeout_ms=session_timeout_ms,
+                heartbeat_interval_ms=heartbeat_interval_ms,
+                max_poll_interval_ms=max_poll_interval_ms,
+                rebalance_timeout_ms=rebalance_timeout_ms if rebalance_timeout_ms is not None else max_poll_interval_ms,
+                assignors=strategies,
+                request_timeout_s=self.request_timeout_s,
+            )
+
+    # ---- groups ----------------------------------------------------------------------------
+    def subscribe(self, topics: Sequence[str] | str) -> None:
+        """Join the consumer group for ``topics`` (a list of names, or one regex pattern
+        string matched against every topic's full name; internal ``__`` topics excluded).
+        Partitions are assigned by the group coordinator on the next ``poll``."""
+        if self._group is None:
+            raise ValueError("subscribe() needs a group_id; use assign() without a group")
+        if isinstance(topics, str):
+            try:
+                self._subscription = re.compile(topics)
+            except re.error as exc:
+                raise ValueError(f"subscription pattern {topics!r} is invalid: {exc}") from None
+        else:
+            names = list(topics)
+            for t in names:
+                why = valid_topic_name(t) if isinstance(t, str) else "topics must be strings"
+                if why:
+                    raise InvalidConfigError(why)
+            self._subscription = names
+        self._topics = []
+        self._next_pattern_check = 0.0
+        self._group.needs_rejoin = True
+
+    def _subscribed_topics(self, now: float) -> list[str]:
+        sub = self._subscription
+        if isinstance(sub, list):
+            return sorted(set(sub))
+        if sub is not None and now >= self._next_pattern_check:
+            self._next_pattern_check = now + PATTERN_REFRESH_S
+            try:
+                names = sorted(self.metadata.refresh(None, self.request_timeout_s))
+            except SluiceError as exc:
+                log.warning("cannot list topics for pattern %s: %s", sub.pattern, exc)
+                return self._topics
+            matched = [n for n in names if not n.startswith("__") and sub.fullmatch(n)]
+            if matched != self._topics and self._group is not None and self._topics:
+                self._group.needs_rejoin = True
+            self._topics = matched
+        return self._topics
+
+    def _apply_group_assignment(self, tps: list[TopicPartition]) -> None:
+        for tp in list(self._states):
+            if tp not in tps:
+                self._drop(tp)
+        added = [tp for tp in tps if tp not in self._states]
+        for tp in added:
+            self._states[tp] = _PartitionState(tp[0], tp[1])
+        if added:
+            assert self._group is not None
+            self._refresh_leaders({t for t, _ in added})
+            for tp, offset in self._group.committed(added).items():
+                if offset is not None and tp in self._states:
+                    self._reset_fetch(self._states[tp], offset)
+
+    def _commit_before_revoke(self, tps: list[TopicPartition]) -> None:
+        if self.enable_auto_commit:
+            try:
+                positions = self._positions()
+                self.commit({tp: positions[tp] for tp in tps if tp in positions})
+            except SluiceError as exc:
+                log.warning("commit before revoking %s failed: %s", tps, exc)
+
+    def _ensure_group(self, deadline: float) -> None:
+        g = self._group
+        if g is None or self._subscription is None:
+            return
+        now = time.monotonic()
+        topics = self._subscribed_topics(now)
+        if g.needs_rejoin:
+            g.ensure_active(
+                topics,
+                self.on_revoke,
+                self.on_assign,
+                self._commit_before_revoke,
+                self._apply_group_assignment,
+                deadline,
+            )
+        else:
+            g.last_poll = now
+        if self.enable_auto_commit and now >= self._next_auto_commit and self._states:
+            self._next_auto_commit = now + self.auto_commit_interval_s
+            self.commit_async()
+
+    def _positions(self) -> dict[TopicPartition, int | tuple[int, str]]:
+        return {tp: st.position for tp, st in self._states.items() if st.position is not None}
+
+    def commit(
+        self, offsets: dict[TopicPartition, int | tuple[int, str]] | None = None, timeout_ms: int | None = None
+    ) -> None:
+        """Commit ``offsets`` (default: the current position of every assigned
+        partition: the next record to read) to the group, synchronously."""
+        g = self._require_group()
+        body = _commit_body(self._positions() if offsets is None else offsets)
+        if body:
+            g.commit(body, None if timeout_ms is None else timeout_ms / 1000)
+
+    def commit_async(
+        self,
+        offsets: dict[TopicPartition, int | tuple[int, str]] | None = None,
+        callback: Callable[[dict[TopicPartition, tuple[int, str]], SluiceError | None], Any] | None = None,
+    ) -> None:
+        """Commit in a background thread; ``callback(offsets, error)`` runs there when done."""
+        g = self._require_group()
+        body = _commit_body(self._positions() if offsets is None else offsets)
+        if not body:
+            return
+        if self._committer is None:
+            self._committer = _Committer(g, self.ctx, self.endpoints, self.zmq)
+        self._committer.submit(body, callback)
+
+    def committed(
+        self, partitions: Iterable[TopicPartition], timeout_ms: int | None = None
+    ) -> dict[TopicPartition, int | None]:
+        """The group's committed offset of each partition (None if nothing is committed)."""
+        return self._require_group().committed(list(partitions), None if timeout_ms is None else timeout_ms / 1000)
+
+    def _require_group(self) -> GroupMembership:
+        if self._group is None:
+            raise ValueError("this consumer has no group_id: there is nothing to commit to")
+        return self._group
 
     # ---- assignment -------------------------------------------------------------------------
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
         """Read exactly these (topic, partition) pairs, replacing any earlier assignment."""
+        if self._subscription is not None:
+            raise ValueError("this consumer is subscribed to a group; assign() and subscribe() do not mix")
         wanted: list[TopicPartition] = []
         for item in partitions:
             if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and type(item[1]) is int):
@@ -398,6 +586,7 @@ class Consumer:
             raise ValueError(f"timeout_ms={timeout_ms!r}: must be an integer >= 0")
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
+            self._ensure_group(deadline)
             now = time.monotonic()
             self._fill(now)
             out = self._take()
@@ -433,9 +622,20 @@ class Consumer:
             st.position = out[-1].offset + 1
         return out
 
-    def close(self) -> None:
+    def close(self, timeout_ms: int | None = None) -> None:
+        """Commit (with auto commit), leave the group (unless a static member), close."""
         if self._closed:
             return
+        g = self._group
+        if g is not None:
+            if self._committer is not None:
+                self._committer.close()
+            if self.enable_auto_commit and self._states and g.member_id:
+                try:
+                    self.commit(timeout_ms=timeout_ms)
+                except SluiceError as exc:
+                    log.warning("final commit failed: %s", exc)
+            g.close(leave=g.instance_id is None)
         self._closed = True
         for ch in self.channels.values():
             ch.close()
@@ -447,3 +647,52 @@ class Consumer:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _commit_body(offsets: dict[TopicPartition, int | tuple[int, str]]) -> dict[TopicPartition, tuple[int, str]]:
+    out: dict[TopicPartition, tuple[int, str]] = {}
+    for tp, v in offsets.items():
+        off, md = (v, "") if isinstance(v, int) else v
+        if type(off) is not int or off < 0 or not isinstance(md, str):
+            raise ValueError(f"offset for {tp}: {v!r} is not an offset >= 0 (or (offset, metadata))")
+        out[(str(tp[0]), int(tp[1]))] = (off, md)
+    return out
+
+
+class _Committer:
+    """One background thread that sends ``commit_async`` commits in order."""
+
+    def __init__(self, group: GroupMembership, ctx: Any, endpoints: list[str], zmq_module: ModuleType) -> None:
+        self.group = group
+        self.queue: queue.Queue[Any] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, args=(ctx, endpoints, zmq_module), daemon=True)
+        self.thread.start()
+
+    def submit(self, body: dict[TopicPartition, tuple[int, str]], callback: Any) -> None:
+        self.queue.put((body, callback))
+
+    def _run(self, ctx: Any, endpoints: list[str], zmq_module: ModuleType) -> None:
+        chan = BootstrapChannel(ctx, endpoints, zmq_module)
+        try:
+            while True:
+                item = self.queue.get()
+                if item is None:
+                    return
+                body, callback = item
+                err: SluiceError | None = None
+                try:
+                    self.group.commit(body, channel=chan)
+                except SluiceError as exc:
+                    err = exc
+                    log.warning("asynchronous commit failed: %s", exc)
+                if callback is not None:
+                    try:
+                        callback(body, err)
+                    except Exception:  # noqa: BLE001 - a user callback must not kill the committer
+                        log.exception("commit callback raised")
+        finally:
+            chan.close()
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=30)

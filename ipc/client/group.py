@@ -1,0 +1,252 @@
+"""Consumer-side group membership: join, sync, heartbeats, commits, leave.
+
+The application thread joins and syncs inside ``Consumer.poll`` (so partition
+callbacks run in the application's thread, as in Kafka); a background thread sends
+heartbeats every ``heartbeat_interval_ms`` on its own socket, whatever the
+application does, and notices a rebalance (the next ``poll`` rejoins). If the
+application does not call ``poll`` for ``max_poll_interval_ms`` the heartbeat thread
+leaves the group on its behalf, so its partitions move to live members.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from types import ModuleType
+from typing import Any
+
+from ipc.client.transport import BootstrapChannel
+from ipc.errors import (
+    CoordinatorLoadInProgressError,
+    IllegalGenerationError,
+    RebalanceInProgressError,
+    RequestTimedOutError,
+    SluiceError,
+    UnknownMemberIdError,
+)
+
+log = logging.getLogger(__name__)
+
+TP = tuple[str, int]
+Callback = Callable[[list[TP]], Any]
+COOPERATIVE = frozenset({"cooperative-sticky"})
+
+
+class CommitFailedError(SluiceError):
+    """The commit was refused because this member's generation is over (a rebalance
+    happened); its partitions may belong to another member now."""
+
+    code = "COMMIT_FAILED"
+
+
+class GroupMembership:
+    def __init__(
+        self,
+        ctx: Any,
+        endpoints: list[str],
+        zmq_module: ModuleType,
+        group_id: str,
+        *,
+        instance_id: str | None,
+        client_id: str,
+        session_timeout_ms: int,
+        heartbeat_interval_ms: int,
+        max_poll_interval_ms: int,
+        rebalance_timeout_ms: int,
+        assignors: list[str],
+        request_timeout_s: float,
+    ) -> None:
+        self.group_id = group_id
+        self.instance_id = instance_id
+        self.client_id = client_id
+        self.session_timeout_ms = session_timeout_ms
+        self.heartbeat_interval_s = heartbeat_interval_ms / 1000
+        self.max_poll_interval_s = max_poll_interval_ms / 1000
+        self.rebalance_timeout_ms = rebalance_timeout_ms
+        self.assignors = assignors
+        self.cooperative = assignors[0] in COOPERATIVE
+        self.request_timeout_s = request_timeout_s
+        self.ctx = ctx
+        self.endpoints = endpoints
+        self.zmq = zmq_module
+        self.channel = BootstrapChannel(ctx, endpoints, zmq_module)  # application thread only
+        self._lock = threading.Lock()
+        self.member_id = ""
+        self.generation = -1
+        self.assignment: list[TP] = []
+        self.needs_rejoin = True
+        self.last_poll = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---- requests --------------------------------------------------------------------------
+    def _call(
+        self, api: str, timeout_s: float | None = None, channel: BootstrapChannel | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        chan = channel or self.channel
+        reply = chan.request(api, timeout_s or self.request_timeout_s, group=self.group_id, **fields)
+        reply.raise_for_error()
+        return reply.fields
+
+    # ---- joining ------------------------------------------------------------------------------
+    def ensure_active(
+        self,
+        topics: list[str],
+        on_revoke: Callback | None,
+        on_assign: Callback | None,
+        before_revoke: Callable[[list[TP]], None],
+        apply: Callable[[list[TP]], None],
+        deadline: float,
+    ) -> bool:
+        """(Re)join if needed; returns True when the member has a current assignment."""
+        self.last_poll = time.monotonic()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._heartbeat_loop, name="sluice-heartbeat", daemon=True)
+            self._thread.start()
+        rounds = 0
+        while self.needs_rejoin and rounds < 10:
+            rounds += 1
+            if not self.cooperative and self.assignment:
+                revoked = list(self.assignment)
+                before_revoke(revoked)
+                if on_revoke:
+                    on_revoke(revoked)
+                self.assignment = []
+                apply([])
+            with self._lock:
+                self.needs_rejoin = False
+                member_id = self.member_id
+            try:
+                joined = self._call(
+                    "join_group",
+                    timeout_s=max(self.request_timeout_s, self.rebalance_timeout_ms / 1000 + 5),
+                    member_id=member_id,
+                    group_instance_id=self.instance_id,
+                    client_id=self.client_id,
+                    session_timeout_ms=self.session_timeout_ms,
+                    rebalance_timeout_ms=self.rebalance_timeout_ms,
+                    topics=topics,
+                    assignors=self.assignors,
+                    owned=[list(tp) for tp in self.assignment],
+                )
+                with self._lock:
+                    self.member_id = joined["member_id"]
+                    self.generation = joined["generation"]
+                synced = self._call("sync_group", member_id=self.member_id, generation=self.generation)
+            except (UnknownMemberIdError, IllegalGenerationError) as exc:
+                log.info("group %s: %s; joining afresh", self.group_id, exc)
+                with self._lock:
+                    self.member_id, self.generation, self.needs_rejoin = "", -1, True
+                continue
+            except (RebalanceInProgressError, CoordinatorLoadInProgressError, RequestTimedOutError) as exc:
+                log.info("group %s: %s; rejoining", self.group_id, exc)
+                with self._lock:
+                    self.needs_rejoin = True
+                if time.monotonic() >= deadline:
+                    return False
+                continue
+            new = [(str(t), int(p)) for t, p in synced["assignment"]]
+            old = set(self.assignment)
+            revoked = sorted(old - set(new))
+            added = sorted(set(new) - old)
+            if self.cooperative and revoked:
+                before_revoke(revoked)
+                if on_revoke:
+                    on_revoke(revoked)
+                with self._lock:
+                    self.needs_rejoin = True  # give the revoked partitions up: the next generation moves them
+            self.assignment = new
+            apply(new)
+            log.info(
+                "group %s: member %s generation %d: assigned %s", self.group_id, self.member_id, self.generation, new
+            )
+            if on_assign and (added or not self.cooperative):
+                on_assign(added if self.cooperative else new)
+        return not self.needs_rejoin
+
+    # ---- heartbeats (background thread) -----------------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        chan = BootstrapChannel(self.ctx, self.endpoints, self.zmq)
+        try:
+            while not self._stop.wait(self.heartbeat_interval_s):
+                with self._lock:
+                    member_id, generation, rejoining = self.member_id, self.generation, self.needs_rejoin
+                if not member_id:
+                    continue
+                if time.monotonic() - self.last_poll > self.max_poll_interval_s:
+                    log.warning(
+                        "group %s: poll() not called for %.0f s (max_poll_interval_ms); leaving the group",
+                        self.group_id,
+                        time.monotonic() - self.last_poll,
+                    )
+                    self._leave(chan, member_id)
+                    with self._lock:
+                        self.member_id, self.generation, self.needs_rejoin = "", -1, True
+                    continue
+                if rejoining:
+                    continue
+                try:
+                    reply = chan.request(
+                        "heartbeat",
+                        self.request_timeout_s,
+                        group=self.group_id,
+                        member_id=member_id,
+                        generation=generation,
+                    )
+                    reply.raise_for_error()
+                except (RebalanceInProgressError, IllegalGenerationError):
+                    with self._lock:
+                        self.needs_rejoin = True
+                except UnknownMemberIdError:
+                    with self._lock:
+                        self.member_id, self.generation, self.needs_rejoin = "", -1, True
+                except SluiceError as exc:
+                    log.warning("group %s: heartbeat failed: %s", self.group_id, exc)
+        finally:
+            chan.close()
+
+    def _leave(self, chan: BootstrapChannel, member_id: str) -> None:
+        try:
+            chan.request("leave_group", min(self.request_timeout_s, 5.0), group=self.group_id, member_id=member_id)
+        except SluiceError as exc:
+            log.info("group %s: leave failed: %s", self.group_id, exc)
+
+    # ---- offsets ----------------------------------------------------------------------------------
+    def commit(
+        self,
+        offsets: dict[TP, tuple[int, str]],
+        timeout_s: float | None = None,
+        channel: BootstrapChannel | None = None,
+    ) -> None:
+        with self._lock:
+            member_id, generation = self.member_id, self.generation
+        body = [{"topic": t, "partition": p, "offset": o, "metadata": md} for (t, p), (o, md) in offsets.items()]
+        try:
+            self._call("offset_commit", timeout_s, channel, member_id=member_id, generation=generation, offsets=body)
+        except (IllegalGenerationError, UnknownMemberIdError, RebalanceInProgressError) as exc:
+            with self._lock:
+                self.needs_rejoin = True
+            raise CommitFailedError(f"commit to group {self.group_id!r} refused: {exc.message}") from None
+
+    def committed(self, partitions: Iterable[TP], timeout_s: float | None = None) -> dict[TP, int | None]:
+        deadline = time.monotonic() + (timeout_s or self.request_timeout_s)
+        while True:
+            try:
+                got = self._call("offset_fetch", partitions=[list(tp) for tp in partitions])["offsets"]
+                return {(o["topic"], o["partition"]): (o["offset"] if o["offset"] >= 0 else None) for o in got}
+            except CoordinatorLoadInProgressError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)  # back-off while the coordinator loads offsets
+
+    def close(self, leave: bool) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.request_timeout_s + 1)
+        with self._lock:
+            member_id = self.member_id
+        if leave and member_id:
+            self._leave(self.channel, member_id)
+        self.channel.close()
