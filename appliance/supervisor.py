@@ -36,9 +36,11 @@ from typing import Any
 import orjson
 import zmq
 
+from appliance import reload as config_reload
 from appliance.config import NodeConfig
 from appliance.coordinator.local import LocalCoordinator
 from appliance.process import SignalPipe
+from appliance.systemd import Notifier, ServiceNotifier
 from appliance.worker import WorkerSpec, run_worker
 from ipc import sockets
 from ipc.errors import InvalidConfigError, SluiceError
@@ -86,6 +88,7 @@ class Replica:
     last_exit: int = 0
     offline_since: float = 0.0
     last_beat: float = 0.0
+    killed_at: float = 0.0  # when its worker was sent SIGKILL (0: not); see appliance/systemd.py
     after_stop: Callable[[Replica], None] | None = None
 
     @property
@@ -101,8 +104,16 @@ class SupervisorState(enum.Enum):
 
 
 class Supervisor:
-    def __init__(self, config: NodeConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        clock: Callable[[], float] = time.monotonic,
+        load_config: Callable[[], NodeConfig] | None = None,
+        systemd: ServiceNotifier | None = None,
+    ) -> None:
         self.config = config
+        self.load_config = load_config  # SIGHUP reads the configuration again with this
+        self.systemd = systemd if systemd is not None else ServiceNotifier(Notifier(None))
         self.clock = clock
         self.state = SupervisorState.STARTING
         self.replicas: dict[tuple[str, int], Replica] = {}
@@ -180,6 +191,7 @@ class Supervisor:
         except zmq.ZMQError as exc:
             self.ctx.destroy(0)
             raise InvalidConfigError(f"listen={cfg.listen!r}: cannot bind: {exc}") from None
+        self.systemd.status(f"waiting for the coordinator ({cfg.coordinator}, state in {cfg.data_dir})")
         self.coordinator.load()
         self._remove_deleted_dirs()
         self.table = StatusTable.create(cfg.status_path, cfg.max_partitions, cfg.node_id)
@@ -265,6 +277,8 @@ class Supervisor:
         self._signal(r, signal.SIGTERM)
 
     def _signal(self, r: Replica, sig: int) -> None:
+        if sig == signal.SIGKILL and r.pid and not r.killed_at:
+            r.killed_at = self.clock()
         if r.pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(r.pid, sig)
@@ -284,6 +298,7 @@ class Supervisor:
         code = proc.exitcode if proc.exitcode is not None else -1
         proc.close()
         r.proc = None
+        r.killed_at = 0.0
         r.last_exit = code
         r.last_beat = 0.0
         self.table.reset_status(r.slot)
@@ -368,6 +383,7 @@ class Supervisor:
                 info = self.coordinator.topics().get(r.topic)
                 if info is not None:
                     self.send_control(r, cmd="config", options={**self.config.topic_defaults, **info.config})
+                self.send_control(r, cmd="node_options", **config_reload.worker_node_options(self.config))
                 self.api.on_replica_ready(r)
 
     def send_control(self, r: Replica, **msg: Any) -> None:
@@ -422,6 +438,8 @@ class Supervisor:
             if now >= next_tick:
                 self._check_workers(now)
                 self.api.tick(now)
+                stopping = self.state is SupervisorState.STOPPING
+                self.systemd.tick(self.replicas.values(), stopping, self.config.advertised)
                 next_tick = now + TICK_S
             if self.state is SupervisorState.STOPPING and not self._live():
                 self._set_state(SupervisorState.STOPPED)
@@ -435,11 +453,29 @@ class Supervisor:
         if signum in (signal.SIGTERM, signal.SIGINT) and self.state is SupervisorState.RUNNING:
             log.info("node %d: %s: stopping", self.config.node_id, signal.Signals(signum).name)
             self.begin_shutdown()
-        elif signum == signal.SIGHUP:
-            log.info("node %d: SIGHUP: configuration reload is not supported yet; ignored", self.config.node_id)
+        elif signum == signal.SIGHUP and self.state is SupervisorState.RUNNING:
+            self.reload()
+
+    def reload(self) -> None:
+        """SIGHUP: read the configuration again; apply what can change live (appliance/reload.py)."""
+        log.info("node %d: SIGHUP: reloading the configuration", self.config.node_id)
+        self.systemd.reloading()
+        try:
+            new = self.load_config() if self.load_config is not None else self.config
+        except SluiceError as exc:
+            log.error("reload failed, still running the previous configuration: %s", exc)
+            self.systemd.notes["reload"] = f"last reload failed: {exc}"
+        else:
+            plan = config_reload.apply_reload(self, new)
+            if plan.restart:
+                self.systemd.notes["reload"] = plan.restart_note
+            else:
+                self.systemd.notes.pop("reload", None)
+        self.systemd.reloaded(self.config.advertised)
 
     def begin_shutdown(self) -> None:
         self._set_state(SupervisorState.STOPPING)
+        self.systemd.stopping(f"stopping: {sum(r.proc is not None for r in self.replicas.values())} worker(s) left")
         # stop accepting: close the front endpoint; workers answer their in-flight requests
         self.poller.unregister(self.front)
         self.front.close(0)

@@ -107,6 +107,8 @@ class PartitionWorker:
         self.endpoint = ""
         self._next_retention = 0.0
         self._next_clean = 0.0
+        self.retention_check_ms = spec.retention_check_ms  # live: control command node_options
+        self.cleaner_interval_ms = spec.cleaner_interval_ms
         self._cleaned_upto = -1
         self._clean_thread: threading.Thread | None = None
         self._clean_result: CleanPlan | BaseException | None = None
@@ -145,8 +147,8 @@ class PartitionWorker:
         self.control = sockets.dealer(self.ctx, spec.control_endpoint, identity=f"slot-{spec.slot}".encode())
         self._publish_status()
         now = self.clock()
-        self._next_retention = now + spec.retention_check_ms / 1000
-        self._next_clean = now + spec.cleaner_interval_ms / 1000
+        self._next_retention = now + self.retention_check_ms / 1000
+        self._next_clean = now + self.cleaner_interval_ms / 1000
         self._set_state(WorkerState.SERVING)
         self._send_control(
             event="ready",
@@ -227,7 +229,7 @@ class PartitionWorker:
         self.log.maybe_flush()
         cfg = self.log.config
         if now >= self._next_retention and self._clean_thread is None:
-            self._next_retention = now + self.spec.retention_check_ms / 1000
+            self._next_retention = now + self.retention_check_ms / 1000
             if cfg.cleanup_policy is CleanupPolicy.DELETE:
                 self.log.apply_retention()
         if cfg.cleanup_policy is CleanupPolicy.COMPACT:
@@ -250,7 +252,7 @@ class PartitionWorker:
         sealed_end = self.log.segments[-2].next_offset if len(self.log.segments) > 1 else -1
         if now < self._next_clean or sealed_end <= self._cleaned_upto:
             return
-        self._next_clean = now + self.spec.cleaner_interval_ms / 1000
+        self._next_clean = now + self.cleaner_interval_ms / 1000
         now_ms = int(time.time() * 1000)
 
         def clean() -> None:
@@ -305,8 +307,31 @@ class PartitionWorker:
                     log.info("%s: topic configuration now %s", self.name, msg.get("options"))
                 except SluiceError as exc:
                     log.error("%s: refused configuration: %s", self.name, exc)
+            elif cmd == "node_options":
+                self._apply_node_options(msg)
             else:
                 log.warning("%s: unknown control command %r", self.name, cmd)
+
+    def _apply_node_options(self, msg: dict[str, Any]) -> None:
+        """``{"cmd": "node_options", "log_level": "debug", "retention_check_ms": N,
+        "cleaner_interval_ms": N}``: node options that change live (SIGHUP reload)."""
+        level = str(msg.get("log_level", "")).upper()
+        if level in ("DEBUG", "INFO", "WARNING", "ERROR") and logging.getLogger().level != logging.getLevelName(level):
+            logging.getLogger().setLevel(level)
+            log.info("%s: log level now %s", self.name, level.lower())
+        now = self.clock()
+        for key in ("retention_check_ms", "cleaner_interval_ms"):
+            value = msg.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 10:
+                continue
+            if value != getattr(self, key):
+                setattr(self, key, value)
+                log.info("%s: %s now %d", self.name, key, value)
+                # a shorter interval applies from now, not after the old one ran out
+                if key == "retention_check_ms":
+                    self._next_retention = min(self._next_retention, now + value / 1000)
+                else:
+                    self._next_clean = min(self._next_clean, now + value / 1000)
 
     # ---- requests -----------------------------------------------------------------------
     def _handle(self, frames: list[Any]) -> None:

@@ -94,9 +94,10 @@ class Node:
         self.status_path = os.path.join(resolve_runtime_dir("", str(self.data_dir)), "status.shm")
 
     # ---- life cycle -------------------------------------------------------------------------
-    def start(self, wait: bool = True) -> Node:
+    def start(self, wait: bool = True, env: dict[str, str] | None = None) -> Node:
+        """Start ``sluice serve``; ``env`` adds variables (e.g. NOTIFY_SOCKET) to the environment."""
         assert self.proc is None or self.proc.poll() is not None, "node already running"
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
         env.pop("SLUICE_BOOTSTRAP", None)
         logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(

@@ -1,0 +1,131 @@
+"""Configuration reload on SIGHUP: what changes live, and what needs a restart.
+
+The supervisor reads its configuration file again (same ``--config`` path, same
+command-line flags on top), compares the new ``NodeConfig`` with the running one and:
+
+* applies the **live** options at once, without dropping a client connection: the
+  front endpoint and every worker keep their sockets, and workers get the changes over
+  the control socket (``config`` for topic options, ``node_options`` for the rest);
+* keeps the running value of every **restart** option that changed, and reports it
+  (a warning in the log and a lasting remark in systemd's ``STATUS=``).
+
+A file that does not load (bad TOML, a bad value) changes nothing: the node keeps its
+running configuration and reports the error. An option not listed in ``LIVE`` needs a
+restart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from appliance.config import NodeConfig
+from appliance.log.config import LogConfig
+from ipc.errors import SluiceError
+
+if TYPE_CHECKING:
+    from appliance.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+LIVE = frozenset(
+    {
+        "log_level",  # supervisor and workers (control command node_options)
+        "topic_defaults",  # workers (control command config), metadata, describe
+        "retention_check_interval_ms",  # workers (node_options)
+        "cleaner_interval_ms",  # workers (node_options)
+        "metrics_listen",  # stored; read by the metrics exporter
+        "auto_create_topics",  # read per metadata request
+        "default_partitions",
+        "heartbeat_timeout_ms",  # read by every supervisor tick
+        "worker_start_timeout_ms",
+        "restart_backoff_ms",
+        "restart_backoff_max_ms",
+        "max_restarts",
+        "restart_window_ms",
+        "shutdown_timeout_ms",
+    }
+)
+_ALL = frozenset(f.name for f in dataclasses.fields(NodeConfig))
+# Everything else needs a restart: the safe default for an option added later.
+# Today: node_id, data_dir, listen, advertised_listen, runtime_dir, coordinator,
+# max_partitions (the size of the status table), max_request_bytes (an option of bound sockets).
+RESTART = _ALL - LIVE
+assert LIVE <= _ALL, f"not NodeConfig options: {sorted(LIVE - _ALL)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ReloadPlan:
+    config: NodeConfig  # the running config with every live change applied
+    live: dict[str, tuple[Any, Any]]  # option -> (old, new), applied
+    restart: dict[str, tuple[Any, Any]]  # option -> (old, new), not applied
+
+    @property
+    def restart_note(self) -> str:
+        return f"restart needed to apply: {', '.join(sorted(self.restart))}" if self.restart else ""
+
+
+def plan_reload(old: NodeConfig, new: NodeConfig) -> ReloadPlan:
+    live: dict[str, tuple[Any, Any]] = {}
+    restart: dict[str, tuple[Any, Any]] = {}
+    for name in sorted(_ALL):
+        before, after = getattr(old, name), getattr(new, name)
+        if before == after:
+            continue
+        (live if name in LIVE else restart)[name] = (before, after)
+    config = dataclasses.replace(old, **{k: v[1] for k, v in live.items()})
+    return ReloadPlan(config, live, restart)
+
+
+def worker_node_options(cfg: NodeConfig) -> dict[str, Any]:
+    """The node options a worker takes live (control command ``node_options``)."""
+    return {
+        "log_level": cfg.log_level,
+        "retention_check_ms": cfg.retention_check_interval_ms,
+        "cleaner_interval_ms": cfg.cleaner_interval_ms,
+    }
+
+
+def _check_topic_defaults(node: Supervisor, defaults: Mapping[str, Any]) -> str | None:
+    """New topic defaults must give a valid configuration for every existing topic."""
+    for info in node.coordinator.topics().values():
+        try:
+            LogConfig.from_options({**defaults, **info.config})
+        except SluiceError as exc:
+            return f"topic_defaults not applied: with the overrides of topic {info.name!r}: {exc}"
+    return None
+
+
+def apply_reload(node: Supervisor, new: NodeConfig) -> ReloadPlan:
+    """Apply the live part of ``new`` to the running node; report the rest. Returns the plan."""
+    plan = plan_reload(node.config, new)
+    if "topic_defaults" in plan.live:
+        problem = _check_topic_defaults(node, plan.live["topic_defaults"][1])
+        if problem is not None:
+            log.error("reload: %s", problem)
+            live = {k: v for k, v in plan.live.items() if k != "topic_defaults"}
+            plan = ReloadPlan(
+                dataclasses.replace(plan.config, topic_defaults=node.config.topic_defaults), live, plan.restart
+            )
+    for name, (before, after) in plan.live.items():
+        log.info("reload: %s %r -> %r", name, before, after)
+    for name, (before, after) in plan.restart.items():
+        log.warning("reload: %s %r -> %r needs a restart; still running with %r", name, before, after, before)
+    if not plan.live and not plan.restart:
+        log.info("reload: configuration unchanged")
+    node.config = plan.config
+    if "log_level" in plan.live:
+        logging.getLogger().setLevel(plan.config.log_level.upper())
+    to_workers = set(plan.live) & {"log_level", "retention_check_interval_ms", "cleaner_interval_ms"}
+    topics = node.coordinator.topics()
+    for r in list(node.replicas.values()):
+        if r.state.value != "serving":
+            continue  # a starting worker gets both messages when it says ready
+        if to_workers:
+            node.send_control(r, cmd="node_options", **worker_node_options(plan.config))
+        info = topics.get(r.topic)
+        if "topic_defaults" in plan.live and info is not None:
+            node.send_control(r, cmd="config", options={**plan.config.topic_defaults, **info.config})
+    return plan
