@@ -11,7 +11,7 @@ returns member id -> sorted list of (topic, partition).
 * ``cooperative-sticky``: balanced (counts differ by at most one per member) while
   keeping every partition a member owns when the balance allows; with the cooperative
   protocol a partition that must move is first revoked (assigned to nobody in this
-  generation) and handed to its new owner in the next one.
+  generation) and handed out in the next one (to the member that is then least loaded).
 """
 
 from __future__ import annotations
@@ -69,30 +69,41 @@ def assign_sticky(
     counts: Mapping[str, int],
     owned: Mapping[str, Sequence[TP]],
 ) -> Assignment:
-    """Balanced and sticky: keep owned partitions up to each member's fair share."""
+    """Sticky and balanced: every member keeps the valid partitions it owns, new ones go to
+    the least loaded eligible member, then single partitions move from the most loaded
+    member to an eligible one with at least two fewer until no such move exists. Each move
+    lowers the sum of squared loads, so it ends; and its own output is a fixed point."""
     members = sorted(subscriptions)
     out: Assignment = {m: [] for m in members}
     if not members:
         return out
     valid = set(_partitions([t for ts in subscriptions.values() for t in ts], counts))
-    # who may take a partition: members subscribed to its topic
-    eligible = {tp: [m for m in members if tp[0] in subscriptions[m]] for tp in valid}
-    total = len(valid)
-    base, extra = divmod(total, len(members))
-    # the members that currently own the most keep their "+1" slots first (stickiness)
-    by_owned = sorted(members, key=lambda m: (-len(owned.get(m, ())), m))
-    quota = {m: base + (1 if i < extra else 0) for i, m in enumerate(by_owned)}
-    taken: set[TP] = set()
+    owner: dict[TP, str] = {}
     for m in members:
-        for tp in sorted(owned.get(m, ())):
-            tp = (tp[0], int(tp[1]))
-            if tp in valid and tp not in taken and tp[0] in subscriptions[m] and len(out[m]) < quota[m]:
+        for raw in owned.get(m, ()):
+            tp = (raw[0], int(raw[1]))
+            if tp in valid and tp not in owner and tp[0] in subscriptions[m]:
+                owner[tp] = m
                 out[m].append(tp)
-                taken.add(tp)
-    for tp in sorted(valid - taken):
-        candidates = [m for m in eligible[tp] if len(out[m]) < quota[m]] or eligible[tp]
-        m = min(candidates, key=lambda x: (len(out[x]) - quota[x], x))
+    for tp in sorted(valid - owner.keys()):
+        eligible = [m for m in members if tp[0] in subscriptions[m]]
+        m = min(eligible, key=lambda x: (len(out[x]), x))
         out[m].append(tp)
+    for _ in range(len(valid) * len(members) + 1):  # bounded; each move lowers sum of squares
+        move: tuple[str, TP, str] | None = None
+        for m in sorted(members, key=lambda x: (-len(out[x]), x)):
+            for tp in sorted(out[m], reverse=True):
+                takers = [x for x in members if x != m and tp[0] in subscriptions[x] and len(out[x]) < len(out[m]) - 1]
+                if takers:
+                    move = (m, tp, min(takers, key=lambda x: (len(out[x]), x)))
+                    break
+            if move:
+                break
+        if move is None:
+            break
+        src, tp, dst = move
+        out[src].remove(tp)
+        out[dst].append(tp)
     return {m: sorted(tps) for m, tps in out.items()}
 
 
