@@ -151,6 +151,11 @@ def cmd_serve(a: argparse.Namespace) -> int:
     setup_logging(cfg.log_level)
     import signal
 
+    from metrics import multiproc
+
+    # before anything imports prometheus_client, and before the fork server starts
+    multiproc.prepare(cfg.resolved_runtime_dir)
+
     from appliance.supervisor import Supervisor
     from appliance.systemd import ServiceNotifier
 
@@ -416,6 +421,8 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
+    import zmq
+
     from ipc.errors import SluiceError
 
     try:
@@ -423,13 +430,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CliError, SluiceError, ValueError, TypeError) as exc:
         print(f"sluice {a.command}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except OSError as exc:  # includes zmq.ZMQError: an address in use, a directory not writable
-        print(f"sluice {a.command}: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError:  # e.g. `sluice consume ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
+    except (OSError, zmq.ZMQError) as exc:  # an address in use, a directory not writable
+        print(f"sluice {a.command}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
 
 

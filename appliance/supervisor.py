@@ -46,6 +46,7 @@ from ipc import sockets
 from ipc.errors import InvalidConfigError, SluiceError
 from ipc.protocol import FRONT_APIS, error_reply, parse_request, peek_id
 from ipc.shm import ControlBlock, Role, ShmBusyError, SlotState, StatusTable
+from metrics.node import NodeMetrics
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ class Replica:
     last_exit: int = 0
     offline_since: float = 0.0
     last_beat: float = 0.0
+    counters: tuple[int, int, int, int] = (0, 0, 0, 0)  # records/bytes in/out, kept across restarts
     killed_at: float = 0.0  # when its worker was sent SIGKILL (0: not); see appliance/systemd.py
     after_stop: Callable[[Replica], None] | None = None
 
@@ -128,6 +130,7 @@ class Supervisor:
         from appliance.front import FrontApi
 
         self.api = FrontApi(self)
+        self.metrics = NodeMetrics(self)
 
     # ---- state ----------------------------------------------------------------------------
     def _set_state(self, new: SupervisorState) -> None:
@@ -193,8 +196,14 @@ class Supervisor:
             raise InvalidConfigError(f"listen={cfg.listen!r}: cannot bind: {exc}") from None
         self.systemd.status(f"waiting for the coordinator ({cfg.coordinator}, state in {cfg.data_dir})")
         self.coordinator.load()
+        needed = sum(len(t.partitions) for t in self.coordinator.topics().values())
+        if needed > cfg.max_partitions:
+            raise InvalidConfigError(
+                f"max_partitions={cfg.max_partitions}: the stored topics have {needed} partitions on this node"
+            )
         self._remove_deleted_dirs()
         self.table = StatusTable.create(cfg.status_path, cfg.max_partitions, cfg.node_id)
+        self.metrics.start()
         control_path = cfg.control_endpoint[len("ipc://") :]
         if os.path.exists(control_path):
             os.unlink(control_path)  # left by a node that died: the data-dir lock says it is not running
@@ -241,6 +250,7 @@ class Supervisor:
         info = self.coordinator.topics()[r.topic]
         r.leader_epoch = self.coordinator.bump_leader_epoch(r.topic, r.partition)
         spec = WorkerSpec(
+            initial_counters=r.counters,
             topic=r.topic,
             partition=r.partition,
             slot=r.slot,
@@ -301,7 +311,17 @@ class Supervisor:
         r.killed_at = 0.0
         r.last_exit = code
         r.last_beat = 0.0
+        try:  # keep its counters: the next worker continues from them
+            st = self.table.read_status(r.slot)
+            r.counters = tuple(  # type: ignore[assignment]
+                max(a, b)
+                for a, b in zip(r.counters, (st.records_in, st.bytes_in, st.records_out, st.bytes_out), strict=True)
+            )
+        except ShmBusyError:
+            pass
         self.table.reset_status(r.slot)
+        if r.pid:
+            self.metrics.worker_gone(r.pid)
         if r.state is ReplicaState.STOPPING:
             log.info("%s: worker %d stopped (exit %d)", r.name, r.pid, code)
             r.pid = 0
@@ -440,6 +460,7 @@ class Supervisor:
                 self.api.tick(now)
                 stopping = self.state is SupervisorState.STOPPING
                 self.systemd.tick(self.replicas.values(), stopping, self.config.advertised)
+                self.metrics.tick(now)
                 next_tick = now + TICK_S
             if self.state is SupervisorState.STOPPING and not self._live():
                 self._set_state(SupervisorState.STOPPED)
@@ -467,6 +488,7 @@ class Supervisor:
             self.systemd.notes["reload"] = f"last reload failed: {exc}"
         else:
             plan = config_reload.apply_reload(self, new)
+            self.metrics.reconfigure(self.config.metrics_listen)
             if plan.restart:
                 self.systemd.notes["reload"] = plan.restart_note
             else:
@@ -486,6 +508,7 @@ class Supervisor:
                 self._signal(r, signal.SIGTERM)
 
     def _cleanup(self) -> None:
+        self.metrics.stop()
         self.control.close(0)
         self.ctx.term()
         path = self.config.control_endpoint[len("ipc://") :]

@@ -41,6 +41,7 @@ from ipc.errors import (
 from ipc.protocol import EARLIEST, LATEST, WORKER_APIS, Request, error_reply, ok_reply, parse_request, peek_id
 from ipc.records import BatchHeader, check_producible, iter_headers, validate_batch
 from ipc.shm import StatusTable, StatusWriter
+from metrics.definitions import FETCH_LATENCY, PRODUCE_LATENCY
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,9 @@ class WorkerSpec:
     retention_check_ms: int = 300_000
     cleaner_interval_ms: int = 15_000
     max_request_bytes: int = 100 * 1024 * 1024
+    # records in, bytes in, records out, bytes out of the previous worker of this slot:
+    # the counters continue across restarts, so rate() never sees them go backwards
+    initial_counters: tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
 class WorkerState(enum.Enum):
@@ -90,6 +94,7 @@ class ParkedFetch:
     max_bytes: int
     min_bytes: int
     deadline: float
+    started: float
 
 
 class PartitionWorker:
@@ -98,7 +103,7 @@ class PartitionWorker:
         self.clock = clock
         self.state = WorkerState.STARTING
         self.parked: list[ParkedFetch] = []
-        self.records_in = self.bytes_in = self.records_out = self.bytes_out = 0
+        self.records_in, self.bytes_in, self.records_out, self.bytes_out = spec.initial_counters
         self.log: Log
         self.ctx: zmq.Context[Any]
         self.data: zmq.Socket[Any]
@@ -112,6 +117,9 @@ class PartitionWorker:
         self._cleaned_upto = -1
         self._clean_thread: threading.Thread | None = None
         self._clean_result: CleanPlan | BaseException | None = None
+        labels = (spec.topic, str(spec.partition))
+        self._produce_latency = PRODUCE_LATENCY.labels(*labels)
+        self._fetch_latency = FETCH_LATENCY.labels(*labels)
 
     @property
     def name(self) -> str:
@@ -364,6 +372,7 @@ class PartitionWorker:
         sockets.send_reply(self.data, identity, frames)
 
     def _produce(self, identity: bytes, req: Request) -> None:
+        started = time.perf_counter()
         if not req.frames:
             raise InvalidRequestError("produce carries no record batch frame")
         acks = req.fields["acks"]
@@ -394,13 +403,14 @@ class PartitionWorker:
         if acks != 0:
             reply = ok_reply(req.id, base_offsets=base_offsets, log_start_offset=self.log.log_start_offset)
             self._reply(identity, [reply])
+        self._produce_latency.observe(time.perf_counter() - started)
         if self.parked:
             self._serve_parked(force=False)
 
     def _read(self, offset: int, max_bytes: int) -> bytes:
         return self.log.read(offset, max_bytes, max_offset=self.high_watermark)
 
-    def _fetch_reply(self, identity: bytes, cid: int, data: bytes) -> None:
+    def _fetch_reply(self, identity: bytes, cid: int, data: bytes, started: float) -> None:
         if data:
             for h in iter_headers(data):
                 self.records_out += h.record_count
@@ -413,16 +423,24 @@ class PartitionWorker:
             log_end_offset=lg.log_end_offset,
         )
         self._reply(identity, [header, data] if data else [header])
+        self._fetch_latency.observe(time.perf_counter() - started)
 
     def _fetch(self, identity: bytes, req: Request) -> None:
+        started = time.perf_counter()
         f = req.fields
         data = self._read(f["offset"], f["max_bytes"])  # raises OffsetOutOfRangeError
         if len(data) >= f["min_bytes"] or f["max_wait_ms"] == 0:
-            self._fetch_reply(identity, req.id, data)
+            self._fetch_reply(identity, req.id, data, started)
             return
         self.parked.append(
             ParkedFetch(
-                identity, req.id, f["offset"], f["max_bytes"], f["min_bytes"], self.clock() + f["max_wait_ms"] / 1000
+                identity,
+                req.id,
+                f["offset"],
+                f["max_bytes"],
+                f["min_bytes"],
+                self.clock() + f["max_wait_ms"] / 1000,
+                started,
             )
         )
 
@@ -435,7 +453,7 @@ class PartitionWorker:
                 self._reply(p.identity, [error_reply(p.cid, exc)])
                 continue
             if force or len(data) >= p.min_bytes:
-                self._fetch_reply(p.identity, p.cid, data)
+                self._fetch_reply(p.identity, p.cid, data, p.started)
             else:
                 still.append(p)
         self.parked = still
@@ -449,7 +467,7 @@ class PartitionWorker:
         self.parked = [p for p in self.parked if p.deadline > now]
         for p in due:
             try:
-                self._fetch_reply(p.identity, p.cid, self._read(p.offset, p.max_bytes))
+                self._fetch_reply(p.identity, p.cid, self._read(p.offset, p.max_bytes), p.started)
             except SluiceError as exc:
                 self._reply(p.identity, [error_reply(p.cid, exc)])
 

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+LAG_PROBE_INTERVAL_S = 2.0
+
 TP = tuple[str, int]
 
 
@@ -38,6 +40,9 @@ class GroupCoordinator:
         self.groups: dict[str, Group] = {}
         self.store = OffsetStore(self.node, self.node.config.offsets_topic_partitions)
         self._topic_checked = False
+        # (group, topic, partition) -> (committed offset, timestamp ms of the record there)
+        self._oldest: dict[tuple[str, str, int], tuple[int, int]] = {}
+        self._next_probe = 0.0
 
     # ---- plumbing ---------------------------------------------------------------------------------
     def _counts(self, topics: Sequence[str]) -> Mapping[str, int]:
@@ -67,9 +72,33 @@ class GroupCoordinator:
             if OFFSETS_TOPIC not in self.node.coordinator.topics():
                 self.front.create_topic(OFFSETS_TOPIC, self.store.partitions, 1, dict(OFFSETS_TOPIC_CONFIG))
         self.store.tick(now)
+        if now >= self._next_probe and self.store.loaded:
+            self._next_probe = now + LAG_PROBE_INTERVAL_S
+            self._probe_lag()
         for g in list(self.groups.values()):
             self._complete(g.tick(self._counts))
         self._expire_groups()
+
+    def _probe_lag(self) -> None:
+        """Learn the timestamp of each group's oldest unconsumed record (for lag in seconds)."""
+        for group_id, offsets in list(self.store.cache.items()):
+            for (topic, partition), c in list(offsets.items()):
+                key = (group_id, topic, partition)
+                known = self._oldest.get(key)
+                if known is not None and known[0] == c.offset:
+                    continue
+                if c.offset >= self.front.partition_end(topic, partition):
+                    self._oldest.pop(key, None)
+                    continue
+
+                def found(ts: int | None, key: tuple[str, str, int] = key, offset: int = c.offset) -> None:
+                    if ts is not None:
+                        self._oldest[key] = (offset, ts)
+
+                self.store.probe_timestamp(topic, partition, c.offset, found)
+
+    def oldest_unconsumed(self, group_id: str) -> dict[TP, tuple[int, int]]:
+        return {(t, p): v for (g, t, p), v in self._oldest.items() if g == group_id}
 
     def _expire_groups(self) -> None:
         retention = self.node.config.offsets_retention_ms / 1000

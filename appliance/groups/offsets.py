@@ -52,11 +52,13 @@ Done = Callable[[SluiceError | None], None]
 
 @dataclasses.dataclass
 class _Pending:
-    kind: str  # "write" | "load"
+    kind: str  # "write" | "load" | "probe"
     partition: int
     deadline: float
     channel: Channel
     done: Done | None = None
+    probe: Callable[[int | None], None] | None = None
+    probe_offset: int = 0
     entries: list[tuple[str, TP, CommittedOffset | None]] = dataclasses.field(default_factory=list)
 
 
@@ -116,7 +118,10 @@ class OffsetStore:
             p = self.pending.pop(reply.id, None)
             if p is None:
                 continue
-            if p.kind == "write":
+            if p.kind == "probe":
+                assert p.probe is not None
+                p.probe(self._timestamp_at(reply, p.probe_offset))
+            elif p.kind == "write":
                 if reply.error is None:
                     for group, tp, entry in p.entries:
                         self._apply(group, tp, entry)
@@ -141,7 +146,12 @@ class OffsetStore:
         ch = self._channel(endpoint)
         cid = ch.send("produce", [batch], topic=OFFSETS_TOPIC, partition=partition, acks=1)
         self.pending[cid] = _Pending(
-            "write", partition, time.monotonic() + WRITE_TIMEOUT_S, ch, done, [(group, tp, e) for tp, e in entries]
+            "write",
+            partition,
+            time.monotonic() + WRITE_TIMEOUT_S,
+            ch,
+            done,
+            entries=[(group, tp, e) for tp, e in entries],
         )
 
     def _apply(self, group: str, tp: TP, entry: CommittedOffset | None) -> None:
@@ -153,6 +163,33 @@ class OffsetStore:
                     del self.cache[group]
         else:
             self.cache.setdefault(group, {})[tp] = entry
+
+    # ---- lag probes ---------------------------------------------------------------------------
+    def probe_timestamp(self, topic: str, partition: int, offset: int, done: Callable[[int | None], None]) -> None:
+        """Ask the partition's worker for the record at ``offset``; ``done(timestamp ms | None)``."""
+        r = self.node.replicas.get((topic, partition))
+        if r is None or r.state.value != "serving" or not r.endpoint:
+            done(None)
+            return
+        ch = self._channel(r.endpoint)
+        cid = ch.send("fetch", topic=topic, partition=partition, offset=offset, max_bytes=1, max_wait_ms=0)
+        self.pending[cid] = _Pending(
+            "probe", partition, time.monotonic() + WRITE_TIMEOUT_S, ch, probe=done, probe_offset=offset
+        )
+
+    @staticmethod
+    def _timestamp_at(reply: Any, offset: int) -> int | None:
+        if reply.error is not None or not reply.frames:
+            return None
+        data = reply.frames[0]
+        try:
+            for batch in decode_batches(data.buffer if hasattr(data, "buffer") else data):
+                for off, ts in zip(batch.offsets, batch.timestamps, strict=True):
+                    if off >= offset:
+                        return ts
+        except SluiceError:
+            return None
+        return None
 
     # ---- loading --------------------------------------------------------------------------------
     def tick(self, now: float) -> None:

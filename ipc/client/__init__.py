@@ -5,7 +5,7 @@ docs/client.md.
 """
 
 from ipc.client.admin import Admin
-from ipc.client.consumer import Consumer, ConsumerRecord
+from ipc.client.consumer import Consumer, ConsumerClosedError, ConsumerRecord
 from ipc.client.producer import FutureRecordMetadata, Producer, ProducerClosedError, RecordMetadata
 from ipc.client.transport import DEFAULT_BOOTSTRAP, parse_bootstrap
 
@@ -13,6 +13,7 @@ __all__ = [
     "DEFAULT_BOOTSTRAP",
     "Admin",
     "Consumer",
+    "ConsumerClosedError",
     "ConsumerRecord",
     "FutureRecordMetadata",
     "Producer",

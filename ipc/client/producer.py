@@ -307,6 +307,11 @@ class Producer:
                 q
                 and q[-1].encoded is None
                 and q[-1].size + size <= self.batch_size
+                and (
+                    q[-1].timestamps is None
+                    or abs((time.time() * 1000 if timestamp_ms is None else timestamp_ms) - q[-1].first_ts)
+                    < MAX_TS_DELTA
+                )
                 and (timestamp_ms is None or abs(timestamp_ms - q[-1].first_ts) < MAX_TS_DELTA)
             ):
                 b = q[-1]

@@ -1,0 +1,287 @@
+"""The node's ``/metrics`` and ``/healthz`` endpoint, served by the supervisor.
+
+Three sources, one registry:
+* the workers' own series (latency histograms), summed over every worker's files by
+  prometheus_client's ``MultiProcessCollector`` (``PROMETHEUS_MULTIPROC_DIR``);
+* the shared-memory status table, read lock-free at scrape time: offsets, sizes,
+  records and bytes in and out (those counters continue across worker restarts);
+* a ``NodeSnapshot`` the supervisor loop publishes every second: replica states,
+  restarts, consumer groups and their committed offsets. The HTTP thread only reads
+  that immutable snapshot, never the loop's live objects.
+
+The HTTP server runs in a daemon thread of the supervisor (the fork server was started
+before it, so workers never inherit it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import psutil
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ipc.shm import ShmBusyError, StatusTable
+
+log = logging.getLogger(__name__)
+
+TP = tuple[str, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplicaSnap:
+    topic: str
+    partition: int
+    slot: int
+    state: str
+    pid: int
+    restarts: int
+    counters: tuple[int, int, int, int]  # records/bytes in/out the slot's previous workers reached
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupSnap:
+    group: str
+    state: str
+    members: int
+    rebalances: int
+    committed: dict[TP, int]
+    # timestamp (ms) of the record at the committed offset: (committed offset, timestamp)
+    oldest_unconsumed: dict[TP, tuple[int, int]]
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeSnapshot:
+    node_id: int
+    controller_active: bool
+    replicas: tuple[ReplicaSnap, ...] = ()
+    groups: tuple[GroupSnap, ...] = ()
+    healthy: bool = True
+    health_note: str = "ok"
+    taken_at: float = 0.0
+
+
+PL = ["topic", "partition"]
+
+
+class NodeCollector(Collector):
+    def __init__(self, snapshot: Callable[[], NodeSnapshot], table: StatusTable) -> None:
+        self.snapshot = snapshot
+        self.table = table
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snapshot()
+        fams: dict[str, Any] = {
+            "records_in": CounterMetricFamily("sluice_records_in", "Records appended to the partition.", labels=PL),
+            "bytes_in": CounterMetricFamily("sluice_bytes_in", "Bytes appended to the partition.", labels=PL),
+            "records_out": CounterMetricFamily("sluice_records_out", "Records served by fetches.", labels=PL),
+            "bytes_out": CounterMetricFamily("sluice_bytes_out", "Bytes served by fetches.", labels=PL),
+            "start": GaugeMetricFamily("sluice_log_start_offset", "First offset still in the log.", labels=PL),
+            "leo": GaugeMetricFamily("sluice_log_end_offset", "Next offset to be written.", labels=PL),
+            "hw": GaugeMetricFamily("sluice_high_watermark", "First offset not visible to consumers.", labels=PL),
+            "size": GaugeMetricFamily("sluice_log_size_bytes", "Bytes of the partition's segments.", labels=PL),
+            "up": GaugeMetricFamily("sluice_worker_up", "1 if the partition's worker is serving.", labels=PL),
+            "restarts": CounterMetricFamily(
+                "sluice_worker_restarts", "Times the partition's worker was restarted.", labels=PL
+            ),
+            "cpu": CounterMetricFamily(
+                "sluice_worker_cpu_seconds", "CPU time of the worker process.", labels=[*PL, "pid"]
+            ),
+            "rss": GaugeMetricFamily(
+                "sluice_worker_resident_memory_bytes", "Resident memory of the worker process.", labels=[*PL, "pid"]
+            ),
+        }
+        hw_by_tp: dict[TP, int] = {}
+        offline = 0
+        for r in snap.replicas:
+            labels = [r.topic, str(r.partition)]
+            fams["up"].add_metric(labels, 1.0 if r.state == "serving" else 0.0)
+            fams["restarts"].add_metric(labels, r.restarts)
+            offline += r.state == "offline"
+            try:
+                st = self.table.read_status(r.slot)
+            except ShmBusyError:
+                st = None
+            if st is None or not st.pid:  # no worker right now: only what we know for sure
+                for name, saved in zip(("records_in", "bytes_in", "records_out", "bytes_out"), r.counters, strict=True):
+                    fams[name].add_metric(labels, saved)
+                continue
+            hw_by_tp[(r.topic, r.partition)] = st.high_watermark
+            # a restarting slot reads 0 until its next worker continues from r.counters
+            live = (st.records_in, st.bytes_in, st.records_out, st.bytes_out)
+            for name, saved, now in zip(
+                ("records_in", "bytes_in", "records_out", "bytes_out"), r.counters, live, strict=True
+            ):
+                fams[name].add_metric(labels, max(saved, now))
+            fams["start"].add_metric(labels, st.log_start_offset)
+            fams["leo"].add_metric(labels, st.log_end_offset)
+            fams["hw"].add_metric(labels, st.high_watermark)
+            fams["size"].add_metric(labels, st.log_size_bytes)
+            if r.pid and r.state in ("serving", "starting"):
+                try:
+                    proc = psutil.Process(r.pid)
+                    with proc.oneshot():
+                        cpu = proc.cpu_times()
+                        rss = proc.memory_info().rss
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    continue
+                fams["cpu"].add_metric([*labels, str(r.pid)], cpu.user + cpu.system)
+                fams["rss"].add_metric([*labels, str(r.pid)], rss)
+        yield from fams.values()
+        g = GaugeMetricFamily("sluice_partitions_offline", "Partitions whose worker crash-looped and stopped.")
+        g.add_metric([], offline)
+        yield g
+        g = GaugeMetricFamily(
+            "sluice_under_replicated_partitions", "Partitions with fewer in-sync replicas than replicas."
+        )
+        g.add_metric([], 0)
+        yield g
+        c = CounterMetricFamily("sluice_isr_shrinks", "Times an in-sync replica set shrank.")
+        c.add_metric([], 0)
+        yield c
+        c = CounterMetricFamily("sluice_isr_expands", "Times an in-sync replica set grew.")
+        c.add_metric([], 0)
+        yield c
+        g = GaugeMetricFamily("sluice_controller_active", "1 if this node is the cluster's active controller.")
+        g.add_metric([], 1.0 if snap.controller_active else 0.0)
+        yield g
+        yield from self._groups(snap, hw_by_tp)
+
+    def _groups(self, snap: NodeSnapshot, hw: dict[TP, int]) -> Iterator[Metric]:
+        gl = ["group", *PL]
+        committed = GaugeMetricFamily(
+            "sluice_consumer_group_committed_offset", "The group's committed offset (next record to read).", labels=gl
+        )
+        lag = GaugeMetricFamily(
+            "sluice_consumer_group_lag", "Records the group has not committed: high watermark - committed.", labels=gl
+        )
+        lag_s = GaugeMetricFamily(
+            "sluice_consumer_group_lag_seconds",
+            "Age of the oldest record the group has not committed (0 when caught up).",
+            labels=gl,
+        )
+        lag_sum = GaugeMetricFamily(
+            "sluice_consumer_group_lag_sum", "Sum of the group's lag over partitions.", labels=["group"]
+        )
+        lag_max = GaugeMetricFamily(
+            "sluice_consumer_group_lag_max", "Largest lag of the group's partitions.", labels=["group"]
+        )
+        lag_s_max = GaugeMetricFamily(
+            "sluice_consumer_group_lag_seconds_max",
+            "Largest lag in seconds of the group's partitions.",
+            labels=["group"],
+        )
+        members = GaugeMetricFamily("sluice_consumer_group_members", "Members of the group.", labels=["group"])
+        rebalances = CounterMetricFamily(
+            "sluice_consumer_group_rebalances", "Rebalances the group went through.", labels=["group"]
+        )
+        now_ms = time.time() * 1000
+        for g in snap.groups:
+            members.add_metric([g.group], g.members)
+            rebalances.add_metric([g.group], g.rebalances)
+            lags: list[int] = []
+            ages: list[float] = []
+            for (topic, partition), offset in sorted(g.committed.items()):
+                labels = [g.group, topic, str(partition)]
+                committed.add_metric(labels, offset)
+                end = hw.get((topic, partition))
+                if end is None:
+                    continue
+                n = max(end - offset, 0)
+                age = 0.0
+                probe = g.oldest_unconsumed.get((topic, partition))
+                if n and probe is not None and probe[0] == offset:
+                    age = max(now_ms - probe[1], 0.0) / 1000
+                lag.add_metric(labels, n)
+                lag_s.add_metric(labels, age)
+                lags.append(n)
+                ages.append(age)
+            lag_sum.add_metric([g.group], sum(lags))
+            lag_max.add_metric([g.group], max(lags, default=0))
+            lag_s_max.add_metric([g.group], max(ages, default=0.0))
+        yield from (committed, lag, lag_s, lag_sum, lag_max, lag_s_max, members, rebalances)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            body = generate_latest(self.server.registry)
+            self._send(200, CONTENT_TYPE_LATEST, body)
+        elif path == "/healthz":
+            snap = self.server.snapshot()
+            stale = time.monotonic() - snap.taken_at > 10
+            ok = snap.healthy and not stale
+            note = "supervisor loop stalled" if stale else snap.health_note
+            self._send(200 if ok else 503, "text/plain; charset=utf-8", (note + "\n").encode())
+        else:
+            self._send(404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n")
+
+    def _send(self, code: int, ctype: str, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+        log.debug("metrics http: " + format, *args)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    registry: CollectorRegistry
+    snapshot: Callable[[], NodeSnapshot]
+
+
+def build_registry(collector: NodeCollector, multiproc_dir: str | None) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    if multiproc_dir:
+        from prometheus_client import multiprocess
+
+        multiprocess.MultiProcessCollector(registry, path=multiproc_dir)  # type: ignore[no-untyped-call]
+    registry.register(collector)
+    return registry
+
+
+class MetricsServer:
+    """``/metrics`` and ``/healthz`` on HOST:PORT, in a daemon thread."""
+
+    def __init__(self, registry: CollectorRegistry, snapshot: Callable[[], NodeSnapshot]) -> None:
+        self.registry = registry
+        self.snapshot = snapshot
+        self.httpd: _Server | None = None
+        self.listen = ""
+
+    def start(self, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        httpd = _Server((host.strip("[]"), int(port)), _Handler)
+        httpd.registry = self.registry
+        httpd.snapshot = self.snapshot
+        self.httpd = httpd
+        self.listen = listen
+        threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True).start()
+        log.info("metrics on http://%s/metrics", listen)
+
+    def reconfigure(self, listen: str) -> None:
+        if listen == self.listen:
+            return
+        self.stop()
+        if listen:
+            self.start(listen)
+
+    def stop(self) -> None:
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+            self.httpd = None
+            self.listen = ""

@@ -1,0 +1,96 @@
+"""Supervisor-side glue: publishes a ``NodeSnapshot`` every second and owns the server."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING
+
+from ipc.errors import InvalidConfigError
+from metrics.exporter import GroupSnap, MetricsServer, NodeCollector, NodeSnapshot, ReplicaSnap, build_registry
+from metrics.multiproc import MULTIPROC_ENV
+
+if TYPE_CHECKING:
+    from appliance.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_INTERVAL_S = 1.0
+
+
+class NodeMetrics:
+    def __init__(self, node: Supervisor) -> None:
+        self.node = node
+        self.snapshot = NodeSnapshot(node.config.node_id, True, taken_at=time.monotonic())
+        self.server: MetricsServer | None = None
+        self._next = 0.0
+
+    def start(self) -> None:
+        listen = self.node.config.metrics_listen
+        collector = NodeCollector(lambda: self.snapshot, self.node.table)
+        self.server = MetricsServer(build_registry(collector, os.environ.get(MULTIPROC_ENV)), lambda: self.snapshot)
+        if listen:
+            try:
+                self.server.start(listen)
+            except OSError as exc:
+                raise InvalidConfigError(f"metrics_listen={listen!r}: cannot serve: {exc.strerror}") from None
+
+    def reconfigure(self, listen: str) -> None:
+        if self.server is not None:
+            try:
+                self.server.reconfigure(listen)
+            except OSError as exc:
+                log.error("metrics_listen=%r: cannot serve: %s", listen, exc)
+
+    def worker_gone(self, pid: int) -> None:
+        """A reaped worker: drop its live gauges from the multiprocess files."""
+        if os.environ.get(MULTIPROC_ENV):
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+    def tick(self, now: float) -> None:
+        if now < self._next:
+            return
+        self._next = now + SNAPSHOT_INTERVAL_S
+        node = self.node
+        replicas = tuple(
+            ReplicaSnap(r.topic, r.partition, r.slot, r.state.value, r.pid, r.restarts, r.counters)
+            for r in node.replicas.values()
+        )
+        coordinator = node.api.groups
+        groups = []
+        for name in sorted(set(coordinator.groups) | set(coordinator.store.cache)):
+            g = coordinator.groups.get(name)
+            cached = coordinator.store.cache.get(name, {})
+            groups.append(
+                GroupSnap(
+                    group=name,
+                    state=g.state.value if g else "empty",
+                    members=len(g.members) if g else 0,
+                    rebalances=g.rebalances if g else 0,
+                    committed={tp: c.offset for tp, c in cached.items()},
+                    oldest_unconsumed=coordinator.oldest_unconsumed(name),
+                )
+            )
+        offline = [r for r in replicas if r.state == "offline"]
+        running = node.state.value == "running"
+        note = (
+            "ok"
+            if running and not offline
+            else (f"{len(offline)} partition(s) offline" if offline else f"node {node.state.value}")
+        )
+        self.snapshot = NodeSnapshot(
+            node.config.node_id,
+            controller_active=True,  # the local coordinator: this node decides for itself
+            replicas=replicas,
+            groups=tuple(groups),
+            healthy=running and not offline,
+            health_note=note,
+            taken_at=now,
+        )
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
