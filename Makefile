@@ -121,4 +121,6 @@ uninstall:
 # with systemd-nspawn. Needs root, network to Debian and PyPI; not part of `make test`.
 NSPAWN_DIR ?= /var/tmp/sluice-nspawn
 systemd-check: $(STAMP)
-	SLUICE_NSPAWN_DIR=$(NSPAWN_DIR) $(BIN)/python -m pytest -q -p no:cacheprovider tests/system
+	@if [ "$$(id -u)" = 0 ] && ! { command -v systemd-nspawn && command -v debootstrap; } >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd-container debootstrap; fi
+	SLUICE_NSPAWN_DIR=$(NSPAWN_DIR) $(BIN)/python -m pytest -q -rA -p no:cacheprovider tests/system
