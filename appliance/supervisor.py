@@ -510,7 +510,9 @@ class Supervisor:
     def _cleanup(self) -> None:
         self.metrics.stop()
         self.control.close(0)
-        self.ctx.term()
+        # destroy, not term: a socket some component forgot to close (every socket has
+        # LINGER=0) must not hang the exit, and with it `systemctl stop`, forever
+        self.ctx.destroy(0)
         path = self.config.control_endpoint[len("ipc://") :]
         if os.path.exists(path):
             os.unlink(path)
