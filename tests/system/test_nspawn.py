@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,6 +97,7 @@ class Container:
         self.proc: subprocess.Popen[bytes] | None = None
         self.leader = 0
         self.port = 0  # the node's front port (the container shares this host's network)
+        self.metrics_port = 0
 
     def boot(self) -> None:
         logf = open(self.log, "wb")  # noqa: SIM115 - handed to the child
@@ -216,10 +218,11 @@ def container() -> Iterator[Container]:
     assert res.returncode == 0, res.stdout.decode()[-3000:] + res.stderr.decode()[-3000:]
     # a free port: the container shares this host's network
     cfg = root / "etc/sluice/sluice.toml"
-    port = free_port()
-    cfg.write_text(re.sub(r'(?m)^listen = ".*"$', f'listen = "tcp://127.0.0.1:{port}"', cfg.read_text()))
+    port, metrics_port = free_port(), free_port()
+    text = re.sub(r'(?m)^listen = ".*"$', f'listen = "tcp://127.0.0.1:{port}"', cfg.read_text())
+    cfg.write_text(re.sub(r'(?m)^metrics_listen = ".*"$', f'metrics_listen = "127.0.0.1:{metrics_port}"', text))
     c = Container(root, work / "boot.log")
-    c.port = port
+    c.port, c.metrics_port = port, metrics_port
     try:
         c.boot()
         c.run("systemd-sysusers")
@@ -254,6 +257,12 @@ def test_start_waits_for_ready_and_the_node_serves(container: Container) -> None
     assert sorted(res.stdout.split()) == ["a", "b", "c"]
     status = json.loads(c.run(SLUICE, "status", "--config", "/etc/sluice/sluice.toml", "--json").stdout)
     assert status["supervisor_alive"] and status["supervisor_pid"] == int(st["MainPID"])
+    # /metrics and /healthz from inside the sandbox (prometheus_client's files in /run/sluice)
+    for path in ("/healthz", "/metrics"):
+        with urllib.request.urlopen(f"http://127.0.0.1:{c.metrics_port}{path}", timeout=10) as resp:
+            assert resp.status == 200, path
+            if path == "/metrics":
+                assert b"# TYPE" in resp.read()
     files = c.run(
         "stat", "-c", "%U %a %n", "/run/sluice", "/run/sluice/status.shm", "/var/lib/sluice", "/var/lib/sluice/t-0"
     ).stdout
