@@ -526,6 +526,7 @@ def run_worker(spec: WorkerSpec) -> None:
     _close_forkserver_alive_fd()
     die_with_parent(spec.supervisor_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the supervisor, which stops us
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is the supervisor's; it sends us node_options
     setup_logging(spec.log_level)
     signals = SignalPipe((signal.SIGTERM,))
     worker = PartitionWorker(spec)

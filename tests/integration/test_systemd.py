@@ -236,13 +236,16 @@ def test_notify_ready_watchdog_reload_and_stop(node_factory: Callable[..., Node]
     assert "listen 'tcp://127.0.0.1:" in log_text and "needs a restart" in log_text
     assert "orders-0: log level now debug" in log_text
 
-    # a file that does not load changes nothing, and says so
+    # a file that does not load changes nothing, and says so; a worker ignores SIGHUP
     node.config_path.write_text(node.config_path.read_text() + "max_restarts = -3\n")
+    audit = node.worker_pid("audit", 0)
+    os.kill(audit, signal.SIGHUP)
     t_bad = time.monotonic()
     node.signal(signal.SIGHUP)
     bad = listener.wait_for("READY", "1", after=listener.wait_for("RELOADING", "1", after=t_bad).t)
     assert "last reload failed" in bad.fields["STATUS"] and "max_restarts" in bad.fields["STATUS"]
     wait_until(lambda: len(listener.pings(after=bad.t)) >= 2, 5, "pings after a failed reload")
+    assert node.worker_pid("audit", 0) == audit and node.partition("audit", 0)["restarts"] == 1
 
     # SIGTERM: STOPPING=1, then a clean exit
     t_term = time.monotonic()
