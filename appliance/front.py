@@ -168,7 +168,10 @@ class FrontApi:
         wanted = req.fields["topics"]
         topics = self.node.coordinator.topics()
         out: list[dict[str, Any]] = []
-        names = sorted(n for n in topics if n not in self.deleting) if wanted is None else wanted
+        if wanted is None:  # every topic but the internal ones (ask for those by name)
+            names = sorted(n for n in topics if n not in self.deleting and not n.startswith(INTERNAL_PREFIX))
+        else:
+            names = wanted
         for name in names:
             why = valid_topic_name(name)
             if why is not None:
@@ -192,7 +195,12 @@ class FrontApi:
         return [ok_reply(req.id, node_id=cfg.node_id, controller=cfg.node_id, brokers=brokers, topics=out)]
 
     def api_list_topics(self, identity: bytes, req: Request) -> list[bytes]:
-        names = sorted(n for n in self.node.coordinator.topics() if n not in self.deleting)
+        internal = req.fields["internal"]
+        names = sorted(
+            n
+            for n in self.node.coordinator.topics()
+            if n not in self.deleting and (internal or not n.startswith(INTERNAL_PREFIX))
+        )
         return [ok_reply(req.id, topics=names)]
 
     def api_create_topic(self, identity: bytes, req: Request) -> list[bytes] | None:

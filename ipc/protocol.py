@@ -142,7 +142,7 @@ OFFSET = Field(int, check=_int_range(0))
 SCHEMAS: dict[str, dict[str, Field]] = {
     # front endpoint (supervisor)
     "metadata": {"topics": Field(list, required=False, check=_topic_list)},
-    "list_topics": {},
+    "list_topics": {"internal": Field(bool, required=False, default=False)},
     "create_topic": {
         "topic": TOPIC,
         "partitions": Field(int, check=_int_range(1, 10_000)),
@@ -303,7 +303,7 @@ def _parse_request(frames: Sequence[Frame], allowed: frozenset[str] | None) -> R
             fields[name] = spec.default
             continue
         value = obj[name]
-        if isinstance(value, bool) or not isinstance(value, spec.type):
+        if (isinstance(value, bool) and spec.type is not bool) or not isinstance(value, spec.type):
             want = spec.type.__name__ if isinstance(spec.type, type) else "/".join(t.__name__ for t in spec.type)
             raise InvalidRequestError(f"{api}: field {name!r} must be {want}, got {type(value).__name__}")
         if spec.check is not None:

@@ -68,8 +68,9 @@ class Admin:
         self._check_topic(name)
         self._call("delete_topic", timeout_ms, topic=name)
 
-    def list_topics(self, timeout_ms: int | None = None) -> list[str]:
-        topics: list[str] = self._call("list_topics", timeout_ms)["topics"]
+    def list_topics(self, timeout_ms: int | None = None, internal: bool = False) -> list[str]:
+        """Topic names; internal ones (``__consumer_offsets``) only with ``internal=True``."""
+        topics: list[str] = self._call("list_topics", timeout_ms, internal=internal)["topics"]
         return topics
 
     def describe_topic(self, name: str, timeout_ms: int | None = None) -> dict[str, Any]:
