@@ -7,6 +7,7 @@
     sluice consume TOPIC [--from-beginning] [--partition P] [--offset N] [--max-messages N]
                          [--timeout-ms MS] [--print-key] [--print-offset]
     sluice status [--config FILE] [--data-dir DIR] [--json]
+    sluice perf produce|consume|e2e|pipe|memory ...   (loadtest/perf.py)
 
 ``--bootstrap`` (or ``$SLUICE_BOOTSTRAP``) names the node for client commands. Errors
 are one line on stderr and a non-zero exit status, never a traceback.
@@ -131,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--config")
     st.add_argument("--data-dir")
     st.add_argument("--json", action="store_true")
+
+    from loadtest.perf import add_parsers as add_perf_parsers  # argparse only: the modes import lazily
+
+    add_perf_parsers(sub)
     return p
 
 
@@ -408,6 +413,13 @@ def cmd_status(a: argparse.Namespace) -> int:
     return 0
 
 
+# ---- perf ----------------------------------------------------------------------------------
+def cmd_perf(a: argparse.Namespace) -> int:
+    from loadtest.perf import run
+
+    return run(a)
+
+
 COMMANDS = {
     "serve": cmd_serve,
     "topics": cmd_topics,
@@ -415,6 +427,7 @@ COMMANDS = {
     "consume": cmd_consume,
     "status": cmd_status,
     "groups": cmd_groups,
+    "perf": cmd_perf,
 }
 
 
