@@ -71,10 +71,44 @@ class NodeSnapshot:
 PL = ["topic", "partition"]
 
 
+STALE_SNAPSHOT_S = 10.0  # a snapshot older than this means the supervisor loop is stuck
+
+COUNTERS = ("records_in", "bytes_in", "records_out", "bytes_out")
+
+
+def health(snap: NodeSnapshot, now: float) -> tuple[bool, str]:
+    """What ``/healthz`` answers and ``sluice_node_healthy`` says: (healthy, note)."""
+    if now - snap.taken_at > STALE_SNAPSHOT_S:
+        return False, "supervisor loop stalled"
+    return snap.healthy, snap.health_note
+
+
 class NodeCollector(Collector):
     def __init__(self, snapshot: Callable[[], NodeSnapshot], table: StatusTable) -> None:
         self.snapshot = snapshot
         self.table = table
+        # The largest value each partition counter was exported with. A counter is read
+        # from two places that change at different moments: the live status slot, and
+        # the counters the supervisor saved when it reaped the slot's last worker (in a
+        # snapshot up to a second old). Between a worker's death and its successor's
+        # first status write, the slot reads empty and the snapshot can predate the
+        # reap, so the value could step back; exporting no less than before keeps it a
+        # counter (no false reset for rate()). Scrapes run in parallel threads: a lock.
+        self._floor: dict[tuple[str, str, int], int] = {}
+        self._floor_lock = threading.Lock()
+
+    def _monotonic(self, name: str, tp: TP, value: int) -> int:
+        key = (name, *tp)
+        with self._floor_lock:
+            value = max(value, self._floor.get(key, 0))
+            self._floor[key] = value
+        return value
+
+    def _forget_gone(self, tps: set[TP]) -> None:
+        """A deleted partition's counters may start again from 0 if it is created again."""
+        with self._floor_lock:
+            for key in [k for k in self._floor if (k[1], k[2]) not in tps]:
+                del self._floor[key]
 
     def collect(self) -> Iterator[Metric]:
         snap = self.snapshot()
@@ -101,6 +135,7 @@ class NodeCollector(Collector):
         hw_by_tp: dict[TP, int] = {}
         offline = 0
         for r in snap.replicas:
+            tp = (r.topic, r.partition)
             labels = [r.topic, str(r.partition)]
             fams["up"].add_metric(labels, 1.0 if r.state == "serving" else 0.0)
             fams["restarts"].add_metric(labels, r.restarts)
@@ -110,31 +145,35 @@ class NodeCollector(Collector):
             except ShmBusyError:
                 st = None
             if st is None or not st.pid:  # no worker right now: only what we know for sure
-                for name, saved in zip(("records_in", "bytes_in", "records_out", "bytes_out"), r.counters, strict=True):
-                    fams[name].add_metric(labels, saved)
+                for name, saved in zip(COUNTERS, r.counters, strict=True):
+                    fams[name].add_metric(labels, self._monotonic(name, tp, saved))
                 continue
-            hw_by_tp[(r.topic, r.partition)] = st.high_watermark
-            # a restarting slot reads 0 until its next worker continues from r.counters
+            hw_by_tp[tp] = st.high_watermark
+            # a restarted worker continues from r.counters; max() covers a snapshot newer than the slot
             live = (st.records_in, st.bytes_in, st.records_out, st.bytes_out)
-            for name, saved, now in zip(
-                ("records_in", "bytes_in", "records_out", "bytes_out"), r.counters, live, strict=True
-            ):
-                fams[name].add_metric(labels, max(saved, now))
+            for name, saved, now in zip(COUNTERS, r.counters, live, strict=True):
+                fams[name].add_metric(labels, self._monotonic(name, tp, max(saved, now)))
             fams["start"].add_metric(labels, st.log_start_offset)
             fams["leo"].add_metric(labels, st.log_end_offset)
             fams["hw"].add_metric(labels, st.high_watermark)
             fams["size"].add_metric(labels, st.log_size_bytes)
-            if r.pid and r.state in ("serving", "starting"):
-                try:
-                    proc = psutil.Process(r.pid)
-                    with proc.oneshot():
-                        cpu = proc.cpu_times()
-                        rss = proc.memory_info().rss
-                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                    continue
-                fams["cpu"].add_metric([*labels, str(r.pid)], cpu.user + cpu.system)
-                fams["rss"].add_metric([*labels, str(r.pid)], rss)
+            # the pid the worker wrote itself (the slot is cleared when it is reaped), not the
+            # snapshot's, which lags a restart by up to a second
+            try:
+                proc = psutil.Process(st.pid)
+                with proc.oneshot():
+                    cpu = proc.cpu_times()
+                    rss = proc.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue  # dead, not yet reaped: its series go now
+            fams["cpu"].add_metric([*labels, str(st.pid)], cpu.user + cpu.system)
+            fams["rss"].add_metric([*labels, str(st.pid)], rss)
+        self._forget_gone({(r.topic, r.partition) for r in snap.replicas})
         yield from fams.values()
+        healthy, _ = health(snap, time.monotonic())
+        g = GaugeMetricFamily("sluice_node_healthy", "1 if /healthz answers 200 (no partition offline, node running).")
+        g.add_metric([], 1.0 if healthy else 0.0)
+        yield g
         g = GaugeMetricFamily("sluice_partitions_offline", "Partitions whose worker crash-looped and stopped.")
         g.add_metric([], offline)
         yield g
@@ -168,13 +207,13 @@ class NodeCollector(Collector):
             labels=gl,
         )
         lag_sum = GaugeMetricFamily(
-            "sluice_consumer_group_lag_sum", "Sum of the group's lag over partitions.", labels=["group"]
+            "sluice_consumer_group_total_lag", "Sum of the group's lag over partitions.", labels=["group"]
         )
         lag_max = GaugeMetricFamily(
-            "sluice_consumer_group_lag_max", "Largest lag of the group's partitions.", labels=["group"]
+            "sluice_consumer_group_max_lag", "Largest lag of the group's partitions.", labels=["group"]
         )
         lag_s_max = GaugeMetricFamily(
-            "sluice_consumer_group_lag_seconds_max",
+            "sluice_consumer_group_max_lag_seconds",
             "Largest lag in seconds of the group's partitions.",
             labels=["group"],
         )
@@ -197,7 +236,11 @@ class NodeCollector(Collector):
                 n = max(end - offset, 0)
                 age = 0.0
                 probe = g.oldest_unconsumed.get((topic, partition))
-                if n and probe is not None and probe[0] == offset:
+                if n and probe is not None:
+                    # exact when the probe is of the committed offset; for the (<= 2 s) after the
+                    # offset moved and before the next probe, the age of the record at the old
+                    # offset: better than dropping to 0 at every commit, which would reset the
+                    # `for:` of any alert on it
                     age = max(now_ms - probe[1], 0.0) / 1000
                 lag.add_metric(labels, n)
                 lag_s.add_metric(labels, age)
@@ -218,10 +261,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = generate_latest(self.server.registry)
             self._send(200, CONTENT_TYPE_LATEST, body)
         elif path == "/healthz":
-            snap = self.server.snapshot()
-            stale = time.monotonic() - snap.taken_at > 10
-            ok = snap.healthy and not stale
-            note = "supervisor loop stalled" if stale else snap.health_note
+            ok, note = health(self.server.snapshot(), time.monotonic())
             self._send(200 if ok else 503, "text/plain; charset=utf-8", (note + "\n").encode())
         else:
             self._send(404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n")

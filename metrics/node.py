@@ -7,6 +7,7 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+from appliance.systemd import assess
 from ipc.errors import InvalidConfigError
 from metrics.exporter import GroupSnap, MetricsServer, NodeCollector, NodeSnapshot, ReplicaSnap, build_registry
 from metrics.multiproc import MULTIPROC_ENV
@@ -74,19 +75,22 @@ class NodeMetrics:
                     oldest_unconsumed=coordinator.oldest_unconsumed(name),
                 )
             )
-        offline = [r for r in replicas if r.state == "offline"]
+        # the watchdog's rule (appliance/systemd.py): no partition offline, no worker that
+        # outlives its SIGKILL; /healthz and sluice_node_healthy say what systemd acts on
+        health = assess(node.replicas.values(), now)
         running = node.state.value == "running"
-        note = (
-            "ok"
-            if running and not offline
-            else (f"{len(offline)} partition(s) offline" if offline else f"node {node.state.value}")
-        )
+        if not health.healthy:
+            note = health.problems()
+        elif not running:
+            note = f"node {node.state.value}"
+        else:
+            note = "ok"
         self.snapshot = NodeSnapshot(
             node.config.node_id,
             controller_active=True,  # the local coordinator: this node decides for itself
             replicas=replicas,
             groups=tuple(groups),
-            healthy=running and not offline,
+            healthy=running and health.healthy,
             health_note=note,
             taken_at=now,
         )
