@@ -471,13 +471,29 @@ class _ProducerIO:
         ch = self.channels.get(endpoint)
         if ch is None:
             ch = self.channels[endpoint] = Channel(self.p.ctx, endpoint, self.zmq)
-            self.poller.register(ch.sock, self.zmq.POLLIN)
+            self._register(ch)
         return ch
+
+    def _register(self, ch: Channel) -> None:
+        self.poller.register(ch.sock, self.zmq.POLLIN)
+        self.poller.register(ch.watch_disconnects(), self.zmq.POLLIN)
 
     def reset_channel(self, ch: Channel) -> None:
         self.poller.unregister(ch.sock)
+        if ch.monitor is not None:
+            self.poller.unregister(ch.monitor)
         ch.reset()
-        self.poller.register(ch.sock, self.zmq.POLLIN)
+        self._register(ch)
+
+    def on_disconnect(self, ch: Channel) -> None:
+        """The worker behind ``ch`` went away: its in-flight requests are lost; retry them
+        now (they queue until ZeroMQ reconnects) instead of waiting for the timeout."""
+        lost = [f for f in self.inflight.values() if f.channel is ch]
+        for f in lost:
+            self.inflight.pop(f.cid, None)
+            self.inflight_count[f.key] -= 1
+        for f in lost:
+            self.fail(f, RequestTimedOutError(f"connection to {ch.endpoint} lost with the request in flight"))
 
     def run(self) -> None:
         p = self.p
@@ -504,6 +520,8 @@ class _ProducerIO:
             for ch in list(self.channels.values()):
                 if ch.sock in events:
                     self.drain_replies(ch)
+                if ch.monitor is not None and ch.monitor in events and ch.disconnected():
+                    self.on_disconnect(ch)
         self.metadata.bootstrap.close()
         for ch in self.channels.values():
             ch.close()

@@ -55,6 +55,7 @@ class Channel:
         self.endpoint = endpoint
         self.zmq = zmq_module
         self.sock: Any = sockets.dealer(ctx, endpoint)
+        self.monitor: Any = None
 
     def send(self, api: str, frames: Sequence[Any] = (), **fields: Any) -> int:
         cid = next_id()
@@ -87,10 +88,41 @@ class Channel:
 
     def reset(self) -> None:
         """Close and reconnect: queued requests are dropped, late replies never arrive."""
+        self._close_monitor()
         self.sock.close(0)
         self.sock = sockets.dealer(self.ctx, self.endpoint)
 
+    def watch_disconnects(self) -> Any:
+        """A PAIR socket that becomes readable when the connection drops (the peer process
+        died): requests in flight on it will never be answered, so callers need not wait
+        for their timeout. Call ``disconnected()`` when it is readable."""
+        if self.monitor is None:
+            self.monitor = self.sock.get_monitor_socket(self.zmq.EVENT_DISCONNECTED)
+        return self.monitor
+
+    def disconnected(self) -> bool:
+        """Drain the monitor; True if a disconnect was reported."""
+        seen = False
+        while self.monitor is not None:
+            try:
+                frames = self.monitor.recv_multipart(flags=self.zmq.NOBLOCK)
+            except self.zmq.Again:
+                break
+            if frames and len(frames[0]) >= 2 and int.from_bytes(frames[0][:2], "little") & self.zmq.EVENT_DISCONNECTED:
+                seen = True
+        return seen
+
+    def _close_monitor(self) -> None:
+        if self.monitor is not None:
+            try:
+                self.sock.disable_monitor()
+            except self.zmq.ZMQError:
+                pass
+            self.monitor.close(0)
+            self.monitor = None
+
     def close(self) -> None:
+        self._close_monitor()
         self.sock.close(0)
 
 
