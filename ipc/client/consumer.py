@@ -393,13 +393,23 @@ class Consumer:
         ch = self.channels.get(endpoint)
         if ch is None:
             ch = self.channels[endpoint] = Channel(self.ctx, endpoint, self.zmq)
-            self.poller.register(ch.sock, self.zmq.POLLIN)
+            self._register(ch)
         return ch
+
+    def _register(self, ch: Channel) -> None:
+        self.poller.register(ch.sock, self.zmq.POLLIN)
+        self.poller.register(ch.watch_disconnects(), self.zmq.POLLIN)
 
     def _reset_channel(self, ch: Channel) -> None:
         self.poller.unregister(ch.sock)
+        if ch.monitor is not None:
+            self.poller.unregister(ch.monitor)
         ch.reset()
-        self.poller.register(ch.sock, self.zmq.POLLIN)
+        self._register(ch)
+        self._forget_fetches(ch)
+
+    def _forget_fetches(self, ch: Channel) -> None:
+        """Fetches in flight on ``ch`` will never be answered: send them again."""
         for st in self._states.values():
             if st.channel is ch and st.inflight:
                 self._by_cid.pop(st.inflight, None)
@@ -600,6 +610,8 @@ class Consumer:
             for ch in list(self.channels.values()):
                 if ch.sock in events:
                     self._on_reply(ch)
+                if ch.monitor is not None and ch.monitor in events and ch.disconnected():
+                    self._forget_fetches(ch)  # the worker went away; they are resent (queued until it is back)
 
     def _take(self) -> list[ConsumerRecord]:
         out: list[ConsumerRecord] = []
