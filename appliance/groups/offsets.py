@@ -107,14 +107,7 @@ class OffsetStore:
                 self._drain(ch)
 
     def _drain(self, ch: Channel) -> None:
-        for _ in range(1000):
-            try:
-                reply = ch.recv_nowait()
-            except SluiceError as exc:
-                log.warning("malformed reply from %s: %s", ch.endpoint, exc)
-                continue
-            if reply is None:
-                return
+        for reply in ch.replies():
             p = self.pending.pop(reply.id, None)
             if p is None:
                 continue

@@ -21,10 +21,9 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data`` durably (tmp, fsync, rename, fsync dir)."""
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+def write_durably(path: str, data: bytes) -> None:
+    """Create (or truncate) ``path``, write all of ``data`` and fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         view = memoryview(data)
         while view:
@@ -32,6 +31,12 @@ def atomic_write(path: str, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data`` durably (tmp, fsync, rename, fsync dir)."""
+    tmp = path + ".tmp"
+    write_durably(tmp, data)
     os.replace(tmp, path)
     fsync_dir(os.path.dirname(path) or ".")
 

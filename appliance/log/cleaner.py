@@ -22,7 +22,7 @@ import dataclasses
 import logging
 import os
 
-from appliance.log.checkpoint import fsync_dir
+from appliance.log.checkpoint import fsync_dir, write_durably
 from appliance.log.log import Log
 from appliance.log.segment import LogSegment
 from ipc.records import TIMESTAMP_LOG_APPEND, decode_batch, encode_batch
@@ -128,14 +128,7 @@ def _clean_segment(seg: LogSegment, latest: dict[bytes, int], horizon: int) -> C
         return None
     path = seg.path + ".cleaned"
     data = b"".join(parts)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_durably(path, data)
     return CleanedSegment(seg.base_offset, seg.size, path, removed, len(data))
 
 

@@ -524,14 +524,7 @@ class Consumer:
             self._send_fetch(st, now)
 
     def _on_reply(self, ch: Channel) -> None:
-        for _ in range(1000):
-            try:
-                reply = ch.recv_nowait()
-            except SluiceError as exc:
-                log.warning("malformed fetch reply from %s: %s", ch.endpoint, exc)
-                continue
-            if reply is None:
-                return
+        for reply in ch.replies():
             st = self._by_cid.pop(reply.id, None)
             if st is None or st.inflight != reply.id:
                 continue  # a stale reply (after seek or reassignment)

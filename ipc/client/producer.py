@@ -631,14 +631,7 @@ class _ProducerIO:
         self.inflight_count[tp] += 1
 
     def drain_replies(self, ch: Channel) -> None:
-        for _ in range(1000):
-            try:
-                reply = ch.recv_nowait()
-            except SluiceError as exc:
-                log.warning("malformed reply from %s: %s", ch.endpoint, exc)
-                continue
-            if reply is None:
-                return
+        for reply in ch.replies():
             f = self.inflight.pop(reply.id, None)
             if f is None:
                 continue  # a reply to a request we already gave up on

@@ -9,18 +9,21 @@ locust) — everything else in the client gets its sockets through here.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import ModuleType
 from typing import Any
 
 import zmq as _zmq
 
 from ipc import sockets
-from ipc.errors import RequestTimedOutError
+from ipc.errors import RequestTimedOutError, SluiceError
 from ipc.protocol import Reply, encode_request, parse_reply
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BOOTSTRAP = "tcp://127.0.0.1:6100"
 _ENDPOINT = re.compile(r"^(tcp://(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):\d{1,5}|ipc://.+)$")
@@ -72,6 +75,18 @@ class Channel:
         except self.zmq.Again:
             return None
         return parse_reply(frames)
+
+    def replies(self, limit: int = 1000) -> Iterator[Reply]:
+        """The replies waiting on the socket (at most ``limit``), skipping malformed ones."""
+        for _ in range(limit):
+            try:
+                reply = self.recv_nowait()
+            except SluiceError as exc:
+                log.warning("malformed reply from %s: %s", self.endpoint, exc)
+                continue
+            if reply is None:
+                return
+            yield reply
 
     def request(self, api: str, timeout_s: float, frames: Sequence[Any] = (), **fields: Any) -> Reply:
         """Send and wait for the matching reply; RequestTimedOutError after ``timeout_s``."""
