@@ -39,6 +39,15 @@ def _wait_serving(admin: Admin, topic: str) -> int:
         time.sleep(0.2)  # polling the partitions' state, bounded by the deadline
 
 
+def _role(cmdline: list[str]) -> str:
+    text = " ".join(cmdline)
+    if "forkserver" in text:
+        return "fork server"
+    if "resource_tracker" in text:
+        return "resource tracker"
+    return text[:60]
+
+
 def measure(bootstrap: str | None) -> dict[str, Any]:
     """RSS / PSS / USS of the supervisor and its descendants, by role."""
     with Admin(bootstrap) as admin:
@@ -53,7 +62,7 @@ def measure(bootstrap: str | None) -> dict[str, Any]:
     for proc in procs:
         try:
             mem = proc.memory_full_info()
-            role = "supervisor" if proc.pid == sup.pid else roles.get(proc.pid, " ".join(proc.cmdline()[:3])[:60])
+            role = "supervisor" if proc.pid == sup.pid else roles.get(proc.pid) or _role(proc.cmdline())
         except (psutil.NoSuchProcess, psutil.AccessDenied) as exc:
             raise PerfError(f"cannot read the memory of pid {proc.pid}: {exc}") from exc
         rows.append({"pid": proc.pid, "role": role, "rss": mem.rss, "pss": mem.pss, "uss": mem.uss})
