@@ -69,9 +69,9 @@ def cmd_e2e(a: argparse.Namespace) -> int:
         progress = Progress("received", a.progress_interval, samples, enabled=not a.quiet)
         gc.collect()
         gc.freeze()
-        go(procs)
+        go_ns = time.monotonic_ns()  # before go: the producer's first stamp comes after it
         t0 = clock()
-        go_ns = time.monotonic_ns()
+        go(procs)
         hard_deadline = t0 + a.duration + 60.0 + DRAIN_TIMEOUT_S
         exited_at = 0.0
         unpack = STAMP.unpack_from
