@@ -38,7 +38,8 @@ from ipc.records import Headers, decode_batches
 log = logging.getLogger(__name__)
 
 _NO_HEADERS: Headers = []
-PATTERN_REFRESH_S = 5.0  # how often a pattern subscription looks for new topics
+PATTERN_REFRESH_S = 5.0
+_new_tuple = tuple.__new__  # how often a pattern subscription looks for new topics
 OFFSET_RESETS = ("earliest", "latest", "none")
 
 
@@ -545,15 +546,20 @@ class Consumer:
                 for batch in decode_batches(buf):
                     offsets = batch.offsets
                     n = len(batch.values)
+                    # tuple.__new__ skips the namedtuple's Python-level constructor (half the cost)
                     records = map(
-                        ConsumerRecord,
-                        repeat(topic, n),
-                        repeat(partition, n),
-                        offsets,
-                        batch.timestamps,
-                        batch.keys,
-                        batch.values,
-                        batch.headers if batch.headers is not None else repeat(_NO_HEADERS, n),
+                        _new_tuple,
+                        repeat(ConsumerRecord, n),
+                        zip(
+                            repeat(topic, n),
+                            repeat(partition, n),
+                            offsets,
+                            batch.timestamps,
+                            batch.keys,
+                            batch.values,
+                            batch.headers if batch.headers is not None else repeat(_NO_HEADERS, n),
+                            strict=True,
+                        ),
                     )
                     if offsets[0] < start if n else False:
                         st.buffer.extend(r for r in records if r.offset >= start)
