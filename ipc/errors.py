@@ -87,6 +87,12 @@ class RebalanceInProgressError(SluiceError):
     code = "REBALANCE_IN_PROGRESS"
 
 
+class FencedInstanceIdError(SluiceError):
+    """Another consumer with the same group_instance_id took this member's place."""
+
+    code = "FENCED_INSTANCE_ID"
+
+
 class CoordinatorLoadInProgressError(SluiceError):
     code = "COORDINATOR_LOAD_IN_PROGRESS"
     retriable = True

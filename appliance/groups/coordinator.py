@@ -20,6 +20,7 @@ from ipc.errors import (
     GroupIdNotFoundError,
     NonEmptyGroupError,
     SluiceError,
+    UnknownMemberIdError,
 )
 from ipc.protocol import Request, error_reply, ok_reply
 
@@ -49,9 +50,11 @@ class GroupCoordinator:
         known = self.node.coordinator.topics()
         return {t: len(known[t].partitions) for t in topics if t in known and t not in self.front.deleting}
 
-    def _group(self, group_id: str, create: bool = False) -> Group:
+    def _group(self, group_id: str, create: bool = False, member_id: str = "") -> Group:
         g = self.groups.get(group_id)
         if g is None:
+            if member_id:  # e.g. after a node restart: the member must join again
+                raise UnknownMemberIdError(f"member {member_id!r} is not in group {group_id!r}; rejoin")
             if not create:
                 raise GroupIdNotFoundError(f"group {group_id!r} does not exist")
             g = self.groups[group_id] = Group(group_id, self.node.clock)
@@ -101,13 +104,29 @@ class GroupCoordinator:
         return {(t, p): v for (g, t, p), v in self._oldest.items() if g == group_id}
 
     def _expire_groups(self) -> None:
-        retention = self.node.config.offsets_retention_ms / 1000
-        now = self.node.clock()
-        for group_id, g in list(self.groups.items()):
-            if g.state is GroupState.EMPTY and now - g.empty_since > retention:
-                log.info("group %s: empty for %.0f s; its offsets expire", group_id, now - g.empty_since)
+        """A group without members whose newest commit is older than offsets_retention_ms
+        expires (commit times are wall-clock and stored, so this survives restarts)."""
+        if not self.store.loaded:
+            return
+        retention_ms = self.node.config.offsets_retention_ms
+        now_ms = time.time() * 1000
+        for group_id in set(self.groups) | set(self.store.cache):
+            g = self.groups.get(group_id)
+            if g is not None and g.state is not GroupState.EMPTY:
+                continue
+            newest = max((c.commit_ts for c in self.store.cache.get(group_id, {}).values()), default=None)
+            if newest is None:
+                if g is not None and self.node.clock() - g.empty_since > retention_ms / 1000:
+                    del self.groups[group_id]  # never committed anything
+                continue
+            if now_ms - newest > retention_ms:
+                log.info(
+                    "group %s: no member and no commit for %.0f s; its offsets expire",
+                    group_id,
+                    (now_ms - newest) / 1000,
+                )
                 self._delete_offsets(group_id, lambda err: None)
-                del self.groups[group_id]
+                self.groups.pop(group_id, None)
 
     def _delete_offsets(self, group_id: str, done: Any) -> None:
         entries = self.store.cache.get(group_id, {})
@@ -140,12 +159,13 @@ class GroupCoordinator:
             self._complete(done)
             return None
         if api == "sync_group":
-            return [ok_reply(req.id, **self._group(f["group"]).sync(f["member_id"], f["generation"]))]
+            g = self._group(f["group"], member_id=f["member_id"])
+            return [ok_reply(req.id, **g.sync(f["member_id"], f["generation"]))]
         if api == "heartbeat":
-            self._group(f["group"]).heartbeat(f["member_id"], f["generation"])
+            self._group(f["group"], member_id=f["member_id"]).heartbeat(f["member_id"], f["generation"])
             return [ok_reply(req.id)]
         if api == "leave_group":
-            g = self._group(f["group"])
+            g = self._group(f["group"], member_id=f["member_id"])
             self._complete(g.leave(f["member_id"], self._counts))
             return [ok_reply(req.id)]
         if api == "offset_commit":
@@ -198,7 +218,7 @@ class GroupCoordinator:
                 )
             g.check_commit(f["member_id"], f["generation"])
         elif f["member_id"]:
-            raise GroupIdNotFoundError(f"group {f['group']!r} has no member {f['member_id']!r}")
+            raise UnknownMemberIdError(f"group {f['group']!r} has no member {f['member_id']!r}; rejoin")
         now_ms = int(time.time() * 1000)
         entries: list[tuple[TP, CommittedOffset | None]] = [
             ((o["topic"], o["partition"]), CommittedOffset(o["offset"], o.get("metadata", ""), now_ms))

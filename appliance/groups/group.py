@@ -23,6 +23,7 @@ from typing import Any
 
 from appliance.groups.assignors import TP, assign
 from ipc.errors import (
+    FencedInstanceIdError,
     IllegalGenerationError,
     InconsistentGroupProtocolError,
     RebalanceInProgressError,
@@ -76,6 +77,7 @@ class Group:
         self.leader = ""
         self.members: dict[str, Member] = {}
         self.static: dict[str, str] = {}  # group_instance_id -> member id
+        self.fenced: dict[str, str] = {}  # member ids replaced by a newer one with their instance id
         self.rebalance_deadline = 0.0
         self.rebalances = 0
         self.empty_since = clock()
@@ -113,10 +115,12 @@ class Group:
             )
         topics = sorted(set(topics))
         if member_id and member_id not in self.members:
+            self._check_fenced(member_id)
             raise UnknownMemberIdError(f"member {member_id!r} is not in group {self.group_id!r}")
         if not member_id and instance_id is not None and instance_id in self.static:
             # a static member coming back: it takes over its old identity's place
             old = self.members.pop(self.static[instance_id])
+            self.fenced[old.member_id] = instance_id
             member_id = self._new_member_id(client_id)
             old.member_id = member_id
             old.last_seen = now
@@ -160,6 +164,13 @@ class Group:
         if self.state is not GroupState.PREPARING_REBALANCE:
             self._begin_rebalance(f"member {member_id} joined")
         return done + self._maybe_complete(counts)
+
+    def _check_fenced(self, member_id: str) -> None:
+        instance = self.fenced.get(member_id)
+        if instance is not None:
+            raise FencedInstanceIdError(
+                f"member {member_id!r} was replaced by a newer consumer with group_instance_id {instance!r}"
+            )
 
     def _new_member_id(self, client_id: str) -> str:
         return f"{client_id or 'consumer'}-{uuid.uuid4().hex[:16]}"
@@ -246,6 +257,7 @@ class Group:
     def _member(self, member_id: str) -> Member:
         m = self.members.get(member_id)
         if m is None:
+            self._check_fenced(member_id)
             raise UnknownMemberIdError(f"member {member_id!r} is not in group {self.group_id!r}")
         return m
 
@@ -284,6 +296,8 @@ class Group:
             if member_id:  # e.g. a member whose session expired: its generation is over
                 raise UnknownMemberIdError(f"member {member_id!r} is not in group {self.group_id!r}")
             return  # no members: an admin or a consumer without a group membership may commit
+        if member_id and member_id not in self.members:
+            self._check_fenced(member_id)
         if not member_id or member_id not in self.members:
             raise UnknownMemberIdError(
                 f"group {self.group_id!r} has members; commit as one of them (member {member_id!r} unknown)"

@@ -20,7 +20,9 @@ from typing import Any
 from ipc.client.transport import BootstrapChannel
 from ipc.errors import (
     CoordinatorLoadInProgressError,
+    FencedInstanceIdError,
     IllegalGenerationError,
+    NonEmptyGroupError,
     RebalanceInProgressError,
     RequestTimedOutError,
     SluiceError,
@@ -77,6 +79,9 @@ class GroupMembership:
         self.generation = -1
         self.assignment: list[TP] = []
         self.needs_rejoin = True
+        self.joining = False  # a join/sync is in progress in the application thread
+        self.lost = False  # the membership ended behind our back: partitions are lost, not revoked
+        self.fatal: SluiceError | None = None  # fenced: another consumer took our instance id
         self.last_poll = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -105,9 +110,21 @@ class GroupMembership:
         if self._thread is None:
             self._thread = threading.Thread(target=self._heartbeat_loop, name="sluice-heartbeat", daemon=True)
             self._thread.start()
+        if self.fatal is not None:
+            raise self.fatal
         rounds = 0
         while self.needs_rejoin and rounds < 10:
             rounds += 1
+            if self.lost and self.assignment:
+                # our generation ended without us (session expired, evicted for
+                # max_poll_interval_ms): others may own these now, so no commit
+                lost = list(self.assignment)
+                log.warning("group %s: partitions lost: %s", self.group_id, lost)
+                if on_revoke:
+                    on_revoke(lost)
+                self.assignment = []
+                apply([])
+            self.lost = False
             if not self.cooperative and self.assignment:
                 revoked = list(self.assignment)
                 before_revoke(revoked)
@@ -117,6 +134,7 @@ class GroupMembership:
                 apply([])
             with self._lock:
                 self.needs_rejoin = False
+                self.joining = True
                 member_id = self.member_id
             try:
                 joined = self._call(
@@ -135,10 +153,14 @@ class GroupMembership:
                     self.member_id = joined["member_id"]
                     self.generation = joined["generation"]
                 synced = self._call("sync_group", member_id=self.member_id, generation=self.generation)
+            except FencedInstanceIdError as exc:
+                self.fatal = exc
+                raise
             except (UnknownMemberIdError, IllegalGenerationError) as exc:
                 log.info("group %s: %s; joining afresh", self.group_id, exc)
                 with self._lock:
                     self.member_id, self.generation, self.needs_rejoin = "", -1, True
+                    self.lost = True
                 continue
             except (RebalanceInProgressError, CoordinatorLoadInProgressError, RequestTimedOutError) as exc:
                 log.info("group %s: %s; rejoining", self.group_id, exc)
@@ -147,6 +169,9 @@ class GroupMembership:
                 if time.monotonic() >= deadline:
                     return False
                 continue
+            finally:
+                with self._lock:
+                    self.joining = False
             new = [(str(t), int(p)) for t, p in synced["assignment"]]
             old = set(self.assignment)
             revoked = sorted(old - set(new))
@@ -172,8 +197,8 @@ class GroupMembership:
         try:
             while not self._stop.wait(self.heartbeat_interval_s):
                 with self._lock:
-                    member_id, generation, rejoining = self.member_id, self.generation, self.needs_rejoin
-                if not member_id:
+                    member_id, generation, joining = self.member_id, self.generation, self.joining
+                if not member_id or joining:  # a parked join keeps the session alive
                     continue
                 if time.monotonic() - self.last_poll > self.max_poll_interval_s:
                     log.warning(
@@ -183,9 +208,7 @@ class GroupMembership:
                     )
                     self._leave(chan, member_id)
                     with self._lock:
-                        self.member_id, self.generation, self.needs_rejoin = "", -1, True
-                    continue
-                if rejoining:
+                        self.member_id, self.generation, self.needs_rejoin, self.lost = "", -1, True, True
                     continue
                 try:
                     reply = chan.request(
@@ -198,10 +221,16 @@ class GroupMembership:
                     reply.raise_for_error()
                 except (RebalanceInProgressError, IllegalGenerationError):
                     with self._lock:
-                        self.needs_rejoin = True
+                        if self.generation == generation:  # not answered for a generation already left
+                            self.needs_rejoin = True
                 except UnknownMemberIdError:
                     with self._lock:
-                        self.member_id, self.generation, self.needs_rejoin = "", -1, True
+                        if self.member_id == member_id:
+                            self.member_id, self.generation, self.needs_rejoin, self.lost = "", -1, True, True
+                except FencedInstanceIdError as exc:
+                    log.error("group %s: %s", self.group_id, exc)
+                    self.fatal = exc
+                    return
                 except SluiceError as exc:
                     log.warning("group %s: heartbeat failed: %s", self.group_id, exc)
         finally:
@@ -222,10 +251,15 @@ class GroupMembership:
     ) -> None:
         with self._lock:
             member_id, generation = self.member_id, self.generation
+        if not member_id:
+            raise CommitFailedError(
+                f"this consumer is not a member of group {self.group_id!r} now (it left or was removed); "
+                "its next poll() rejoins"
+            )
         body = [{"topic": t, "partition": p, "offset": o, "metadata": md} for (t, p), (o, md) in offsets.items()]
         try:
             self._call("offset_commit", timeout_s, channel, member_id=member_id, generation=generation, offsets=body)
-        except (IllegalGenerationError, UnknownMemberIdError, RebalanceInProgressError) as exc:
+        except (IllegalGenerationError, UnknownMemberIdError, RebalanceInProgressError, NonEmptyGroupError) as exc:
             with self._lock:
                 self.needs_rejoin = True
             raise CommitFailedError(f"commit to group {self.group_id!r} refused: {exc.message}") from None

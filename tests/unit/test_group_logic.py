@@ -29,6 +29,7 @@ from appliance.groups.assignors import (
 )
 from appliance.groups.group import Group, GroupState
 from ipc.errors import (
+    FencedInstanceIdError,
     IllegalGenerationError,
     InconsistentGroupProtocolError,
     RebalanceInProgressError,
@@ -751,11 +752,12 @@ def test_static_member_restart_keeps_assignment_without_rebalance() -> None:
     assert assignment(g, a2) == before[a] and assignment(g, b) == before[b]
     g.heartbeat(a2, 2)
     g.heartbeat(b, 2)
-    with pytest.raises(UnknownMemberIdError):
+    # the old identity is fenced: told so (FENCED_INSTANCE_ID), not merely unknown
+    with pytest.raises(FencedInstanceIdError):
         g.heartbeat(a, 2)
-    with pytest.raises(UnknownMemberIdError):
+    with pytest.raises(FencedInstanceIdError):
         g.sync(a, 2)
-    with pytest.raises(UnknownMemberIdError):
+    with pytest.raises(FencedInstanceIdError):
         g.check_commit(a, 2)
     assert g.static == {"pod-a": a2}
     [desc] = [m for m in g.describe()["members"] if m["member_id"] == a2]
