@@ -156,8 +156,10 @@ def cmd_serve(a: argparse.Namespace) -> int:
     setup_logging(cfg.log_level)
     import signal
 
+    from appliance.datadir import lock_data_dir
     from metrics import multiproc
 
+    lock_fd = lock_data_dir(cfg.data_dir)  # first: a refused second node must touch nothing
     # before anything imports prometheus_client, and before the fork server starts
     multiproc.prepare(cfg.resolved_runtime_dir)
 
@@ -166,7 +168,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
     systemd = ServiceNotifier.from_environ()  # before the fork server starts: it must not inherit NOTIFY_SOCKET
     signals = SignalPipe((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
-    supervisor = Supervisor(cfg, load_config=lambda: load_config(a.config, overrides), systemd=systemd)
+    supervisor = Supervisor(cfg, load_config=lambda: load_config(a.config, overrides), systemd=systemd, lock_fd=lock_fd)
     return supervisor.run(signals)
 
 

@@ -210,6 +210,8 @@ class FrontApi:
 
     def api_delete_topic(self, identity: bytes, req: Request) -> list[bytes]:
         name = req.fields["topic"]
+        if name.startswith(INTERNAL_PREFIX):
+            raise PolicyViolationError(f"topic {name!r} is internal to the node and cannot be deleted")
         info = self._topic_info(name)
         self.deleting.add(name)
         self.node.coordinator.delete_topic(name)

@@ -21,7 +21,6 @@ import collections
 import contextlib
 import dataclasses
 import enum
-import fcntl
 import logging
 import multiprocessing
 import multiprocessing.forkserver
@@ -39,6 +38,7 @@ import zmq
 from appliance import reload as config_reload
 from appliance.config import NodeConfig
 from appliance.coordinator.local import LocalCoordinator
+from appliance.datadir import lock_data_dir
 from appliance.process import SignalPipe
 from appliance.systemd import Notifier, ServiceNotifier
 from appliance.worker import WorkerSpec, run_worker
@@ -51,7 +51,6 @@ from metrics.node import NodeMetrics
 log = logging.getLogger(__name__)
 
 TICK_S = 0.1
-LOCK_FILE = ".lock"
 
 
 class ReplicaState(enum.Enum):
@@ -112,8 +111,10 @@ class Supervisor:
         clock: Callable[[], float] = time.monotonic,
         load_config: Callable[[], NodeConfig] | None = None,
         systemd: ServiceNotifier | None = None,
+        lock_fd: int = -1,
     ) -> None:
         self.config = config
+        self._lock_fd = lock_fd  # the data-dir lock (appliance/datadir.py), if the caller took it
         self.load_config = load_config  # SIGHUP reads the configuration again with this
         self.systemd = systemd if systemd is not None else ServiceNotifier(Notifier(None))
         self.clock = clock
@@ -159,22 +160,6 @@ class Supervisor:
         )
 
     # ---- start-up -----------------------------------------------------------------------
-    def _lock_data_dir(self) -> None:
-        """One node per data directory: hold an exclusive flock for our lifetime."""
-        cfg = self.config
-        try:
-            os.makedirs(cfg.data_dir, exist_ok=True)
-            self._lock_fd = os.open(os.path.join(cfg.data_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise InvalidConfigError(f"data_dir={cfg.data_dir!r} is not usable: {exc.strerror}") from None
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self._lock_fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise InvalidConfigError(f"data_dir={cfg.data_dir!r} is in use by another node (pid {holder})") from None
-        os.ftruncate(self._lock_fd, 0)
-        os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
-
     def setup(self) -> None:
         cfg = self.config
         # Fork server first: this process has no other thread and no socket yet.
@@ -182,7 +167,8 @@ class Supervisor:
         mp.set_forkserver_preload(["appliance.worker"])
         multiprocessing.forkserver.ensure_running()
         self.mp = mp
-        self._lock_data_dir()
+        if self._lock_fd < 0:
+            self._lock_fd = lock_data_dir(cfg.data_dir)
         runtime = cfg.resolved_runtime_dir
         try:
             os.makedirs(runtime, mode=0o700, exist_ok=True)

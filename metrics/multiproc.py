@@ -14,6 +14,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 def prepare(runtime_dir: str) -> str:
     """Point PROMETHEUS_MULTIPROC_DIR at a fresh (wiped) ``<runtime_dir>/prometheus``."""
+    os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
     path = os.path.join(runtime_dir, "prometheus")
     shutil.rmtree(path, ignore_errors=True)
     os.makedirs(path, mode=0o700, exist_ok=True)

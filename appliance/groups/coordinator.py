@@ -72,8 +72,14 @@ class GroupCoordinator:
     def tick(self, now: float) -> None:
         if not self._topic_checked and self.node.state.value == "running":
             self._topic_checked = True
-            if OFFSETS_TOPIC not in self.node.coordinator.topics():
-                self.front.create_topic(OFFSETS_TOPIC, self.store.partitions, 1, dict(OFFSETS_TOPIC_CONFIG))
+            existing = self.node.coordinator.topics().get(OFFSETS_TOPIC)
+            if existing is not None:
+                self.store.partitions = len(existing.partitions)  # fixed once created
+            else:
+                try:
+                    self.front.create_topic(OFFSETS_TOPIC, self.store.partitions, 1, dict(OFFSETS_TOPIC_CONFIG))
+                except SluiceError as exc:
+                    log.error("cannot create %s, consumer groups cannot commit: %s", OFFSETS_TOPIC, exc)
         self.store.tick(now)
         if now >= self._next_probe and self.store.loaded:
             self._next_probe = now + LAG_PROBE_INTERVAL_S
