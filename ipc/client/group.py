@@ -229,7 +229,8 @@ class GroupMembership:
                             self.member_id, self.generation, self.needs_rejoin, self.lost = "", -1, True, True
                 except FencedInstanceIdError as exc:
                     log.error("group %s: %s", self.group_id, exc)
-                    self.fatal = exc
+                    with self._lock:
+                        self.fatal, self.needs_rejoin = exc, True  # the next poll() raises it
                     return
                 except SluiceError as exc:
                     log.warning("group %s: heartbeat failed: %s", self.group_id, exc)
