@@ -392,14 +392,20 @@ class PartitionWorker:
                     f"{self.name}: batch of {len(buf)} bytes exceeds max.message.bytes={cfg.max_message_bytes}"
                 )
         base_offsets = []
-        for buf, h in zip(buffers, headers, strict=True):
+        start = self.log.log_end_offset
+        for buf in buffers:
             try:
                 result = self.log.append(buf, self.spec.leader_epoch, validate=False)
             except OSError as exc:
+                # all or nothing: take back this request's earlier batches, so a retry
+                # does not write them twice
+                if self.log.log_end_offset > start:
+                    self.log.truncate_to(start)
                 raise StorageError(f"{self.name}: cannot append: {exc}") from exc
             base_offsets.append(result.base_offset)
+        for h in headers:
             self.records_in += h.record_count
-            self.bytes_in += result.size
+        self.bytes_in += sum(map(len, buffers))
         if acks != 0:
             reply = ok_reply(req.id, base_offsets=base_offsets, log_start_offset=self.log.log_start_offset)
             self._reply(identity, [reply])
