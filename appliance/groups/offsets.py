@@ -21,10 +21,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import zmq
 
 from ipc.client.partitioner import partition_for_key
-from ipc.client.transport import Channel
+from ipc.client.transport import Channel, ChannelPool
 from ipc.errors import CoordinatorNotAvailableError, RequestTimedOutError, SluiceError
 from ipc.records import decode_batches, encode_batch
 
@@ -67,11 +66,10 @@ class OffsetStore:
         self.node = node
         self.partitions = partitions
         self.cache: dict[str, dict[TP, CommittedOffset]] = {}
-        self.channels: dict[str, Channel] = {}
+        self.channels: ChannelPool | None = None  # made on first use: the supervisor's context and poller
         self.pending: dict[int, _Pending] = {}
         self._load_next: dict[int, int] = {}  # partition -> next offset to read while loading
         self._loaded: set[int] = set()
-        self.ctx: zmq.Context[Any] | None = None
 
     @property
     def loaded(self) -> bool:
@@ -81,28 +79,20 @@ class OffsetStore:
         return partition_for_key(group.encode(), self.partitions)
 
     # ---- sockets ------------------------------------------------------------------------------
-    def _endpoint(self, partition: int) -> str | None:
-        r = self.node.replicas.get((OFFSETS_TOPIC, partition))
+    def _endpoint(self, topic: str, partition: int) -> str | None:
+        """The serving leader worker's endpoint of a partition on this node, if any."""
+        r = self.node.replicas.get((topic, partition))
         if r is None or r.state.value != "serving" or not r.endpoint:
             return None
         return r.endpoint
 
     def _channel(self, endpoint: str) -> Channel:
-        ch = self.channels.get(endpoint)
-        if ch is None:
-            if self.ctx is None:
-                self.ctx = self.node.ctx
-            ch = self.channels[endpoint] = Channel(self.ctx, endpoint)
-            self.node.poller.register(ch.sock, zmq.POLLIN)
-        return ch
-
-    def _reset(self, ch: Channel) -> None:
-        self.node.poller.unregister(ch.sock)
-        ch.reset()
-        self.node.poller.register(ch.sock, zmq.POLLIN)
+        if self.channels is None:
+            self.channels = ChannelPool(self.node.ctx, self.node.poller, watch_disconnects=False)
+        return self.channels.get(endpoint)
 
     def on_events(self, events: dict[Any, int]) -> None:
-        for ch in list(self.channels.values()):
+        for ch in self.channels or ():
             if ch.sock in events:
                 self._drain(ch)
 
@@ -126,7 +116,7 @@ class OffsetStore:
     # ---- writing --------------------------------------------------------------------------------
     def write(self, group: str, entries: list[tuple[TP, CommittedOffset | None]], done: Done) -> None:
         partition = self.partition_for(group)
-        endpoint = self._endpoint(partition)
+        endpoint = self._endpoint(OFFSETS_TOPIC, partition)
         if endpoint is None:
             done(CoordinatorNotAvailableError(f"{OFFSETS_TOPIC}-{partition} is not serving"))
             return
@@ -160,11 +150,11 @@ class OffsetStore:
     # ---- lag probes ---------------------------------------------------------------------------
     def probe_timestamp(self, topic: str, partition: int, offset: int, done: Callable[[int | None], None]) -> None:
         """Ask the partition's worker for the record at ``offset``; ``done(timestamp ms | None)``."""
-        r = self.node.replicas.get((topic, partition))
-        if r is None or r.state.value != "serving" or not r.endpoint:
+        endpoint = self._endpoint(topic, partition)
+        if endpoint is None:
             done(None)
             return
-        ch = self._channel(r.endpoint)
+        ch = self._channel(endpoint)
         cid = ch.send("fetch", topic=topic, partition=partition, offset=offset, max_bytes=1, max_wait_ms=0)
         self.pending[cid] = _Pending(
             "probe", partition, time.monotonic() + WRITE_TIMEOUT_S, ch, probe=done, probe_offset=offset
@@ -188,7 +178,8 @@ class OffsetStore:
     def tick(self, now: float) -> None:
         for cid, p in [(c, p) for c, p in self.pending.items() if now >= p.deadline]:
             self.pending.pop(cid, None)
-            self._reset(p.channel)
+            assert self.channels is not None
+            self.channels.reset(p.channel)
             if p.kind == "write" and p.done is not None:
                 p.done(RequestTimedOutError(f"offset commit not acknowledged by {OFFSETS_TOPIC}-{p.partition}"))
         if self.loaded:
@@ -197,7 +188,7 @@ class OffsetStore:
         for partition in range(self.partitions):
             if partition in self._loaded or partition in busy:
                 continue
-            endpoint = self._endpoint(partition)
+            endpoint = self._endpoint(OFFSETS_TOPIC, partition)
             if endpoint is None:
                 continue
             ch = self._channel(endpoint)

@@ -24,7 +24,7 @@ import zmq as _zmq
 
 from ipc.client.group import GroupMembership
 from ipc.client.metadata import ClusterMetadata
-from ipc.client.transport import Bootstrap, BootstrapChannel, Channel, parse_bootstrap
+from ipc.client.transport import Bootstrap, BootstrapChannel, Channel, ChannelPool, parse_bootstrap
 from ipc.errors import (
     InvalidConfigError,
     OffsetOutOfRangeError,
@@ -131,7 +131,7 @@ class Consumer:
         self.ctx = zmq_module.Context()
         self.metadata = ClusterMetadata(BootstrapChannel(self.ctx, self.endpoints, zmq_module), self.request_timeout_s)
         self.poller = zmq_module.Poller()
-        self.channels: dict[str, Channel] = {}
+        self.channels = ChannelPool(self.ctx, self.poller, zmq_module)
         self._states: dict[TopicPartition, _PartitionState] = {}
         self._by_cid: dict[int, _PartitionState] = {}
         self._leaders: dict[TopicPartition, str] = {}
@@ -390,23 +390,8 @@ class Consumer:
         return out
 
     # ---- plumbing ------------------------------------------------------------------------------
-    def _channel(self, endpoint: str) -> Channel:
-        ch = self.channels.get(endpoint)
-        if ch is None:
-            ch = self.channels[endpoint] = Channel(self.ctx, endpoint, self.zmq)
-            self._register(ch)
-        return ch
-
-    def _register(self, ch: Channel) -> None:
-        self.poller.register(ch.sock, self.zmq.POLLIN)
-        self.poller.register(ch.watch_disconnects(), self.zmq.POLLIN)
-
     def _reset_channel(self, ch: Channel) -> None:
-        self.poller.unregister(ch.sock)
-        if ch.monitor is not None:
-            self.poller.unregister(ch.monitor)
-        ch.reset()
-        self._register(ch)
+        self.channels.reset(ch)
         self._forget_fetches(ch)
 
     def _forget_fetches(self, ch: Channel) -> None:
@@ -457,7 +442,7 @@ class Consumer:
     def _list_offset(self, tp: TopicPartition, timestamp: int) -> int:
         deadline = time.monotonic() + self.request_timeout_s
         while True:
-            ch = self._channel(self._leader(tp, max(0.1, deadline - time.monotonic())))
+            ch = self.channels.get(self._leader(tp, max(0.1, deadline - time.monotonic())))
             try:
                 reply = ch.request(
                     "list_offsets",
@@ -493,7 +478,7 @@ class Consumer:
             if endpoint is None:
                 st.retry_at = now + self.retry_backoff_s
                 return
-        ch = self._channel(endpoint)
+        ch = self.channels.get(endpoint)
         assert st.fetch_offset is not None
         cid = ch.send(
             "fetch",
@@ -606,7 +591,7 @@ class Consumer:
                 if not st.inflight and st.retry_at > now:
                     wait = min(wait, st.retry_at - now)
             events = dict(self.poller.poll(int(max(wait, 0.0) * 1000) + 1))
-            for ch in list(self.channels.values()):
+            for ch in self.channels:
                 if ch.sock in events:
                     self._on_reply(ch)
                 if ch.monitor is not None and ch.monitor in events and ch.disconnected():
@@ -648,8 +633,7 @@ class Consumer:
                     log.warning("final commit failed: %s", exc)
             g.close(leave=g.instance_id is None)
         self._closed = True
-        for ch in self.channels.values():
-            ch.close()
+        self.channels.close()
         self.metadata.bootstrap.close()
         self.ctx.term()
 

@@ -29,7 +29,7 @@ import zmq as _zmq
 
 from ipc.client.metadata import ClusterMetadata
 from ipc.client.partitioner import KeyPartitioner
-from ipc.client.transport import Bootstrap, BootstrapChannel, Channel, parse_bootstrap
+from ipc.client.transport import Bootstrap, BootstrapChannel, Channel, ChannelPool, parse_bootstrap
 from ipc.errors import (
     InvalidConfigError,
     LeaderNotAvailableError,
@@ -458,32 +458,14 @@ class _ProducerIO:
         self.zmq = p.zmq
         self.metadata = ClusterMetadata(BootstrapChannel(p.ctx, p.endpoints, p.zmq), p.request_timeout_s)
         self.leaders: dict[tuple[str, int], str] = {}
-        self.channels: dict[str, Channel] = {}
         self.poller = p.zmq.Poller()
         self.poller.register(p._wake_r, p.zmq.POLLIN)
+        self.channels = ChannelPool(p.ctx, self.poller, p.zmq)
         self.inflight: dict[int, _InFlight] = {}
         self.inflight_count: collections.Counter[tuple[str, int]] = collections.Counter()
         self.need_metadata: set[str] = set()
         self.next_metadata = 0.0
         self.next_periodic_metadata = time.monotonic() + METADATA_MAX_AGE_S
-
-    def channel(self, endpoint: str) -> Channel:
-        ch = self.channels.get(endpoint)
-        if ch is None:
-            ch = self.channels[endpoint] = Channel(self.p.ctx, endpoint, self.zmq)
-            self._register(ch)
-        return ch
-
-    def _register(self, ch: Channel) -> None:
-        self.poller.register(ch.sock, self.zmq.POLLIN)
-        self.poller.register(ch.watch_disconnects(), self.zmq.POLLIN)
-
-    def reset_channel(self, ch: Channel) -> None:
-        self.poller.unregister(ch.sock)
-        if ch.monitor is not None:
-            self.poller.unregister(ch.monitor)
-        ch.reset()
-        self._register(ch)
 
     def on_disconnect(self, ch: Channel) -> None:
         """The worker behind ``ch`` went away: its in-flight requests are lost; retry them
@@ -517,14 +499,13 @@ class _ProducerIO:
                         pass
                 except BlockingIOError:
                     pass
-            for ch in list(self.channels.values()):
+            for ch in self.channels:
                 if ch.sock in events:
                     self.drain_replies(ch)
                 if ch.monitor is not None and ch.monitor in events and ch.disconnected():
                     self.on_disconnect(ch)
         self.metadata.bootstrap.close()
-        for ch in self.channels.values():
-            ch.close()
+        self.channels.close()
 
     def next_timeout(self, now: float) -> float:
         t = 1.0
@@ -612,7 +593,7 @@ class _ProducerIO:
             err = exc if isinstance(exc, SluiceError) else SluiceError(f"cannot encode batch: {exc}")
             p._complete(batches, None, err)
             return
-        ch = self.channel(endpoint)
+        ch = self.channels.get(endpoint)
         acks = p.acks
         cid = ch.send(
             "produce",
@@ -676,7 +657,7 @@ class _ProducerIO:
             for x in lost:
                 self.inflight.pop(x.cid, None)
                 self.inflight_count[x.key] -= 1
-            self.reset_channel(ch)
+            self.channels.reset(ch)
             for x in lost:
                 self.fail(x, RequestTimedOutError(f"no reply from {ch.endpoint} within {self.p.request_timeout_s} s"))
         p = self.p

@@ -141,6 +141,45 @@ class Channel:
         self.sock.close(0)
 
 
+class ChannelPool:
+    """One thread's channels, by endpoint, each registered in that thread's poller
+    (with its disconnect monitor when ``watch_disconnects``)."""
+
+    def __init__(self, ctx: Any, poller: Any, zmq_module: ModuleType = _zmq, watch_disconnects: bool = True) -> None:
+        self.ctx = ctx
+        self.poller = poller
+        self.zmq = zmq_module
+        self.watch = watch_disconnects
+        self.channels: dict[str, Channel] = {}
+
+    def get(self, endpoint: str) -> Channel:
+        ch = self.channels.get(endpoint)
+        if ch is None:
+            ch = self.channels[endpoint] = Channel(self.ctx, endpoint, self.zmq)
+            self._register(ch)
+        return ch
+
+    def _register(self, ch: Channel) -> None:
+        self.poller.register(ch.sock, self.zmq.POLLIN)
+        if self.watch:
+            self.poller.register(ch.watch_disconnects(), self.zmq.POLLIN)
+
+    def reset(self, ch: Channel) -> None:
+        """``Channel.reset`` keeping the poller registrations right."""
+        self.poller.unregister(ch.sock)
+        if ch.monitor is not None:
+            self.poller.unregister(ch.monitor)
+        ch.reset()
+        self._register(ch)
+
+    def __iter__(self) -> Iterator[Channel]:
+        return iter(list(self.channels.values()))
+
+    def close(self) -> None:
+        for ch in self.channels.values():
+            ch.close()
+
+
 class BootstrapChannel:
     """Requests to the front endpoint of any bootstrap node, failing over in turn."""
 
