@@ -29,7 +29,7 @@ from ipc.errors import (
     UnknownTopicOrPartitionError,
 )
 from ipc.protocol import GROUP_APIS, Request, error_reply, ok_reply, valid_topic_name
-from ipc.shm import ShmBusyError, WorkerStatus
+from ipc.shm import WorkerStatus
 
 if TYPE_CHECKING:
     from appliance.supervisor import Replica, Supervisor
@@ -138,12 +138,8 @@ class FrontApi:
     def partition_end(self, topic: str, partition: int) -> int:
         """High watermark of a partition on this node (-1 if unknown)."""
         r = self.node.replicas.get((topic, partition))
-        if r is None:
-            return -1
-        try:
-            return self.node.table.read_status(r.slot).high_watermark
-        except ShmBusyError:
-            return -1
+        st = self.node.table.read_status_or_none(r.slot) if r is not None else None
+        return st.high_watermark if st is not None else -1
 
     def tick(self, now: float) -> None:
         self.groups.tick(now)
@@ -249,10 +245,7 @@ class FrontApi:
             md = self._partition_md(name, i, st)
             r = self.node.replicas.get((name, i))
             if r is not None:
-                try:
-                    status = self.node.table.read_status(r.slot)
-                except ShmBusyError:  # its worker stopped mid-write
-                    status = WorkerStatus()
+                status = self.node.table.read_status_or_none(r.slot) or WorkerStatus()
                 md.update(
                     state=r.state.value,
                     pid=r.pid,

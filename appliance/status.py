@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from appliance.process import pid_alive
-from ipc.shm import ShmBusyError, ShmError, SlotState, StatusTable, WorkerStatus
+from ipc.shm import ShmError, SlotState, StatusTable, WorkerStatus
 
 
 def table_status(table: StatusTable) -> dict[str, Any]:
@@ -20,10 +20,7 @@ def table_status(table: StatusTable) -> dict[str, Any]:
         ctl = table.read_control(slot)
         if ctl.state is SlotState.FREE:
             continue
-        try:
-            st = table.read_status(slot)
-        except ShmBusyError:  # its worker stopped in the middle of a write
-            st = WorkerStatus()
+        st = table.read_status_or_none(slot) or WorkerStatus()
         parts.append(
             {
                 "topic": ctl.topic,

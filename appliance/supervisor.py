@@ -45,7 +45,7 @@ from appliance.worker import WorkerSpec, run_worker
 from ipc import sockets
 from ipc.errors import InvalidConfigError, SluiceError
 from ipc.protocol import FRONT_APIS, error_reply, parse_request, peek_id
-from ipc.shm import ControlBlock, Role, ShmBusyError, SlotState, StatusTable
+from ipc.shm import ControlBlock, Role, SlotState, StatusTable
 from metrics.node import NodeMetrics
 
 log = logging.getLogger(__name__)
@@ -297,14 +297,15 @@ class Supervisor:
         r.killed_at = 0.0
         r.last_exit = code
         r.last_beat = 0.0
-        try:  # keep its counters: the next worker continues from them
-            st = self.table.read_status(r.slot)
-            r.counters = tuple(  # type: ignore[assignment]
-                max(a, b)
-                for a, b in zip(r.counters, (st.records_in, st.bytes_in, st.records_out, st.bytes_out), strict=True)
+        st = self.table.read_status_or_none(r.slot)
+        if st is not None:  # keep its counters: the next worker continues from them
+            live = (st.records_in, st.bytes_in, st.records_out, st.bytes_out)
+            r.counters = (
+                max(r.counters[0], live[0]),
+                max(r.counters[1], live[1]),
+                max(r.counters[2], live[2]),
+                max(r.counters[3], live[3]),
             )
-        except ShmBusyError:
-            pass
         self.table.reset_status(r.slot)
         if r.pid:
             self.metrics.worker_gone(r.pid)
@@ -343,10 +344,9 @@ class Supervisor:
                 r.restarts += 1
                 self._spawn(r)
             elif r.state is ReplicaState.SERVING:
-                try:
-                    r.last_beat = max(r.last_beat, self.table.read_status(r.slot).heartbeat)
-                except ShmBusyError:
-                    pass  # stopped mid-write: its heartbeat ages like any silent worker's
+                st = self.table.read_status_or_none(r.slot)
+                if st is not None:  # else stopped mid-write: its heartbeat ages like any silent worker's
+                    r.last_beat = max(r.last_beat, st.heartbeat)
                 beat = max(r.last_beat, r.started_at)
                 if now - beat > cfg.heartbeat_timeout_ms / 1000:
                     log.error("%s: worker %d silent for %.1f s; killing it", r.name, r.pid, now - beat)

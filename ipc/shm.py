@@ -491,6 +491,14 @@ class StatusTable:
     def read_status(self, slot: int) -> WorkerStatus:
         return unpack_status(self._read_block(self._offset(slot) + STATUS_OFFSET, STATUS.size, slot))
 
+    def read_status_or_none(self, slot: int) -> WorkerStatus | None:
+        """``read_status``, or None while the block is unreadable: a worker stopped or
+        killed in the middle of a write leaves its seqlock odd until the next write."""
+        try:
+            return self.read_status(slot)
+        except ShmBusyError:
+            return None
+
     def write_status(self, slot: int, status: WorkerStatus) -> None:
         """The slot's worker only: replace its status block as a whole."""
         self._write_block(self._offset(slot) + STATUS_OFFSET, pack_status(status))

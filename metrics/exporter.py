@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ipc.shm import ShmBusyError, StatusTable
+from ipc.shm import StatusTable
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +140,7 @@ class NodeCollector(Collector):
             fams["up"].add_metric(labels, 1.0 if r.state == "serving" else 0.0)
             fams["restarts"].add_metric(labels, r.restarts)
             offline += r.state == "offline"
-            try:
-                st = self.table.read_status(r.slot)
-            except ShmBusyError:
-                st = None
+            st = self.table.read_status_or_none(r.slot)
             if st is None or not st.pid:  # no worker right now: only what we know for sure
                 for name, saved in zip(COUNTERS, r.counters, strict=True):
                     fams[name].add_metric(labels, self._monotonic(name, tp, saved))

@@ -24,7 +24,7 @@ import zmq as _zmq
 
 from ipc.client.group import GroupMembership
 from ipc.client.metadata import ClusterMetadata
-from ipc.client.transport import Bootstrap, BootstrapChannel, Channel, ChannelPool, parse_bootstrap
+from ipc.client.transport import Bootstrap, BootstrapChannel, Channel, ChannelPool, check_ints, parse_bootstrap
 from ipc.errors import (
     InvalidConfigError,
     OffsetOutOfRangeError,
@@ -110,16 +110,14 @@ class Consumer:
         self.endpoints = parse_bootstrap(bootstrap)
         if auto_offset_reset not in OFFSET_RESETS:
             raise ValueError(f"auto_offset_reset={auto_offset_reset!r}: allowed {', '.join(OFFSET_RESETS)}")
-        for name, value, lo in (
+        check_ints(
             ("max_poll_records", max_poll_records, 1),
             ("fetch_max_bytes", fetch_max_bytes, 1),
             ("fetch_max_wait_ms", fetch_max_wait_ms, 0),
             ("fetch_min_bytes", fetch_min_bytes, 0),
             ("request_timeout_ms", request_timeout_ms, 1),
             ("retry_backoff_ms", retry_backoff_ms, 0),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < lo:
-                raise ValueError(f"{name}={value!r}: must be an integer >= {lo}")
+        )
         self.auto_offset_reset = auto_offset_reset
         self.max_poll_records = max_poll_records
         self.fetch_max_bytes = fetch_max_bytes
@@ -158,14 +156,12 @@ class Consumer:
             for s in strategies:
                 if s not in ASSIGNORS:
                     raise ValueError(f"partition_assignment_strategy={s!r}: allowed {', '.join(ASSIGNORS)}")
-            for name, value, lo in (
+            check_ints(
                 ("auto_commit_interval_ms", auto_commit_interval_ms, 1),
                 ("session_timeout_ms", session_timeout_ms, 100),
                 ("heartbeat_interval_ms", heartbeat_interval_ms, 1),
                 ("max_poll_interval_ms", max_poll_interval_ms, 1),
-            ):
-                if not isinstance(value, int) or isinstance(value, bool) or value < lo:
-                    raise ValueError(f"{name}={value!r}: must be an integer >= {lo}")
+            )
             if heartbeat_interval_ms >= session_timeout_ms:
                 raise ValueError(
                     f"heartbeat_interval_ms={heartbeat_interval_ms} must be below "

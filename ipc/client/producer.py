@@ -29,7 +29,7 @@ import zmq as _zmq
 
 from ipc.client.metadata import ClusterMetadata
 from ipc.client.partitioner import KeyPartitioner
-from ipc.client.transport import Bootstrap, BootstrapChannel, Channel, ChannelPool, parse_bootstrap
+from ipc.client.transport import Bootstrap, BootstrapChannel, Channel, ChannelPool, check_ints, parse_bootstrap
 from ipc.errors import (
     InvalidConfigError,
     LeaderNotAvailableError,
@@ -209,7 +209,7 @@ class Producer:
         if acks not in (0, 1, -1, "all"):
             raise ValueError(f"acks={acks!r}: allowed 0, 1, 'all'")
         self.acks: int | str = "all" if acks in (-1, "all") else acks
-        for name, value, lo in (
+        check_ints(
             ("linger_ms", linger_ms, 0),
             ("batch_size", batch_size, 1),
             ("max_in_flight", max_in_flight, 1),
@@ -218,9 +218,7 @@ class Producer:
             ("delivery_timeout_ms", delivery_timeout_ms, 1),
             ("max_block_ms", max_block_ms, 0),
             ("buffer_memory", buffer_memory, 1),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < lo:
-                raise ValueError(f"{name}={value!r}: must be an integer >= {lo}")
+        )
         self.compression = Compression.parse(compression)
         self.linger_s = linger_ms / 1000
         self.batch_size = batch_size

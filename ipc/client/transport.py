@@ -45,6 +45,13 @@ def parse_bootstrap(bootstrap: Bootstrap) -> list[str]:
     return endpoints
 
 
+def check_ints(*options: tuple[str, Any, int]) -> None:
+    """Refuse any (name, value, minimum) whose value is not an int (bools are not) >= minimum."""
+    for name, value, lo in options:
+        if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+            raise ValueError(f"{name}={value!r}: must be an integer >= {lo}")
+
+
 _ids = itertools.count(1)
 
 

@@ -15,7 +15,7 @@ class FakeTable:
     def __init__(self) -> None:
         self.slots: dict[int, WorkerStatus] = {}
 
-    def read_status(self, slot: int) -> WorkerStatus:
+    def read_status_or_none(self, slot: int) -> WorkerStatus | None:
         return self.slots.get(slot, WorkerStatus())
 
 
