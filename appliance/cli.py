@@ -173,10 +173,16 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 
 # ---- topics -------------------------------------------------------------------------------
-def cmd_topics(a: argparse.Namespace) -> int:
+def _admin(a: argparse.Namespace) -> Any:
+    """The Admin client for a command's --bootstrap and hidden --timeout-ms."""
     from ipc.client import Admin
 
-    with Admin(a.bootstrap, **({"timeout_ms": a.request_timeout_ms} if a.request_timeout_ms else {})) as admin:
+    return Admin(a.bootstrap, **({"timeout_ms": a.request_timeout_ms} if a.request_timeout_ms else {}))
+
+
+def cmd_topics(a: argparse.Namespace) -> int:
+
+    with _admin(a) as admin:
         if a.action == "create":
             admin.create_topic(a.topic, a.partitions, a.replication_factor, dict(a.config))
             print(f"created topic {a.topic} with {a.partitions} partition(s)")
@@ -307,9 +313,8 @@ def _all_partitions(bootstrap: str | None, topic: str) -> list[int]:
 
 # ---- groups --------------------------------------------------------------------------------
 def cmd_groups(a: argparse.Namespace) -> int:
-    from ipc.client import Admin
 
-    with Admin(a.bootstrap, **({"timeout_ms": a.request_timeout_ms} if a.request_timeout_ms else {})) as admin:
+    with _admin(a) as admin:
         if a.action == "list":
             for g in admin.list_groups():
                 print(f"{g['group']}\t{g['state']}")

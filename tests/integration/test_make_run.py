@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -63,21 +64,26 @@ def test_make_run_serves_defaults_and_cli_needs_only_the_topic(tmp_path: Path) -
             [sluice, "consume", "greetings"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         assert consumer.stdout is not None
-        os.set_blocking(consumer.stdout.fileno(), False)
+        fd = consumer.stdout.fileno()
         seen = b""
         deadline = time.monotonic() + 30
         n = 0
+        # The consumer starts at the latest offset, so records produced before it has
+        # positioned itself are not printed: produce again until one is, waiting on the
+        # consumer's output (not a fixed delay) between attempts.
         while b"world" not in seen and time.monotonic() < deadline:
             n += 1
             out = subprocess.run([sluice, "produce", "greetings"], input=b"world\n", env=env, timeout=30)
             assert out.returncode == 0
-            with contextlib.suppress(BlockingIOError, TypeError):
-                seen += consumer.stdout.read() or b""
-            if b"world" not in seen:
-                consumer.stdout.flush()
-                time.sleep(0.2)  # give the consumer a moment between produce attempts (bounded loop)
-                with contextlib.suppress(BlockingIOError, TypeError):
-                    seen += consumer.stdout.read() or b""
+            attempt_end = time.monotonic() + 1.0
+            while b"world" not in seen and (left := attempt_end - time.monotonic()) > 0:
+                ready, _, _ = select.select([fd], [], [], left)
+                if not ready:
+                    break
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                seen += chunk
         assert b"world" in seen, f"consumer printed {seen!r} after {n} produce runs"
     finally:
         if consumer is not None:
