@@ -20,7 +20,10 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ipc.client import Admin
 
 EXIT_USAGE = 2
 EXIT_ERROR = 1
@@ -173,7 +176,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 
 # ---- topics -------------------------------------------------------------------------------
-def _admin(a: argparse.Namespace) -> Any:
+def _admin(a: argparse.Namespace) -> Admin:
     """The Admin client for a command's --bootstrap and hidden --timeout-ms."""
     from ipc.client import Admin
 
