@@ -499,16 +499,13 @@ class PartitionWorker:
         self._serve_parked(force=True)
         if self._clean_thread is not None:
             self._clean_thread.join(timeout=30)
+        self._publish_status()  # the final offsets, before the log closes its segments
         self.log.close()
-        self._publish_status_final()
         self._send_control(event="stopped", slot=self.spec.slot, pid=os.getpid())
         self.data.close(0)
         self.control.close(0)
         self.ctx.term()
         self._set_state(WorkerState.STOPPED)
-
-    def _publish_status_final(self) -> None:
-        self.status.heartbeat()
 
 
 def _close_forkserver_alive_fd() -> None:

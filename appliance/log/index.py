@@ -16,7 +16,6 @@ An index is a cache of the log: if its file is missing, torn or insane
 from __future__ import annotations
 
 import bisect
-import contextlib
 import os
 import struct
 from array import array
@@ -64,11 +63,6 @@ class _IndexFile:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-
-    def delete(self) -> None:
-        self.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
 
 
 class OffsetIndex:
