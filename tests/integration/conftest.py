@@ -14,11 +14,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from appliance.config import resolve_runtime_dir
@@ -182,6 +184,74 @@ class Node:
                 os.kill(pid, signal.SIGKILL)
 
     def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+class EventProcess:
+    """A child process in its own session whose stdout is JSON lines ("events", each with
+    an "ev" kind), collected by a thread and stamped with the time the test saw them;
+    stderr goes to ``log_path``; commands go to its stdin one line each."""
+
+    def __init__(self, name: str, cmd: list[str], log_path: Path, cwd: Path, stdin: bool = False) -> None:
+        self.name = name
+        self.log_path = log_path
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env.pop("SLUICE_BOOTSTRAP", None)
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                start_new_session=True,
+                env=env,
+                cwd=str(cwd),
+            )
+        self._events: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, name=f"events-{name}", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                ev = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                ev = {"ev": "garbage", "line": line.decode(errors="replace")}
+            ev["seen"] = time.monotonic()  # when the test saw it
+            with self._lock:
+                self._events.append(ev)
+
+    def events(self, kind: str | None = None, since: int = 0) -> list[dict[str, Any]]:
+        with self._lock:
+            evs = self._events[since:]
+        return [e for e in evs if kind is None or e["ev"] == kind]
+
+    def mark(self) -> int:
+        """An index into the events: ``events(since=mark)`` are the ones after now."""
+        with self._lock:
+            return len(self._events)
+
+    def send(self, command: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def kill(self) -> None:
+        """SIGKILL the whole session and reap it."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self._reader.join(5)
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+
+    def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:

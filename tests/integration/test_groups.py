@@ -21,7 +21,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -36,7 +35,7 @@ from ipc.client import Producer
 from ipc.client.producer import FutureRecordMetadata
 from ipc.client.transport import BootstrapChannel, Channel
 from ipc.protocol import Reply
-from tests.integration.conftest import REPO, SLUICE, Node, wait_until
+from tests.integration.conftest import REPO, SLUICE, EventProcess, Node, wait_until
 
 TOPIC = "events"
 PARTITIONS = 6
@@ -156,55 +155,17 @@ def node(node_factory: Callable[..., Node]) -> Node:
 
 
 # ---- member processes ---------------------------------------------------------------------------
-class Member:
+class Member(EventProcess):
     """One ``group_consumer`` process: its events as they arrive, commands on stdin."""
 
     def __init__(self, name: str, node: Node, group: str, log_dir: Path, args: list[str]) -> None:
-        self.name = name
         self.group = group
-        self.log_path = log_dir / f"member-{name}.log"
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        env.pop("SLUICE_BOOTSTRAP", None)
+        self.expect_exit = False
         cmd = [sys.executable, "-m", "tests.integration.group_consumer", "--bootstrap", node.bootstrap]
         cmd += ["--group", group, "--client-id", name, "--lifetime-s", str(MEMBER_LIFETIME_S), *args]
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                start_new_session=True,
-                env=env,
-                cwd=str(REPO),
-            )
-        self._events: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self.expect_exit = False
-        self._reader = threading.Thread(target=self._read, name=f"member-{name}", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                ev = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                ev = {"ev": "garbage", "line": line.decode(errors="replace")}
-            ev["t"] = time.monotonic()  # when the test saw it
-            with self._lock:
-                self._events.append(ev)
+        super().__init__(name, cmd, log_dir / f"member-{name}.log", REPO, stdin=True)
 
     # ---- observing -------------------------------------------------------------------------
-    def events(self, kind: str | None = None, since: int = 0) -> list[dict[str, Any]]:
-        with self._lock:
-            evs = self._events[since:]
-        return [e for e in evs if kind is None or e["ev"] == kind]
-
-    def mark(self) -> int:
-        """An index into the events: ``events(since=mark)`` are the ones after now."""
-        with self._lock:
-            return len(self._events)
-
     def check_alive(self) -> None:
         for e in self.events("error"):
             raise AssertionError(f"member {self.name} failed: {e}\n{self.log_tail()}")
@@ -247,11 +208,6 @@ class Member:
         return wait_until(check, timeout, f"member {self.name}: {what}")
 
     # ---- driving ---------------------------------------------------------------------------
-    def send(self, command: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command.encode() + b"\n")
-        self.proc.stdin.flush()
-
     def close(self, timeout: float = 20.0) -> int:
         """Close the consumer (commit, leave unless static) and wait for the process."""
         self.expect_exit = True
@@ -263,16 +219,7 @@ class Member:
     def kill(self) -> None:
         """SIGKILL the member's whole session and reap it."""
         self.expect_exit = True
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-        self._reader.join(5)
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
+        super().kill()
 
 
 MemberFactory = Callable[..., Member]
@@ -911,7 +858,7 @@ def test_member_that_stops_polling_leaves_and_its_partitions_move(
     wait_stable(front, "gp", [a, b])
     b_before = b.owned()
     a.send("pause")
-    paused_at = a.wait(lambda m: m.events("paused"), "paused")[0]["t"]
+    paused_at = a.wait(lambda m: m.events("paused"), "paused")[0]["seen"]
     wait_until(lambda: b.owned() == all_tps(), STABLE_S, "b owning every partition")
     took = time.monotonic() - paused_at
     assert took < 1.5 + 3.0, f"partitions moved {took:.1f} s after poll() stopped"

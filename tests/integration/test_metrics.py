@@ -14,7 +14,6 @@ are root, where their absence is a broken setup and fails.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -36,7 +35,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ipc.client import Consumer, Producer
-from tests.integration.conftest import REPO, SLUICE, Node, free_port, wait_until
+from tests.integration.conftest import REPO, SLUICE, EventProcess, Node, free_port, wait_until
 
 RULES = REPO / "metrics" / "rules.yml"
 RULES_TEST = REPO / "metrics" / "rules.test.yml"
@@ -57,42 +56,11 @@ def _tool(name: str) -> str:
 
 
 # ---- processes ------------------------------------------------------------------------------------
-class Proc:
-    """A child process in its own session; its JSON-line stdout collected by a thread."""
+class Proc(EventProcess):
+    """A load process of this test (tests/integration/metrics_load.py), in its own session."""
 
     def __init__(self, name: str, cmd: list[str], log_dir: Path, stdin: bool = False) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        env.pop("SLUICE_BOOTSTRAP", None)
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                start_new_session=True,
-                env=env,
-                cwd=str(log_dir),
-            )
-        self._events: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._reader = threading.Thread(target=self._read, name=f"read-{name}", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                ev = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                ev = {"ev": "garbage", "line": line.decode(errors="replace")}
-            with self._lock:
-                self._events.append(ev)
-
-    def events(self, kind: str) -> list[dict[str, Any]]:
-        with self._lock:
-            return [e for e in self._events if e["ev"] == kind]
+        super().__init__(name, cmd, log_dir / f"{name}.log", log_dir, stdin)
 
     def check(self) -> None:
         for e in self.events("error"):
@@ -109,26 +77,6 @@ class Proc:
 
         found: dict[str, Any] = wait_until(seen, timeout, f"{self.name}: {kind!r}")
         return found
-
-    def send(self, command: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command.encode() + b"\n")
-        self.proc.stdin.flush()
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(10)
-        if self.proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                self.proc.stdin.close()
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
 
 
 @pytest.fixture
