@@ -122,6 +122,44 @@ class NotEnoughReplicasError(SluiceError):
     retriable = True
 
 
+class FencedLeaderEpochError(SluiceError):
+    """A replica sent a leader epoch older than the leader's: it has not heard of the
+    latest election yet (it will, and retry)."""
+
+    code = "FENCED_LEADER_EPOCH"
+    retriable = True
+
+
+class UnknownLeaderEpochError(SluiceError):
+    """A replica sent a leader epoch newer than this leader's: this one was deposed."""
+
+    code = "UNKNOWN_LEADER_EPOCH"
+    retriable = True
+
+
+class OutOfOrderSequenceError(SluiceError):
+    """An idempotent producer's batch does not follow the last sequence stored."""
+
+    code = "OUT_OF_ORDER_SEQUENCE_NUMBER"
+
+
+class InvalidProducerEpochError(SluiceError):
+    """A batch from an older epoch of a producer id that has since been re-initialised."""
+
+    code = "INVALID_PRODUCER_EPOCH"
+
+
+class NotControllerError(SluiceError):
+    """A controller request reached a node that is not (or no longer) the controller."""
+
+    code = "NOT_CONTROLLER"
+    retriable = True
+
+
+class InvalidReplicationFactorError(SluiceError):
+    code = "INVALID_REPLICATION_FACTOR"
+
+
 class RequestTimedOutError(SluiceError):
     code = "REQUEST_TIMED_OUT"
     retriable = True
