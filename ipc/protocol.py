@@ -157,6 +157,8 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "partitions": Field(int, required=False, check=_int_range(1, 10_000)),
     },
     "status": {},
+    # idempotent producer (front endpoint): a new producer id, epoch 0
+    "init_producer_id": {},
     # consumer groups (front endpoint, the group coordinator)
     "find_coordinator": {"group": GROUP},
     "join_group": {
@@ -220,7 +222,18 @@ GROUP_APIS = frozenset(
     }
 )
 FRONT_APIS = (
-    frozenset({"metadata", "list_topics", "create_topic", "delete_topic", "describe_topic", "alter_topic", "status"})
+    frozenset(
+        {
+            "metadata",
+            "list_topics",
+            "create_topic",
+            "delete_topic",
+            "describe_topic",
+            "alter_topic",
+            "status",
+            "init_producer_id",
+        }
+    )
     | GROUP_APIS
 )
 WORKER_APIS = frozenset({"produce", "fetch", "list_offsets"})

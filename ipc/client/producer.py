@@ -11,6 +11,12 @@ arrive while a request is outstanding accumulate and go out together when it
 completes. ``linger_ms`` only matters with ``max_in_flight > 1``: it bounds how long a
 non-full batch waits before an extra request is sent alongside the outstanding one.
 With the default ``max_in_flight=1`` per partition, retries cannot reorder records.
+
+Idempotence (on by default with ``acks="all"``, as in Kafka 3): before its first batch
+the I/O thread asks the front endpoint for a producer id (``init_producer_id``). Each
+batch gets its partition's next sequence number when it is encoded, once; a retry
+re-sends the same bytes, so the leader recognises a batch it already wrote and answers
+with its offset instead of writing it twice. ``ProducerIdState`` holds that state.
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ from ipc.client.partitioner import KeyPartitioner
 from ipc.client.transport import Bootstrap, BootstrapChannel, Channel, ChannelPool, check_ints, parse_bootstrap
 from ipc.errors import (
     InvalidConfigError,
+    InvalidProducerEpochError,
     LeaderNotAvailableError,
+    OutOfOrderSequenceError,
     RequestTimedOutError,
     SluiceError,
 )
@@ -45,6 +53,8 @@ RECORD_OVERHEAD = 12  # three int32 columns per record
 METADATA_MAX_AGE_S = 300.0  # as Kafka's metadata.max.age.ms: learn of added partitions
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 MAX_TS_DELTA = 2**31 - 1  # record timestamps are int32 deltas from their batch's first timestamp
+SEQUENCE_SPACE = 2**31  # sequence numbers run 0 .. 2**31-1, then wrap to 0 (Kafka's)
+INIT_PRODUCER_ID_TIMEOUT_S = 5.0
 
 
 class ProducerClosedError(SluiceError):
@@ -76,6 +86,9 @@ class ProducerBatch:
         "not_before",
         "attempts",
         "encoded",
+        "producer_id",
+        "producer_epoch",
+        "base_sequence",
         "base_offset",
         "error",
         "done",
@@ -98,13 +111,20 @@ class ProducerBatch:
         self.not_before = 0.0
         self.attempts = 0
         self.encoded: bytes | None = None
+        self.producer_id = -1  # set when encoded by an idempotent producer
+        self.producer_epoch = -1
+        self.base_sequence = -1
         self.base_offset = -1
         self.error: SluiceError | None = None
         self.done = False
         self.event: threading.Event | None = None
         self.callbacks: list[tuple[Callable[[FutureRecordMetadata], Any], FutureRecordMetadata]] | None = None
 
-    def encode(self, compression: Compression) -> bytes:
+    def encode(
+        self, compression: Compression, producer_id: int = -1, producer_epoch: int = -1, base_sequence: int = -1
+    ) -> bytes:
+        """The batch's bytes, encoded once: a retry re-sends them as they are (same
+        producer id, epoch and sequence). The producer fields apply to the first call."""
         if self.encoded is None:
             n = len(self.values)
             deltas = None
@@ -118,7 +138,13 @@ class ProducerBatch:
                 timestamp_deltas=deltas,
                 headers=self.headers if self.headers is not None and len(self.headers) == n else None,
                 compression=compression,
+                producer_id=producer_id,
+                producer_epoch=producer_epoch,
+                base_sequence=base_sequence,
             )
+            self.producer_id = producer_id
+            self.producer_epoch = producer_epoch
+            self.base_sequence = base_sequence
         return self.encoded
 
 
@@ -182,10 +208,97 @@ class _InFlight:
         self.key = key
 
 
-class Producer:
-    """Send records to topics; thread-safe.
+def resolve_idempotence(enable_idempotence: bool | None, acks: int | str, max_in_flight: int) -> bool:
+    """Kafka 3's rule: on by default, off by default when ``acks`` is not "all" (or more
+    than one request may be in flight); asking for it with such settings is an error."""
+    if enable_idempotence is None:
+        return acks == "all" and max_in_flight == 1
+    if not isinstance(enable_idempotence, bool):
+        raise ValueError(f"enable_idempotence={enable_idempotence!r}: must be True, False or None")
+    if enable_idempotence and acks != "all":
+        raise ValueError(
+            f"enable_idempotence=True needs acks='all', got acks={acks!r}: the producer may only move on "
+            "once every in-sync replica has a batch; use acks='all', or enable_idempotence=False"
+        )
+    if enable_idempotence and max_in_flight != 1:
+        raise ValueError(
+            f"enable_idempotence=True needs max_in_flight=1, got {max_in_flight}: a batch that is retried "
+            "must not be overtaken by the next batch of its partition"
+        )
+    return enable_idempotence
 
-    >>> with Producer("tcp://127.0.0.1:6100", acks=1) as p:
+
+class ProducerIdState:
+    """The idempotent producer's id, epoch and next sequence per partition. Used by the
+    I/O thread only; pure logic (the ``init_producer_id`` request is made by the caller).
+
+    A batch takes its partition's next sequence when it is first encoded; a retry re-sends
+    the same bytes. When batches certainly were not written (the leader answered an
+    error) and they were the last ones of their partition to get sequences, their
+    sequences are given back. Otherwise the producer id is dropped (``drop``): when the
+    outcome of a sent batch is unknown (given up after a timeout), when the leader does
+    not agree (OUT_OF_ORDER_SEQUENCE_NUMBER, INVALID_PRODUCER_EPOCH). Batches encoded
+    afterwards wait for a new producer id and start every partition again at sequence 0;
+    batches already encoded keep their id and sequence, so their retries are still
+    recognised.
+    """
+
+    def __init__(self) -> None:
+        self.producer_id = -1
+        self.producer_epoch = -1
+        self._next: dict[tuple[str, int], int] = {}
+        self.dropped = 0  # how many producer ids were given up
+
+    @property
+    def ready(self) -> bool:
+        return self.producer_id >= 0
+
+    def set_id(self, producer_id: int, producer_epoch: int) -> None:
+        self.producer_id = producer_id
+        self.producer_epoch = producer_epoch
+        self._next.clear()
+
+    def drop(self, why: str) -> None:
+        if self.producer_id >= 0:
+            log.warning("dropping producer id %d (epoch %d): %s", self.producer_id, self.producer_epoch, why)
+            self.dropped += 1
+        self.producer_id = -1
+        self.producer_epoch = -1
+        self._next.clear()
+
+    def sequence(self, tp: tuple[str, int]) -> int:
+        """The next batch of ``tp`` starts at this sequence."""
+        return self._next.get(tp, 0)
+
+    def advance(self, tp: tuple[str, int], count: int) -> None:
+        """A batch of ``count`` records starting at ``sequence(tp)`` was encoded."""
+        self._next[tp] = (self._next.get(tp, 0) + count) % SEQUENCE_SPACE
+
+    def not_written(self, tp: tuple[str, int], batches: Sequence[ProducerBatch], err: SluiceError) -> None:
+        """The leader answered ``err`` to a request with ``batches``: none was written."""
+        mine = [b for b in batches if self.producer_id >= 0 and b.producer_id == self.producer_id]
+        if not mine:
+            return  # not sequenced, or sequenced under an id already dropped
+        if isinstance(err, (OutOfOrderSequenceError, InvalidProducerEpochError)):
+            self.drop(f"{tp[0]}-{tp[1]}: {err}")
+            return
+        first = mine[0].base_sequence
+        end = (mine[-1].base_sequence + len(mine[-1].values)) % SEQUENCE_SPACE
+        if self._next.get(tp) == end:
+            self._next[tp] = first  # the next batch takes the failed batches' sequences
+        else:
+            self.drop(f"{tp[0]}-{tp[1]}: sequences {first}..{end - 1} failed with later ones handed out: {err}")
+
+    def unresolved(self, tp: tuple[str, int], batches: Sequence[ProducerBatch], why: str) -> None:
+        """``batches`` were given up after being sent: the leader may have written them."""
+        if any(self.producer_id >= 0 and b.producer_id == self.producer_id for b in batches):
+            self.drop(f"{tp[0]}-{tp[1]}: {why}")
+
+
+class Producer:
+    """Send records to topics; thread-safe. Idempotent by default (``acks="all"``).
+
+    >>> with Producer("tcp://127.0.0.1:6100") as p:
     ...     md = p.send("events", b"value", key=b"user-42").result(timeout=10)
     """
 
@@ -193,7 +306,7 @@ class Producer:
         self,
         bootstrap: Bootstrap = None,
         *,
-        acks: int | str = 1,
+        acks: int | str = "all",
         linger_ms: int = 5,
         batch_size: int = 65536,
         compression: str | None = None,
@@ -203,6 +316,7 @@ class Producer:
         delivery_timeout_ms: int = 120_000,
         max_block_ms: int = 60_000,
         buffer_memory: int = 64 * 1024 * 1024,
+        enable_idempotence: bool | None = None,
         zmq_module: ModuleType = _zmq,
     ) -> None:
         self.endpoints = parse_bootstrap(bootstrap)
@@ -219,6 +333,7 @@ class Producer:
             ("max_block_ms", max_block_ms, 0),
             ("buffer_memory", buffer_memory, 1),
         )
+        self.enable_idempotence = resolve_idempotence(enable_idempotence, self.acks, max_in_flight)
         self.compression = Compression.parse(compression)
         self.linger_s = linger_ms / 1000
         self.batch_size = batch_size
@@ -430,6 +545,22 @@ class Producer:
             self._complete(pending, None, ProducerClosedError(f"producer I/O thread failed: {exc}"))
 
 
+def _producer_id_from(fields: dict[str, Any]) -> tuple[int, int]:
+    """``producer_id`` (int64 >= 0) and ``producer_epoch`` (int16 >= 0) of an
+    ``init_producer_id`` reply; SluiceError (not retriable) if they are not."""
+    pid, epoch = fields.get("producer_id"), fields.get("producer_epoch")
+    if (
+        isinstance(pid, int)
+        and not isinstance(pid, bool)
+        and 0 <= pid < 2**63
+        and isinstance(epoch, int)
+        and not isinstance(epoch, bool)
+        and 0 <= epoch < 2**15
+    ):
+        return pid, epoch
+    raise SluiceError(f"init_producer_id: malformed reply {fields!r:.200}")
+
+
 def _as_bytes(value: Any, what: str) -> bytes:
     if isinstance(value, (bytearray, memoryview)):
         return bytes(value)
@@ -464,6 +595,8 @@ class _ProducerIO:
         self.need_metadata: set[str] = set()
         self.next_metadata = 0.0
         self.next_periodic_metadata = time.monotonic() + METADATA_MAX_AGE_S
+        self.ids = ProducerIdState() if p.enable_idempotence else None
+        self.next_id_attempt = 0.0
 
     def on_disconnect(self, ch: Channel) -> None:
         """The worker behind ``ch`` went away: its in-flight requests are lost; retry them
@@ -481,6 +614,7 @@ class _ProducerIO:
             p._need_wake = True
             now = time.monotonic()
             self.refresh_metadata(now)
+            self.ensure_producer_id(now)
             self.send_ready(now)
             self.expire(now)
             if p._closed and not self.inflight:
@@ -509,18 +643,60 @@ class _ProducerIO:
         t = 1.0
         for f in self.inflight.values():
             t = min(t, f.deadline - now)
+        no_id = self.ids is not None and not self.ids.ready
+        wait_for_id = False
         with self.p._lock:
             for tp, q in self.p._queues.items():
                 if q:
                     head = q[0]
-                    if self.inflight_count[tp] == 0:
-                        t = min(t, head.not_before - now)
-                    elif self.inflight_count[tp] < self.p.max_in_flight:
-                        t = min(t, head.created + self.p.linger_s - now)
+                    if no_id and q[-1].encoded is None:
+                        wait_for_id = True
+                    # a partition without a leader waits for metadata, one whose head
+                    # batch needs a producer id waits for it: neither is due now
+                    if tp in self.leaders and not (no_id and head.encoded is None):
+                        if self.inflight_count[tp] == 0:
+                            t = min(t, head.not_before - now)
+                        elif self.inflight_count[tp] < self.p.max_in_flight:
+                            t = min(t, head.created + self.p.linger_s - now)
                     t = min(t, head.deadline - now)
         if self.need_metadata:
             t = min(t, self.next_metadata - now)
+        if wait_for_id:
+            t = min(t, self.next_id_attempt - now)
         return max(t, 0.0)
+
+    def ensure_producer_id(self, now: float) -> None:
+        """Ask the front endpoint for a producer id when batches wait for one (first
+        batch, or after ``ProducerIdState.drop``). Blocks like a metadata refresh."""
+        ids = self.ids
+        if ids is None or ids.ready or now < self.next_id_attempt:
+            return
+        p = self.p
+        with p._lock:
+            waiting = any(q and q[-1].encoded is None for q in p._queues.values())
+        if not waiting:
+            return
+        try:
+            reply = self.metadata.bootstrap.request(
+                "init_producer_id", min(p.request_timeout_s, INIT_PRODUCER_ID_TIMEOUT_S)
+            )
+            reply.raise_for_error()
+            producer_id, producer_epoch = _producer_id_from(reply.fields)
+        except SluiceError as exc:
+            self.next_id_attempt = now + max(p.retry_backoff_s, 0.05)
+            if exc.retriable:
+                log.warning("init_producer_id failed, will retry: %s", exc)
+                return
+            log.error("init_producer_id failed: %s (the records waiting for a producer id fail)", exc)
+            failed: list[ProducerBatch] = []
+            with p._lock:
+                for q in p._queues.values():
+                    while q and q[-1].encoded is None:
+                        failed.append(q.pop())
+            p._complete(failed, None, exc)
+            return
+        ids.set_id(producer_id, producer_epoch)
+        log.info("idempotent producer: producer id %d, epoch %d", producer_id, producer_epoch)
 
     def refresh_metadata(self, now: float) -> None:
         if now >= self.next_periodic_metadata:
@@ -557,6 +733,7 @@ class _ProducerIO:
     def send_ready(self, now: float) -> None:
         p = self.p
         to_send: list[tuple[tuple[str, int], str, list[ProducerBatch]]] = []
+        no_id = self.ids is not None and not self.ids.ready
         with p._lock:
             for tp, q in p._queues.items():
                 if not q:
@@ -571,9 +748,13 @@ class _ProducerIO:
                 if endpoint is None:
                     self.need_metadata.add(tp[0])
                     continue
+                if no_id and q[0].encoded is None:
+                    continue  # waits for a producer id (ensure_producer_id)
                 batches: list[ProducerBatch] = []
                 total = 0
                 while q and (not batches or total + q[0].size <= MAX_REQUEST_BYTES):
+                    if no_id and q[0].encoded is None:
+                        break  # retries encoded under the previous id may go; new batches wait
                     b = q.popleft()
                     total += b.size
                     batches.append(b)
@@ -585,12 +766,20 @@ class _ProducerIO:
 
     def send(self, tp: tuple[str, int], endpoint: str, batches: list[ProducerBatch], now: float) -> None:
         p = self.p
-        try:
-            frames = [b.encode(p.compression) for b in batches]
-        except (ValueError, OverflowError, SluiceError) as exc:
-            err = exc if isinstance(exc, SluiceError) else SluiceError(f"cannot encode batch: {exc}")
-            p._complete(batches, None, err)
+        frames = []
+        encoded = []
+        for b in batches:
+            try:
+                frames.append(b.encoded if b.encoded is not None else self.encode(tp, b))
+            except (ValueError, OverflowError, SluiceError) as exc:
+                p._complete(
+                    [b], None, exc if isinstance(exc, SluiceError) else SluiceError(f"cannot encode batch: {exc}")
+                )
+                continue
+            encoded.append(b)
+        if not encoded:
             return
+        batches = encoded
         ch = self.channels.get(endpoint)
         acks = p.acks
         cid = ch.send(
@@ -608,6 +797,17 @@ class _ProducerIO:
             return
         self.inflight[cid] = _InFlight(cid, ch, batches, now + p.request_timeout_s, tp)
         self.inflight_count[tp] += 1
+
+    def encode(self, tp: tuple[str, int], b: ProducerBatch) -> bytes:
+        """Encode a batch for the first time; an idempotent producer stamps it with its
+        id, epoch and the partition's next sequence (taken only if encoding succeeds)."""
+        ids = self.ids
+        if ids is None:
+            return b.encode(self.p.compression)
+        assert ids.ready, "send_ready holds back unencoded batches until there is a producer id"
+        data = b.encode(self.p.compression, ids.producer_id, ids.producer_epoch, ids.sequence(tp))
+        ids.advance(tp, len(b.values))
+        return data
 
     def drain_replies(self, ch: Channel) -> None:
         for reply in ch.replies():
@@ -627,6 +827,8 @@ class _ProducerIO:
         now = time.monotonic()
         if not err.retriable:
             p._complete(f.batches, None, err)
+            if self.ids is not None:
+                self.ids.not_written(f.key, f.batches, err)
             return
         self.need_metadata.add(f.key[0])
         self.next_metadata = min(self.next_metadata, now)
@@ -639,6 +841,8 @@ class _ProducerIO:
         retry = [b for b in f.batches if now < b.deadline]
         if expired:
             p._complete(expired, None, err)
+            if self.ids is not None:
+                self.ids.unresolved(f.key, expired, f"given up after {err}")
         if retry:
             log.info("retrying %d batch(es) to %s-%d after %s", len(retry), f.key[0], f.key[1], err)
             with p._lock:
@@ -659,10 +863,12 @@ class _ProducerIO:
             for x in lost:
                 self.fail(x, RequestTimedOutError(f"no reply from {ch.endpoint} within {self.p.request_timeout_s} s"))
         p = self.p
-        expired: list[ProducerBatch] = []
+        expired: dict[tuple[str, int], list[ProducerBatch]] = {}
         with p._lock:
-            for q in p._queues.values():
+            for tp, q in p._queues.items():
                 while q and now >= q[0].deadline:
-                    expired.append(q.popleft())
-        if expired:
-            p._complete(expired, None, RequestTimedOutError(f"not delivered within {p.delivery_timeout_s} s"))
+                    expired.setdefault(tp, []).append(q.popleft())
+        for tp, batches in expired.items():
+            p._complete(batches, None, RequestTimedOutError(f"not delivered within {p.delivery_timeout_s} s"))
+            if self.ids is not None:
+                self.ids.unresolved(tp, batches, "delivery_timeout_ms passed after a batch was sent")

@@ -1,0 +1,222 @@
+"""Idempotent producers: what each producer id has already written to one partition.
+
+A producer with ``enable_idempotence`` stamps every batch with its producer id, its
+producer epoch and the sequence number of the batch's first record (``base_sequence``;
+the last record's is ``base_sequence + last_offset_delta``, wrapping after 2**31-1 as
+Kafka's do). Sequences count per producer id *and partition*, so each partition keeps
+its own ``ProducerStateTable``, as Kafka's ``ProducerStateManager`` does:
+
+* the partition leader calls ``check(header)`` before it appends a producer's batch.
+  ``None``: the batch is new, append it. An offset: the batch is a retry of one of
+  the producer's last ``DUPLICATE_WINDOW`` batches, already in the log at that base
+  offset; answer with it and write nothing. It raises ``OutOfOrderSequenceError``
+  (the batch does not follow the producer's last stored sequence) or
+  ``InvalidProducerEpochError`` (its epoch is older than the stored one).
+* everyone who appends calls ``update(header, base_offset)`` afterwards: the leader
+  with the offset it assigned, a follower copying the leader with the batch's own
+  base offset, so that it recognises retries once it becomes the leader.
+* ``rebuild(log)`` replays the batch headers of the whole log: after the worker opens
+  its log, and after every truncation (replication), so the table always describes
+  exactly the batches in the log.
+* ``evict_below(log_start_offset)`` after retention forgets the producers whose last
+  batch is gone, as ``rebuild`` would.
+
+Batches without a producer id (``producer_id == -1``) are not tracked. The table holds
+no I/O of its own: ``rebuild`` reads batch headers through ``LogSegment.iter_batches``
+and never decodes a body.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+from collections.abc import Iterator, Sequence
+
+from appliance.log.errors import LogCorruptionError
+from appliance.log.log import Log
+from appliance.log.segment import TornBatch
+from ipc.errors import InvalidProducerEpochError, OutOfOrderSequenceError
+from ipc.records import BatchHeader
+
+NO_PRODUCER_ID = -1
+NO_SEQUENCE = -1
+SEQUENCE_SPACE = 2**31  # sequences run 0 .. 2**31-1, then wrap to 0
+DUPLICATE_WINDOW = 5  # Kafka's: the last 5 batches of each producer are remembered
+
+
+def add_sequence(sequence: int, increment: int) -> int:
+    """``sequence + increment`` in the wrapping sequence space (2**31-1 + 1 == 0)."""
+    return (sequence + increment) % SEQUENCE_SPACE
+
+
+def last_sequence(h: BatchHeader) -> int:
+    """The sequence number of the last record of ``h`` (Kafka: base + last offset delta)."""
+    return add_sequence(h.base_sequence, h.last_offset_delta)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BatchMetadata:
+    """One batch of a producer that is in the log."""
+
+    first_sequence: int
+    last_sequence: int
+    base_offset: int
+    last_offset: int
+
+
+@dataclasses.dataclass(slots=True)
+class ProducerEntry:
+    """A producer id's epoch and its last ``DUPLICATE_WINDOW`` batches, oldest first."""
+
+    producer_id: int
+    epoch: int
+    batches: collections.deque[BatchMetadata]
+
+    @property
+    def last_sequence(self) -> int:
+        return self.batches[-1].last_sequence
+
+    @property
+    def last_offset(self) -> int:
+        return self.batches[-1].last_offset
+
+    def copy(self) -> ProducerEntry:
+        return ProducerEntry(self.producer_id, self.epoch, collections.deque(self.batches, DUPLICATE_WINDOW))
+
+
+class ProducerStateTable:
+    """Producer id -> ``ProducerEntry`` for one partition. Not thread-safe: the
+    partition worker owns it, like its ``Log``."""
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name  # topic-partition, for error messages
+        self._producers: dict[int, ProducerEntry] = {}
+
+    # ---- the leader's check, before it appends ----------------------------------------
+    def check(self, h: BatchHeader) -> int | None:
+        """None if ``h`` is new (append it); the base offset of the identical batch if
+        ``h`` is a retry of one already appended (write nothing, answer that offset).
+
+        Raises OutOfOrderSequenceError / InvalidProducerEpochError. ``h.base_offset`` is
+        not used (the leader has not stamped it yet).
+        """
+        pid = h.producer_id
+        if pid < 0:
+            return None
+        if h.producer_epoch < 0:
+            raise InvalidProducerEpochError(f"{self._prefix()}producer {pid} sent epoch {h.producer_epoch}")
+        first = h.base_sequence
+        if first < 0:
+            raise OutOfOrderSequenceError(
+                f"{self._prefix()}producer {pid} epoch {h.producer_epoch}: expected a sequence >= 0, got {first}"
+            )
+        e = self._producers.get(pid)
+        if e is None:
+            return None  # new, or its state went with retention: any first sequence is accepted
+        epoch = h.producer_epoch
+        if epoch == e.epoch:
+            last = last_sequence(h)
+            for b in e.batches:
+                if b.first_sequence == first and b.last_sequence == last:
+                    return b.base_offset
+            expected = add_sequence(e.last_sequence, 1)
+            if first != expected:
+                last_batch = e.batches[-1]
+                raise OutOfOrderSequenceError(
+                    f"{self._prefix()}producer {pid} epoch {epoch}: expected sequence {expected}, got {first} "
+                    f"(its last batch in the log holds sequences {last_batch.first_sequence}.."
+                    f"{last_batch.last_sequence} at offset {last_batch.base_offset})"
+                )
+            return None
+        if epoch < e.epoch:
+            raise InvalidProducerEpochError(
+                f"{self._prefix()}producer {pid}: epoch {epoch} is older than its current epoch {e.epoch}"
+            )
+        if first != 0:
+            raise OutOfOrderSequenceError(
+                f"{self._prefix()}producer {pid}: new epoch {epoch} (was {e.epoch}) must start at sequence 0, "
+                f"got {first}"
+            )
+        return None
+
+    def check_all(self, headers: Sequence[BatchHeader]) -> list[int | None]:
+        """``check`` for the batches of one produce request, in order, each as if the
+        earlier new ones had been appended; nothing changes. Lets the leader refuse a
+        request before it appends any of its batches (all or nothing)."""
+        if all(h.producer_id < 0 for h in headers):
+            return [None] * len(headers)
+        scratch = ProducerStateTable(self.name)
+        for h in headers:
+            e = self._producers.get(h.producer_id)
+            if e is not None and h.producer_id not in scratch._producers:
+                scratch._producers[h.producer_id] = e.copy()
+        out: list[int | None] = []
+        for i, h in enumerate(headers):
+            found = scratch.check(h)
+            if found is not None and found < 0:
+                raise OutOfOrderSequenceError(
+                    f"{self._prefix()}producer {h.producer_id}: the request holds sequences "
+                    f"{h.base_sequence}..{last_sequence(h)} twice"
+                )
+            out.append(found)
+            if found is None:
+                scratch.update(h, -1 - i)  # not appended yet: a negative marker offset
+        return out
+
+    # ---- after an append (leader or follower) ----------------------------------------
+    def update(self, h: BatchHeader, base_offset: int) -> None:
+        """Record ``h``, just appended at ``base_offset``. The log is the truth: a batch
+        with another epoch than the stored one starts the producer's entry afresh."""
+        pid = h.producer_id
+        if pid < 0 or h.base_sequence < 0:
+            return
+        meta = BatchMetadata(h.base_sequence, last_sequence(h), base_offset, base_offset + h.last_offset_delta)
+        e = self._producers.get(pid)
+        if e is None or e.epoch != h.producer_epoch:
+            self._producers[pid] = ProducerEntry(pid, h.producer_epoch, collections.deque((meta,), DUPLICATE_WINDOW))
+        else:
+            e.batches.append(meta)  # the deque's maxlen drops the oldest
+
+    # ---- rebuilding and forgetting ----------------------------------------------------
+    @classmethod
+    def rebuild(cls, log: Log) -> ProducerStateTable:
+        """The table for exactly the batches now in ``log`` (headers only, no body is
+        decoded). Call it after ``Log.open`` and after every truncation."""
+        table = cls(os.path.basename(os.path.normpath(log.directory)))
+        for h in _log_headers(log):
+            table.update(h, h.base_offset)
+        return table
+
+    def evict_below(self, offset: int) -> int:
+        """Forget producers whose last batch ends below ``offset`` (the log start offset
+        after retention); return how many were removed."""
+        gone = [pid for pid, e in self._producers.items() if e.last_offset < offset]
+        for pid in gone:
+            del self._producers[pid]
+        return len(gone)
+
+    # ---- inspection -------------------------------------------------------------------
+    @property
+    def producer_count(self) -> int:
+        return len(self._producers)
+
+    def get(self, producer_id: int) -> ProducerEntry | None:
+        return self._producers.get(producer_id)
+
+    def entries(self) -> dict[int, ProducerEntry]:
+        """A copy of the state (producer id -> entry), for tests and status."""
+        return {pid: e.copy() for pid, e in self._producers.items()}
+
+    def _prefix(self) -> str:
+        return f"{self.name}: " if self.name else ""
+
+
+def _log_headers(log: Log) -> Iterator[BatchHeader]:
+    """Every batch header of ``log``, oldest first, read with the segments' own scan."""
+    for seg in log.segments:
+        try:
+            for _pos, h in seg.iter_batches(0, verify=False):
+                yield h
+        except TornBatch as exc:
+            raise LogCorruptionError(seg.path, exc.position, exc.reason) from None
