@@ -1,12 +1,14 @@
 """The ``sluice`` command line.
 
     sluice serve [--config FILE] [--data-dir DIR] [--listen tcp://HOST:PORT]
-                 [--metrics-listen HOST:PORT] [--node-id N]
+                 [--metrics-listen HOST:PORT] [--node-id N] [--advertised-listen tcp://HOST:PORT]
+                 [--coordinator local|zookeeper://HOST:PORT[,...]/PATH]
     sluice topics create|list|describe|alter|delete ...
     sluice produce TOPIC [--key-separator SEP] [--acks 0|1|all]
     sluice consume TOPIC [--from-beginning] [--partition P] [--offset N] [--max-messages N]
                          [--timeout-ms MS] [--print-key] [--print-offset]
     sluice status [--config FILE] [--data-dir DIR] [--json]
+    sluice cluster status [--json] | reassign TOPIC --replicas 1,2,3 [--partition P]
     sluice perf produce|consume|e2e|pipe|memory ...   (loadtest/perf.py)
 
 ``--bootstrap`` (or ``$SLUICE_BOOTSTRAP``) names the node for client commands. Errors
@@ -67,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--advertised-listen", help="address clients and peers use to reach this node")
     s.add_argument("--metrics-listen", help="HOST:PORT of /metrics and /healthz ('' to disable)")
     s.add_argument("--node-id", type=_positive)
+    s.add_argument("--coordinator", help="local (default) or zookeeper://HOST:PORT[,HOST:PORT...]/PATH")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
     t = sub.add_parser("topics", help="create, list, describe, alter and delete topics")
@@ -131,6 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
     for sp in (gl, gd, gr, gx):
         client(sp)
 
+    cl = sub.add_parser("cluster", help="nodes, controller, leaders and ISRs; move replicas")
+    clsub = cl.add_subparsers(dest="action", required=True, metavar="ACTION")
+    cls_ = clsub.add_parser("status", help="nodes, controller, per partition leader / ISR / under-replicated")
+    cls_.add_argument("--json", action="store_true")
+    clr = clsub.add_parser("reassign", help="move a partition's replicas (e.g. onto a new node) while traffic flows")
+    clr.add_argument("topic")
+    clr.add_argument("--partition", type=_positive, action="append", help="repeatable; default all")
+    clr.add_argument("--replicas", required=True, type=_node_list, help="node ids, comma-separated; the first leads")
+    for sp in (cls_, clr):
+        client(sp)
+
     st = sub.add_parser("status", help="node, partitions, worker pids and health (shared-memory table)")
     st.add_argument("--config")
     st.add_argument("--data-dir")
@@ -153,6 +167,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         "advertised_listen": a.advertised_listen,
         "metrics_listen": a.metrics_listen,
         "node_id": a.node_id,
+        "coordinator": a.coordinator,
         "log_level": a.log_level,
     }
     cfg = load_config(a.config, overrides)
@@ -314,6 +329,46 @@ def _all_partitions(bootstrap: str | None, topic: str) -> list[int]:
         return list(range(len(admin.describe_topic(topic)["partitions"])))
 
 
+# ---- cluster -------------------------------------------------------------------------------
+def _node_list(text: str) -> list[int]:
+    try:
+        ids = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected node ids like 1,2,3") from None
+    if not ids or any(n < 0 for n in ids) or len(set(ids)) != len(ids):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected distinct node ids >= 0 like 1,2,3")
+    return ids
+
+
+def cmd_cluster(a: argparse.Namespace) -> int:
+    with _admin(a) as admin:
+        if a.action == "reassign":
+            partitions = a.partition or list(range(len(admin.describe_topic(a.topic)["partitions"])))
+            for p in partitions:
+                r = admin.reassign(a.topic, p, a.replicas)
+                print(f"{a.topic}-{p}: replicas {r['replicas']} -> {r['target_replicas'] or r['replicas']}")
+            return 0
+        st = admin.cluster_status()
+    if a.json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(st, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    print(f"controller: node {st['controller']}")
+    print("nodes:")
+    for n in sorted(st["nodes"], key=lambda n: n["node_id"]):
+        print(f"  {n['node_id']:>4}  {n['endpoint']}  (epoch {n['epoch']})")
+    print(f"{'TOPIC':<24} {'PART':>4} {'LEADER':>6} {'EPOCH':>5}  {'REPLICAS':<12} {'ISR':<12} STATE")
+    for p in st["partitions"]:
+        state = "offline" if p["offline"] else "under-replicated" if p["under_replicated"] else "ok"
+        if p["target_replicas"] is not None:
+            state += f" (moving to {','.join(map(str, p['target_replicas']))})"
+        replicas, isr = ",".join(map(str, p["replicas"])), ",".join(map(str, p["isr"]))
+        where = f"{p['topic']:<24} {p['partition']:>4} {p['leader']:>6} {p['leader_epoch']:>5}"
+        print(f"{where}  {replicas:<12} {isr:<12} {state}")
+    return 0
+
+
 # ---- groups --------------------------------------------------------------------------------
 def cmd_groups(a: argparse.Namespace) -> int:
 
@@ -437,6 +492,7 @@ COMMANDS = {
     "consume": cmd_consume,
     "status": cmd_status,
     "groups": cmd_groups,
+    "cluster": cmd_cluster,
     "perf": cmd_perf,
 }
 

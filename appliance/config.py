@@ -54,6 +54,10 @@ class NodeConfig:
     cleaner_interval_ms: int = 15_000
     max_request_bytes: int = 100 * 1024 * 1024
     offsets_topic_partitions: int = 4  # partitions of __consumer_offsets (fixed once created)
+    offsets_topic_replication_factor: int = 3  # capped at the live nodes when it is created
+    default_replication_factor: int = 1  # topics created automatically (auto_create_topics)
+    replica_lag_time_max_ms: int = 10_000  # a follower not caught up this long leaves the ISR
+    zookeeper_session_timeout_ms: int = 6_000
     offsets_retention_ms: int = 7 * 24 * 3600 * 1000  # committed offsets of an empty group expire after
     topic_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -124,6 +128,10 @@ _INT_MIN = {
     "max_request_bytes": 1024,
     "offsets_topic_partitions": 1,
     "offsets_retention_ms": 1000,
+    "offsets_topic_replication_factor": 1,
+    "default_replication_factor": 1,
+    "replica_lag_time_max_ms": 100,
+    "zookeeper_session_timeout_ms": 1000,
 }
 
 
@@ -177,7 +185,9 @@ def _check(name: str, value: Any) -> Any:
         if value != "local" and not value.startswith("zookeeper://"):
             raise InvalidConfigError(f"{name}={value!r}: allowed: local, zookeeper://HOST:PORT[,...]/PATH")
         if value != "local":
-            raise InvalidConfigError(f"{name}={value!r}: the zookeeper coordinator is not available in this release")
+            from appliance.coordinator.zookeeper import parse_zookeeper_url
+
+            parse_zookeeper_url(value)  # raises InvalidConfigError saying what is wrong
     elif name in ("data_dir", "runtime_dir"):
         if name == "data_dir" and not value:
             raise InvalidConfigError("data_dir must not be empty")

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import shutil
-import threading
 import time
+import zlib
 from typing import TYPE_CHECKING, Any
 
+from appliance.controller import initial_states
+from appliance.coordinator import NO_LEADER, PartitionState, TopicInfo
 from appliance.groups.coordinator import GroupCoordinator
 from appliance.log.config import LogConfig
 from appliance.status import table_status
@@ -23,6 +23,7 @@ from ipc import sockets
 from ipc.errors import (
     InvalidConfigError,
     LeaderNotAvailableError,
+    NotControllerError,
     PolicyViolationError,
     RequestTimedOutError,
     SluiceError,
@@ -49,6 +50,10 @@ class PendingAdmin:
     deadline: float
 
 
+def _id(n: Any) -> int:
+    return int(n.node_id)
+
+
 def _error_obj(err: SluiceError) -> dict[str, Any]:
     return {"code": err.code, "message": err.message, "retriable": err.retriable}
 
@@ -57,7 +62,6 @@ class FrontApi:
     def __init__(self, node: Supervisor) -> None:
         self.node = node
         self.pending: list[PendingAdmin] = []
-        self.deleting: set[str] = set()
         self.groups = GroupCoordinator(self)
 
     def handle(self, identity: bytes, req: Request) -> list[bytes] | None:
@@ -68,47 +72,65 @@ class FrontApi:
         return result
 
     # ---- helpers ---------------------------------------------------------------------------
-    def _topic_info(self, name: str) -> Any:
+    def _topic_info(self, name: str) -> TopicInfo:
         info = self.node.coordinator.topics().get(name)
-        if info is None or name in self.deleting:
+        if info is None:
             raise UnknownTopicOrPartitionError(f"topic {name!r} does not exist")
         return info
 
-    def _partition_md(self, topic: str, partition: int, state: Any) -> dict[str, Any]:
-        r = self.node.replicas.get((topic, partition))
+    def leader_endpoint(self, topic: str, partition: int, state: PartitionState) -> str | None:
+        """The leader worker's endpoint (published by the leader's node), if known."""
+        if state.leader == NO_LEADER:
+            return None
+        return self.node.coordinator.endpoints().get(state.leader, {}).get(f"{topic}/{partition}")
+
+    def _partition_md(self, topic: str, partition: int, state: PartitionState) -> dict[str, Any]:
         md: dict[str, Any] = {
             "partition": partition,
             "leader": state.leader,
-            "leader_epoch": r.leader_epoch if r else state.leader_epoch,
+            "leader_epoch": state.leader_epoch,
             "replicas": state.replicas,
             "isr": state.isr,
-            "endpoint": None,
+            "endpoint": self.leader_endpoint(topic, partition, state),
             "error": None,
         }
-        if r is not None and r.endpoint and r.state.value == "serving":
-            md["endpoint"] = r.endpoint
-        else:
-            why = "offline after repeated crashes" if r is not None and r.state.value == "offline" else "starting"
+        if md["endpoint"] is None:
+            r = self.node.replicas.get((topic, partition))
+            if state.leader == NO_LEADER:
+                why = f"no in-sync replica is alive (isr {state.isr})"
+            elif r is not None and r.state.value == "offline":
+                why = "offline after repeated crashes"
+            else:
+                why = f"node {state.leader} is starting it"
             md["error"] = _error_obj(LeaderNotAvailableError(f"{topic}-{partition} has no serving leader ({why})"))
         return md
 
-    def _create(self, topic: str, partitions: int, replication_factor: int, config: dict[str, Any]) -> None:
-        if topic in self.deleting:
-            raise PolicyViolationError(f"topic {topic!r} is being deleted; try again shortly")
-        self.node.config.topic_log_config(config)  # validate before anything is written
-        self._check_room(partitions)
-        self.node.coordinator.create_topic(topic, partitions, replication_factor, config)
-        for p in range(partitions):
-            self.node.add_replica(topic, p)
-        log.info("created topic %s with %d partition(s), config %s", topic, partitions, config)
-
-    def _check_room(self, partitions: int) -> None:
+    def _new_states(self, topic: str, partitions: range, replication_factor: int) -> list[PartitionState]:
+        """Replica assignment for new partitions; the first leader rotates by topic name."""
+        live = self.node.coordinator.nodes()
+        states = initial_states(partitions, replication_factor, live, start=zlib.crc32(topic.encode()))
+        mine = sum(self.node.config.node_id in st.replicas for st in states)
         free = self.node.free_slots()
-        if partitions > free:
+        if mine > free:
             raise PolicyViolationError(
-                f"{partitions} new partition(s) do not fit: this node has room for {free} more "
+                f"{mine} new partition replica(s) do not fit: this node has room for {free} more "
                 f"(max_partitions={self.node.config.max_partitions})"
             )
+        return states
+
+    def _create(self, topic: str, partitions: int, replication_factor: int, config: dict[str, Any]) -> None:
+        self.node.config.topic_log_config(config)  # validate before anything is written
+        states = self._new_states(topic, range(partitions), replication_factor)
+        info = TopicInfo(topic, states, replication_factor, dict(config), int(time.time() * 1000))
+        self.node.coordinator.create_topic(info)
+        self.node.reconcile()
+        log.info(
+            "created topic %s with %d partition(s), replication factor %d, config %s",
+            topic,
+            partitions,
+            replication_factor,
+            config,
+        )
 
     def _defer(self, identity: bytes, req: Request, topic: str, partitions: range) -> list[bytes] | None:
         pending = PendingAdmin(identity, req.id, topic, partitions, self.node.clock() + ADMIN_TIMEOUT_S)
@@ -118,11 +140,11 @@ class FrontApi:
         return None
 
     def _ready(self, p: PendingAdmin) -> bool:
-        for i in p.partitions:
-            r = self.node.replicas.get((p.topic, i))
-            if r is None or r.state.value != "serving":
-                return False
-        return True
+        """Every partition's leader worker is serving (its endpoint published)."""
+        info = self.node.coordinator.topics().get(p.topic)
+        if info is None or len(info.partitions) < p.partitions.stop:
+            return False
+        return all(self.leader_endpoint(p.topic, i, info.partitions[i]) for i in p.partitions)
 
     def on_replica_ready(self, r: Replica) -> None:
         self.tick(self.node.clock())
@@ -136,7 +158,7 @@ class FrontApi:
         self._create(topic, partitions, replication_factor, config)
 
     def partition_end(self, topic: str, partition: int) -> int:
-        """High watermark of a partition on this node (-1 if unknown)."""
+        """High watermark of this node's replica of a partition (-1 if unknown)."""
         r = self.node.replicas.get((topic, partition))
         st = self.node.table.read_status_or_none(r.slot) if r is not None else None
         return st.high_watermark if st is not None else -1
@@ -164,10 +186,8 @@ class FrontApi:
         wanted = req.fields["topics"]
         topics = self.node.coordinator.topics()
         out: list[dict[str, Any]] = []
-        if wanted is None:  # every topic but the internal ones (ask for those by name)
-            names = sorted(n for n in topics if n not in self.deleting and not n.startswith(INTERNAL_PREFIX))
-        else:
-            names = wanted
+        # no list: every topic but the internal ones (ask for those by name)
+        names = wanted if wanted is not None else sorted(n for n in topics if not n.startswith(INTERNAL_PREFIX))
         for name in names:
             why = valid_topic_name(name)
             if why is not None:
@@ -175,27 +195,29 @@ class FrontApi:
                 continue
             if name not in topics and cfg.auto_create_topics and not name.startswith(INTERNAL_PREFIX):
                 try:
-                    self._create(name, cfg.default_partitions, 1, {})
+                    rf = min(cfg.default_replication_factor, len(self.node.coordinator.nodes()))
+                    self._create(name, cfg.default_partitions, rf, {})
                     topics = self.node.coordinator.topics()
                 except SluiceError as exc:
                     out.append({"topic": name, "error": _error_obj(exc), "partitions": []})
                     continue
             info = topics.get(name)
-            if info is None or name in self.deleting:
+            if info is None:
                 err = UnknownTopicOrPartitionError(f"topic {name!r} does not exist")
                 out.append({"topic": name, "error": _error_obj(err), "partitions": []})
                 continue
             parts = [self._partition_md(name, i, st) for i, st in enumerate(info.partitions)]
             out.append({"topic": name, "error": None, "partitions": parts})
-        brokers = [{"node_id": cfg.node_id, "endpoint": cfg.advertised}]
-        return [ok_reply(req.id, node_id=cfg.node_id, controller=cfg.node_id, brokers=brokers, topics=out)]
+        coord = self.node.coordinator
+        brokers = [{"node_id": n.node_id, "endpoint": n.endpoint} for n in sorted(coord.nodes().values(), key=_id)]
+        return [ok_reply(req.id, node_id=cfg.node_id, controller=coord.controller(), brokers=brokers, topics=out)]
 
     def api_list_topics(self, identity: bytes, req: Request) -> list[bytes]:
         internal = req.fields["internal"]
         names = sorted(
             n
             for n in self.node.coordinator.topics()
-            if n not in self.deleting and (internal or not n.startswith(INTERNAL_PREFIX))
+            if internal or not n.startswith(INTERNAL_PREFIX)
         )
         return [ok_reply(req.id, topics=names)]
 
@@ -208,30 +230,10 @@ class FrontApi:
         name = req.fields["topic"]
         if name.startswith(INTERNAL_PREFIX):
             raise PolicyViolationError(f"topic {name!r} is internal to the node and cannot be deleted")
-        info = self._topic_info(name)
-        self.deleting.add(name)
+        self._topic_info(name)
         self.node.coordinator.delete_topic(name)
-        remaining = {(name, p) for p in range(len(info.partitions))}
-
-        def remove(r: Replica) -> None:
-            src = self.node.partition_dir(r.topic, r.partition)
-            if os.path.exists(src):
-                dst = f"{src}.{int(time.time() * 1000)}-delete"
-                os.replace(src, dst)  # gone from the node's view at once; the bytes go in the background
-                threading.Thread(target=shutil.rmtree, args=(dst, True), name="rmtree", daemon=True).start()
-            remaining.discard((r.topic, r.partition))
-            if not remaining:
-                self.deleting.discard(name)
-                log.info("deleted topic %s", name)
-
-        for p in range(len(info.partitions)):
-            r = self.node.replicas.get((name, p))
-            if r is not None:
-                self.node.stop_replica(r, after_stop=remove)
-            else:
-                remaining.discard((name, p))
-        if not remaining:
-            self.deleting.discard(name)
+        self.node.reconcile()  # every node stops its replicas and removes their files
+        log.info("deleted topic %s", name)
         return [ok_reply(req.id, topic=name)]
 
     def _effective_config(self, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -280,18 +282,70 @@ class FrontApi:
             new_config.pop(key)  # "" resets an option to the node default
         LogConfig.from_options({**self.node.config.topic_defaults, **new_config})
         old_count = len(info.partitions)
-        if req.fields["partitions"] is not None and req.fields["partitions"] > old_count:
-            self._check_room(req.fields["partitions"] - old_count)
-        info = self.node.coordinator.alter_topic(name, new_config, req.fields["partitions"])
-        options = {**self.node.config.topic_defaults, **info.config}
-        for p in range(old_count):
-            r = self.node.replicas.get((name, p))
-            if r is not None:
-                self.node.send_control(r, cmd="config", options=options)
-        for p in range(old_count, len(info.partitions)):
-            self.node.add_replica(name, p)
-        log.info("altered topic %s: config %s, %d partition(s)", name, info.config, len(info.partitions))
-        return self._defer(identity, req, name, range(len(info.partitions)))
+        count = req.fields["partitions"]
+        if count is not None and count < old_count:
+            raise InvalidConfigError(
+                f"partitions={count}: topic {name!r} has {old_count}; partitions can only be added"
+            )
+        states = self._new_states(name, range(old_count, count or old_count), info.replication_factor)
+        coord = self.node.coordinator
+        if new_config != info.config:
+            coord.set_topic_config(name, new_config)  # every node sends it to its replicas
+        if states:
+            coord.add_partitions(name, states)
+        self.node.reconcile()
+        count = count or old_count
+        log.info("altered topic %s: config %s, %d partition(s)", name, new_config, count)
+        return self._defer(identity, req, name, range(count))
+
+    # ---- cluster ---------------------------------------------------------------------------
+    def api_cluster_status(self, identity: bytes, req: Request) -> list[bytes]:
+        coord = self.node.coordinator
+        nodes = coord.nodes()
+        partitions = []
+        for name, info in sorted(coord.topics().items()):
+            for p, st in enumerate(info.partitions):
+                partitions.append(
+                    {
+                        "topic": name,
+                        "partition": p,
+                        "leader": st.leader,
+                        "leader_epoch": st.leader_epoch,
+                        "replicas": st.replicas,
+                        "isr": st.isr,
+                        "target_replicas": st.target_replicas,
+                        "under_replicated": len(st.isr) < len(st.replicas),
+                        "offline": st.leader == NO_LEADER or st.leader not in nodes,
+                    }
+                )
+        return [
+            ok_reply(
+                req.id,
+                node_id=self.node.config.node_id,
+                controller=coord.controller(),
+                nodes=[{"node_id": n.node_id, "endpoint": n.endpoint, "epoch": n.epoch} for n in nodes.values()],
+                partitions=partitions,
+            )
+        ]
+
+    def api_alter_isr(self, identity: bytes, req: Request) -> list[bytes]:
+        f = req.fields
+        isr = {int(k): v for k, v in f["isr"].items()}
+        st = self.node.controller.alter_isr(f["topic"], f["partition"], f["leader"], f["leader_epoch"], isr)
+        return [ok_reply(req.id, isr=st.isr, leader_epoch=st.leader_epoch)]
+
+    def api_reassign(self, identity: bytes, req: Request) -> list[bytes]:
+        f = req.fields
+        if not self.node.coordinator.is_controller():
+            ctl = self.node.coordinator.nodes().get(self.node.coordinator.controller())
+            where = f"; the controller is node {ctl.node_id} at {ctl.endpoint}" if ctl else ""
+            raise NotControllerError(f"node {self.node.config.node_id} is not the controller{where}")
+        self._topic_info(f["topic"])
+        st = self.node.controller.reassign(f["topic"], f["partition"], f["replicas"])
+        return [ok_reply(req.id, replicas=st.replicas, target_replicas=st.target_replicas)]
+
+    def api_init_producer_id(self, identity: bytes, req: Request) -> list[bytes]:
+        return [ok_reply(req.id, producer_id=self.node.coordinator.next_producer_id(), producer_epoch=0)]
 
     def api_status(self, identity: bytes, req: Request) -> list[bytes]:
         return [ok_reply(req.id, **self.node_status())]

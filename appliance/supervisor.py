@@ -27,6 +27,7 @@ import multiprocessing.forkserver
 import os
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
@@ -37,12 +38,15 @@ import zmq
 
 from appliance import reload as config_reload
 from appliance.config import NodeConfig
+from appliance.controller import Controller
+from appliance.coordinator import NO_LEADER, Coordinator, PartitionState, TopicInfo
 from appliance.coordinator.local import LocalCoordinator
 from appliance.datadir import lock_data_dir
 from appliance.process import SignalPipe
 from appliance.systemd import Notifier, ServiceNotifier
 from appliance.worker import WorkerSpec, run_worker
 from ipc import sockets
+from ipc.client.transport import ChannelPool
 from ipc.errors import InvalidConfigError, SluiceError
 from ipc.protocol import FRONT_APIS, error_reply, parse_request, peek_id
 from ipc.shm import ControlBlock, Role, SlotState, StatusTable
@@ -51,6 +55,16 @@ from metrics.node import NodeMetrics
 log = logging.getLogger(__name__)
 
 TICK_S = 0.1
+RECONCILE_S = 1.0  # reconcile with the coordinator at least this often (besides its wake-ups)
+
+
+def make_coordinator(config: NodeConfig) -> Coordinator:
+    if config.coordinator == "local":
+        return LocalCoordinator(config.data_dir, config.node_id)
+    from appliance.coordinator.zookeeper import ZooKeeperCoordinator
+
+    timeout_s = config.zookeeper_session_timeout_ms / 1000
+    return ZooKeeperCoordinator(config.node_id, config.coordinator, timeout_s)  # type: ignore[no-any-return,unused-ignore]
 
 
 class ReplicaState(enum.Enum):
@@ -91,6 +105,8 @@ class Replica:
     counters: tuple[int, int, int, int] = (0, 0, 0, 0)  # records/bytes in/out, kept across restarts
     killed_at: float = 0.0  # when its worker was sent SIGKILL (0: not); see appliance/systemd.py
     after_stop: Callable[[Replica], None] | None = None
+    role: dict[str, Any] = dataclasses.field(default_factory=dict)  # the last role command sent
+    options: dict[str, Any] | None = None  # the last topic options sent
 
     @property
     def name(self) -> str:
@@ -120,7 +136,12 @@ class Supervisor:
         self.clock = clock
         self.state = SupervisorState.STARTING
         self.replicas: dict[tuple[str, int], Replica] = {}
-        self.coordinator = LocalCoordinator(config.data_dir, config.node_id)
+        self.coordinator = make_coordinator(config)
+        self.controller = Controller(self.coordinator, config.topic_defaults)
+        self.node_epoch = -1
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._next_reconcile = 0.0
+        self._peers: ChannelPool | None = None  # to the controller (alter_isr), made on first use
         self.table: StatusTable
         self.ctx: zmq.Context[Any]
         self.front: zmq.Socket[Any]
@@ -141,6 +162,8 @@ class Supervisor:
     def _set_replica_state(self, r: Replica, new: ReplicaState) -> None:
         if r.state is not new:
             log.info("%s: %s -> %s", r.name, r.state.value, new.value)
+            if ReplicaState.SERVING in (r.state, new):
+                self.wake()  # its endpoint comes or goes: publish (reconcile)
         r.state = new
         self._write_control(r)
 
@@ -149,7 +172,7 @@ class Supervisor:
             r.slot,
             ControlBlock(
                 state=_SLOT_STATE[r.state],
-                role=Role.LEADER,
+                role={"leader": Role.LEADER, "follower": Role.FOLLOWER}.get(r.role.get("role", ""), Role.NONE),
                 partition=r.partition,
                 restarts=r.restarts,
                 worker_pid=r.pid,
@@ -181,8 +204,9 @@ class Supervisor:
             self.ctx.destroy(0)
             raise InvalidConfigError(f"listen={cfg.listen!r}: cannot bind: {exc}") from None
         self.systemd.status(f"waiting for the coordinator ({cfg.coordinator}, state in {cfg.data_dir})")
-        self.coordinator.load()
-        needed = sum(len(t.partitions) for t in self.coordinator.topics().values())
+        self.coordinator.start(self.wake)
+        self.node_epoch = self.coordinator.register(cfg.advertised)
+        needed = len(self._assigned())
         if needed > cfg.max_partitions:
             raise InvalidConfigError(
                 f"max_partitions={cfg.max_partitions}: the stored topics have {needed} partitions on this node"
@@ -196,9 +220,8 @@ class Supervisor:
         self.control, _ = sockets.bind_router(self.ctx, cfg.control_endpoint)
         self.poller.register(self.front, zmq.POLLIN)
         self.poller.register(self.control, zmq.POLLIN)
-        for info in self.coordinator.topics().values():
-            for p in range(len(info.partitions)):
-                self.add_replica(info.name, p)
+        self.poller.register(self._wake_r, zmq.POLLIN)
+        self.reconcile()
         self._set_state(SupervisorState.RUNNING)
         log.info(
             "node %d serving on %s (data %s, %d partitions)",
@@ -215,6 +238,133 @@ class Supervisor:
 
     def partition_dir(self, topic: str, partition: int) -> str:
         return os.path.join(self.config.data_dir, f"{topic}-{partition}")
+
+    # ---- the coordinator -------------------------------------------------------------------
+    def wake(self) -> None:
+        """Called by the coordinator (any thread) when something it holds changed."""
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"w")
+
+    def _assigned(self) -> dict[tuple[str, int], tuple[TopicInfo, PartitionState]]:
+        me = self.config.node_id
+        out = {}
+        for name, info in self.coordinator.topics().items():
+            for p, st in enumerate(info.partitions):
+                if me in st.replicas or me in (st.target_replicas or ()):
+                    out[(name, p)] = (info, st)
+        return out
+
+    def topic_options(self, info: TopicInfo) -> dict[str, Any]:
+        return {**self.config.topic_defaults, **info.config}
+
+    def role_for(self, info: TopicInfo, partition: int, st: PartitionState) -> dict[str, Any]:
+        """The role command for this node's replica of a partition."""
+        me = self.config.node_id
+        if st.leader == me:
+            role = "leader" if self.coordinator.connected() else "none"  # a node cut off stops leading
+        else:
+            role = "none" if st.leader == NO_LEADER else "follower"
+        endpoint = ""
+        if role == "follower":
+            endpoint = self.coordinator.endpoints().get(st.leader, {}).get(f"{info.name}/{partition}", "")
+        try:
+            min_insync = self.config.topic_log_config(info.config).min_insync_replicas
+        except SluiceError:
+            min_insync = 1
+        return {
+            "role": role,
+            "leader_epoch": st.leader_epoch,
+            "leader_endpoint": endpoint,
+            "replicas": st.replicas + [n for n in st.target_replicas or () if n not in st.replicas],
+            "isr": {str(n): st.isr_epochs.get(n, -1) for n in st.isr},
+            "node_epoch": self.node_epoch,
+            "min_insync": min_insync,
+        }
+
+    def reconcile(self) -> None:
+        """Make this node's workers match the coordinator: start and stop replicas, send
+        roles and topic options, publish endpoints. Level-triggered: safe to repeat."""
+        self._next_reconcile = self.clock() + RECONCILE_S
+        coord = self.coordinator
+        me = coord.nodes().get(self.config.node_id)
+        if me is not None and me.epoch != self.node_epoch:
+            log.info("node %d registered again (epoch %d -> %d)", self.config.node_id, self.node_epoch, me.epoch)
+            self.node_epoch = me.epoch  # after a lost session: the roles carry the new epoch
+        try:
+            self.controller.reconcile()
+        except Exception:  # noqa: BLE001 - the coordinator unreachable; retried on the next wake or tick
+            log.exception("controller: reconcile failed")
+        wanted = self._assigned()
+        for key, r in list(self.replicas.items()):
+            if key not in wanted and r.state is not ReplicaState.STOPPING:
+                log.info("%s: no longer assigned to this node; removing it", r.name)
+                self.stop_replica(r, after_stop=self._remove_replica_files)
+        for (topic, p), (info, st) in wanted.items():
+            found = self.replicas.get((topic, p))
+            if found is None:
+                try:
+                    self.add_replica(topic, p)
+                except SluiceError as exc:
+                    log.error("%s-%d: cannot start a replica: %s", topic, p, exc)
+                continue
+            r = found
+            r.leader_epoch = st.leader_epoch
+            if r.state is not ReplicaState.SERVING:
+                continue
+            options = self.topic_options(info)
+            if options != r.options:
+                r.options = options
+                self.send_control(r, cmd="config", options=options)
+            role = self.role_for(info, p, st)
+            if role != r.role:
+                r.role = role
+                self.send_control(r, cmd="role", **role)
+                self._write_control(r)
+        serving = [r for r in self.replicas.values() if r.state is ReplicaState.SERVING]
+        endpoints = {f"{r.topic}/{r.partition}": r.endpoint for r in serving}
+        try:
+            coord.publish_endpoints(endpoints)
+        except Exception as exc:  # noqa: BLE001 - retried on the next reconcile
+            log.warning("cannot publish endpoints: %s", exc)
+            self._next_reconcile = min(self._next_reconcile, self.clock() + 0.2)
+
+    def _remove_replica_files(self, r: Replica) -> None:
+        src = self.partition_dir(r.topic, r.partition)
+        if os.path.exists(src):
+            dst = f"{src}.{int(time.time() * 1000)}-delete"
+            os.replace(src, dst)  # gone from the node's view at once; the bytes go in the background
+            threading.Thread(target=shutil.rmtree, args=(dst, True), name="rmtree", daemon=True).start()
+        self.wake()  # the same partition may be wanted again (a topic deleted and created anew)
+
+    def alter_isr(self, r: Replica, leader_epoch: int, isr: dict[int, int]) -> None:
+        """A leader worker asks for an ISR change: to the controller, wherever it is."""
+        coord = self.coordinator
+        if coord.is_controller():
+            try:
+                self.controller.alter_isr(r.topic, r.partition, self.config.node_id, leader_epoch, isr)
+            except Exception as exc:  # noqa: BLE001 - refused, or the coordinator unreachable: the worker asks again
+                log.info("%s: isr change %s refused: %s", r.name, sorted(isr), exc)
+            return
+        target = coord.nodes().get(coord.controller())
+        if target is None:
+            return  # no controller now; the worker asks again
+        if self._peers is None:
+            self._peers = ChannelPool(self.ctx, self.poller, watch_disconnects=False)
+        self._peers.get(target.endpoint).send(
+            "alter_isr",
+            topic=r.topic,
+            partition=r.partition,
+            leader=self.config.node_id,
+            leader_epoch=leader_epoch,
+            isr={str(k): v for k, v in isr.items()},
+        )
+
+    def _drain_peers(self, events: dict[Any, int]) -> None:
+        for ch in self._peers or ():
+            if ch.sock in events:
+                for reply in ch.replies():
+                    if reply.error is not None:
+                        log.info("controller refused an isr change: %s", reply.error)
 
     # ---- replicas -------------------------------------------------------------------------
     def free_slots(self) -> int:
@@ -234,15 +384,21 @@ class Supervisor:
     def _spawn(self, r: Replica) -> None:
         cfg = self.config
         info = self.coordinator.topics()[r.topic]
-        r.leader_epoch = self.coordinator.bump_leader_epoch(r.topic, r.partition)
+        st = info.partitions[r.partition]
+        r.leader_epoch = st.leader_epoch
+        r.role = self.role_for(info, r.partition, st)
+        r.options = self.topic_options(info)
         spec = WorkerSpec(
+            node_id=cfg.node_id,
+            role=r.role,
+            replica_lag_time_max_ms=cfg.replica_lag_time_max_ms,
             initial_counters=r.counters,
             topic=r.topic,
             partition=r.partition,
             slot=r.slot,
             leader_epoch=r.leader_epoch,
             directory=self.partition_dir(r.topic, r.partition),
-            log_options={**cfg.topic_defaults, **info.config},
+            log_options=r.options,
             listen_host=cfg.listen_host,
             preferred_port=r.port,
             control_endpoint=cfg.control_endpoint,
@@ -284,6 +440,8 @@ class Supervisor:
         self.table.write_control(r.slot, ControlBlock.free())
         if r.after_stop is not None:
             r.after_stop(r)
+        if self.state is SupervisorState.RUNNING:
+            self.wake()
 
     def _reap(self, sentinel: int) -> None:
         r = self._sentinels.pop(sentinel)
@@ -385,12 +543,15 @@ class Supervisor:
                 r.port = int(port) if port.isdigit() else 0
                 r.endpoint = f"tcp://{self.config.advertised_host}:{r.port}"
                 self._set_replica_state(r, ReplicaState.SERVING)
-                # a topic change made while it was starting could not reach it: resend
-                info = self.coordinator.topics().get(r.topic)
-                if info is not None:
-                    self.send_control(r, cmd="config", options={**self.config.topic_defaults, **info.config})
                 self.send_control(r, cmd="node_options", **config_reload.worker_node_options(self.config))
+                self.reconcile()  # a change made while it was starting, and its endpoint
                 self.api.on_replica_ready(r)
+            elif event == "alter_isr" and r.state is ReplicaState.SERVING:
+                try:
+                    isr = {int(k): int(v) for k, v in msg["isr"].items()}
+                    self.alter_isr(r, int(msg["leader_epoch"]), isr)
+                except (KeyError, TypeError, ValueError, AttributeError):
+                    log.warning("malformed alter_isr from %s: %r", r.name, raw[:200])
 
     def send_control(self, r: Replica, **msg: Any) -> None:
         try:
@@ -435,6 +596,12 @@ class Supervisor:
                     self._on_signal(signum)
             if self.control in events:
                 self._handle_control()
+            if self._wake_r in events or self.clock() >= self._next_reconcile:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+                if self.state is SupervisorState.RUNNING:
+                    self.reconcile()
+            self._drain_peers(events)
             for fd in [fd for fd in events if isinstance(fd, int) and fd in self._sentinels]:
                 self._reap(fd)
             if self.state is SupervisorState.RUNNING and self.front in events:
@@ -495,6 +662,12 @@ class Supervisor:
 
     def _cleanup(self) -> None:
         self.metrics.stop()
+        try:
+            self.coordinator.close()
+        except Exception:  # noqa: BLE001 - the node is stopping anyway; its session expires
+            log.exception("closing the coordinator failed")
+        os.close(self._wake_r)
+        os.close(self._wake_w)
         self.control.close(0)
         # destroy, not term: a socket some component forgot to close (every socket has
         # LINGER=0) must not hang the exit, and with it `systemctl stop`, forever

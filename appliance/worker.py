@@ -28,19 +28,27 @@ import zmq
 from appliance.log.cleaner import CleanPlan, apply_plan, build_plan
 from appliance.log.config import CleanupPolicy, LogConfig
 from appliance.log.log import Log
+from appliance.log.producers import ProducerStateTable
 from appliance.process import SignalPipe, die_with_parent, pid_alive, setup_logging
+from appliance.replication import Fetcher, LeaderState
 from ipc import sockets
 from ipc.errors import (
     CorruptRecordError,
+    FencedLeaderEpochError,
     InvalidRequestError,
     MessageTooLargeError,
+    NotEnoughReplicasError,
+    NotLeaderError,
+    OffsetOutOfRangeError,
+    RequestTimedOutError,
     SluiceError,
     StorageError,
+    UnknownLeaderEpochError,
     UnknownTopicOrPartitionError,
 )
-from ipc.protocol import EARLIEST, LATEST, WORKER_APIS, Request, error_reply, ok_reply, parse_request, peek_id
+from ipc.protocol import EARLIEST, LATEST, WORKER_APIS, Reply, Request, error_reply, ok_reply, parse_request, peek_id
 from ipc.records import BatchHeader, check_producible, iter_headers, validate_batch
-from ipc.shm import StatusTable, StatusWriter
+from ipc.shm import Role, StatusTable, StatusWriter
 from metrics.definitions import FETCH_LATENCY, PRODUCE_LATENCY
 
 log = logging.getLogger(__name__)
@@ -69,6 +77,11 @@ class WorkerSpec:
     # records in, bytes in, records out, bytes out of the previous worker of this slot:
     # the counters continue across restarts, so rate() never sees them go backwards
     initial_counters: tuple[int, int, int, int] = (0, 0, 0, 0)
+    node_id: int = 0
+    replica_lag_time_max_ms: int = 10_000
+    # the replica's role when it starts, as in the "role" control command (see
+    # PartitionWorker.apply_role); changes arrive as control commands
+    role: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class WorkerState(enum.Enum):
@@ -95,6 +108,19 @@ class ParkedFetch:
     min_bytes: int
     deadline: float
     started: float
+    replica: bool = False  # a follower's fetch: reads up to the log end, not the HW
+
+
+@dataclasses.dataclass
+class PendingProduce:
+    """An acks=all produce appended but not yet below the high watermark."""
+
+    identity: bytes
+    cid: int
+    base_offsets: list[int]
+    required: int  # the HW that commits it (its last offset + 1)
+    deadline: float
+    started: float
 
 
 class PartitionWorker:
@@ -103,6 +129,17 @@ class PartitionWorker:
         self.clock = clock
         self.state = WorkerState.STARTING
         self.parked: list[ParkedFetch] = []
+        self.pending: list[PendingProduce] = []
+        self.role = Role.NONE
+        self.leader_epoch = -1
+        self.node_epoch = -1
+        self.min_insync = 1
+        self.leading: LeaderState | None = None
+        self.fetcher: Fetcher | None = None
+        self._follower_hw = 0
+        self.producers: ProducerStateTable
+        self.poller = zmq.Poller()
+        self._polled_fetch: zmq.Socket[Any] | None = None
         self.records_in, self.bytes_in, self.records_out, self.bytes_out = spec.initial_counters
         self.log: Log
         self.ctx: zmq.Context[Any]
@@ -148,11 +185,13 @@ class PartitionWorker:
         spec = self.spec
         config = LogConfig.from_options(spec.log_options)
         self.log = Log.open(spec.directory, config)
+        self.producers = ProducerStateTable.rebuild(self.log)
         table = StatusTable.attach(spec.status_path, writable=True)
         self.status = StatusWriter(table, spec.slot)
         self.ctx = zmq.Context()
         self._bind()
         self.control = sockets.dealer(self.ctx, spec.control_endpoint, identity=f"slot-{spec.slot}".encode())
+        self.apply_role(spec.role or self._single_node_role())
         self._publish_status()
         now = self.clock()
         self._next_retention = now + self.retention_check_ms / 1000
@@ -177,12 +216,13 @@ class PartitionWorker:
     # ---- the loop ---------------------------------------------------------------------
     def run(self, signals: SignalPipe) -> int:
         self.start()
-        poller = zmq.Poller()
+        poller = self.poller
         poller.register(self.data, zmq.POLLIN)
         poller.register(self.control, zmq.POLLIN)
         poller.register(signals.fileno(), zmq.POLLIN)
         next_tick = self.clock()
         while self.state is WorkerState.SERVING:
+            self._register_fetcher()
             timeout = max(0.0, min(self._next_deadline(), next_tick) - self.clock())
             events = dict(poller.poll(int(timeout * 1000) + 1))
             if signals.fileno() in events or signals.pending:
@@ -205,6 +245,10 @@ class PartitionWorker:
                     if self.state is not WorkerState.SERVING:
                         break
             now = self.clock()
+            if self.fetcher is not None:
+                if self.fetcher.sock in events:
+                    self.fetcher.receive(self._on_fetch_reply, now)
+                self._drive_fetcher(now)
             self._expire_parked(now)
             if now >= next_tick:
                 self.tick(now)
@@ -223,6 +267,9 @@ class PartitionWorker:
 
     def _next_deadline(self) -> float:
         deadlines = [p.deadline for p in self.parked]
+        deadlines += [p.deadline for p in self.pending]
+        if self.fetcher is not None:
+            deadlines.append(self.fetcher.due(self.clock()))
         flush = self.log.next_flush_deadline()
         if flush is not None:
             # Log's clock is wall time; convert to our monotonic clock
@@ -235,11 +282,13 @@ class PartitionWorker:
             self._set_state(WorkerState.STOPPING)
             return
         self.log.maybe_flush()
+        if self.leading is not None:
+            self._check_isr(now)
         cfg = self.log.config
         if now >= self._next_retention and self._clean_thread is None:
             self._next_retention = now + self.retention_check_ms / 1000
-            if cfg.cleanup_policy is CleanupPolicy.DELETE:
-                self.log.apply_retention()
+            if cfg.cleanup_policy is CleanupPolicy.DELETE and self.log.apply_retention():
+                self.producers.evict_below(self.log.log_start_offset)
         if cfg.cleanup_policy is CleanupPolicy.COMPACT:
             self._tick_cleaner(now)
         self._publish_status()
@@ -276,7 +325,7 @@ class PartitionWorker:
         lg = self.log
         self.status.update(
             pid=os.getpid(),
-            leader_epoch=self.spec.leader_epoch,
+            leader_epoch=self.leader_epoch,
             log_start_offset=lg.log_start_offset,
             log_end_offset=lg.log_end_offset,
             high_watermark=self.high_watermark,
@@ -290,8 +339,189 @@ class PartitionWorker:
 
     @property
     def high_watermark(self) -> int:
-        # One replica: everything appended is committed.
-        return self.log.log_end_offset
+        if self.leading is not None:
+            return self.leading.high_watermark
+        return min(self._follower_hw, self.log.log_end_offset)
+
+    # ---- roles (appliance/replication.py) ---------------------------------------------
+    def _single_node_role(self) -> dict[str, Any]:
+        """The role when the supervisor gave none: the only replica, leading."""
+        n = self.spec.node_id
+        assert self.log.leader_epochs is not None
+        epoch = max(self.log.leader_epochs.latest_epoch, 0)
+        return {"role": "leader", "leader_epoch": epoch, "replicas": [n], "isr": {str(n): 0}}
+
+    def apply_role(self, msg: dict[str, Any]) -> None:
+        """``{"cmd": "role", "role": "leader"|"follower"|"none", "leader_epoch": E,
+        "leader_endpoint": "tcp://..." (follower), "replicas": [...], "isr": {"node": epoch},
+        "node_epoch": this node's registration epoch, "min_insync": N}``"""
+        role = {"leader": Role.LEADER, "follower": Role.FOLLOWER}.get(msg.get("role", ""), Role.NONE)
+        epoch = int(msg["leader_epoch"])
+        if epoch < self.leader_epoch:
+            log.warning("%s: ignoring a role for epoch %d (at %d)", self.name, epoch, self.leader_epoch)
+            return
+        self.node_epoch = int(msg.get("node_epoch", self.node_epoch))
+        self.min_insync = int(msg.get("min_insync", 1))
+        isr = {int(k): int(v) for k, v in msg.get("isr", {}).items()}
+        replicas = [int(x) for x in msg.get("replicas", [])]
+        now = self.clock()
+        same = epoch == self.leader_epoch and role is self.role
+        if same and role is Role.LEADER and self.leading is not None:
+            self.leading.node_epoch = self.node_epoch  # changes when the node re-registers
+            self.leading.update_assignment(replicas, isr, now)
+            self._after_hw_change(self.leading.advance_high_watermark(self.log.log_end_offset))
+            return
+        endpoint = str(msg.get("leader_endpoint") or "")
+        if same and role is Role.FOLLOWER and self.fetcher is not None and self.fetcher.endpoint == endpoint:
+            self.fetcher.node_epoch = self.node_epoch
+            return
+        was_leading = self.leading is not None
+        hw = self.high_watermark
+        self._stop_fetcher()
+        self.leading = None
+        if was_leading:
+            self._fail_pending(NotLeaderError(f"{self.name}: no longer the leader (epoch {epoch})"))
+            self._serve_parked(force=True, replicas_only=True)
+        self.role, self.leader_epoch = role, epoch
+        if role is Role.LEADER:
+            assert self.log.leader_epochs is not None
+            self.log.leader_epochs.assign(epoch, self.log.log_end_offset)
+            self.leading = LeaderState(
+                self.spec.node_id, self.node_epoch, replicas, isr, hw, self.log.log_end_offset, now
+            )
+            self.leading.advance_high_watermark(self.log.log_end_offset)
+        else:
+            self._follower_hw = hw
+            if role is Role.FOLLOWER and endpoint:
+                spec = self.spec
+                self.fetcher = Fetcher(
+                    self.ctx, endpoint, spec.topic, spec.partition, spec.node_id, self.node_epoch, epoch
+                )
+        log.info("%s: %s at leader epoch %d (isr %s)", self.name, role.name.lower(), epoch, sorted(isr))
+
+    def _stop_fetcher(self) -> None:
+        if self.fetcher is not None:
+            if self._polled_fetch is not None:
+                self.poller.unregister(self._polled_fetch)
+                self._polled_fetch = None
+            self.fetcher.close()
+            self.fetcher = None
+
+    def _register_fetcher(self) -> None:
+        sock = self.fetcher.sock if self.fetcher is not None else None
+        if sock is not self._polled_fetch:
+            if self._polled_fetch is not None:
+                self.poller.unregister(self._polled_fetch)
+            if sock is not None:
+                self.poller.register(sock, zmq.POLLIN)
+            self._polled_fetch = sock
+
+    def _drive_fetcher(self, now: float) -> None:
+        f = self.fetcher
+        assert f is not None
+        f.check_timeout(now)
+        if not f.in_flight and now >= f.next_at:
+            assert self.log.leader_epochs is not None
+            f.send(self.log.log_end_offset, self.log.leader_epochs.latest_epoch, now)
+
+    def _on_fetch_reply(self, reply: Reply) -> None:
+        f = self.fetcher
+        assert f is not None
+        lg = self.log
+        if reply.error is not None:
+            err = reply.error
+            if isinstance(err, OffsetOutOfRangeError):
+                start = int(reply.fields.get("log_start_offset", 0))
+                if lg.log_end_offset < start:
+                    log.info("%s: behind the leader's log start %d: starting over there", self.name, start)
+                    lg.truncate_fully_and_start_at(start)
+                    self.producers = ProducerStateTable.rebuild(lg)
+                    return
+            log.info("%s: fetch from %s failed: %s", self.name, f.endpoint, err)
+            f.next_at = self.clock() + 0.1
+            return
+        div = reply.fields.get("diverging")
+        if div is not None:
+            epoch, end = int(div["epoch"]), int(div["end_offset"])
+            assert lg.leader_epochs is not None
+            # KIP-279: where our own log ends that epoch (or the latest one before it)
+            _, own_end = lg.leader_epochs.end_offset_for(epoch, lg.log_end_offset)
+            target = max(min(end, own_end), 0)
+            log.warning("%s: log diverges from the leader at epoch %d: truncating to %d", self.name, epoch, target)
+            lg.truncate_to(target)
+            self.producers = ProducerStateTable.rebuild(lg)
+            return
+        for frame in reply.frames:
+            self._append_replicated(frame.buffer if hasattr(frame, "buffer") else memoryview(frame))
+        self._follower_hw = int(reply.fields.get("high_watermark", 0))
+
+    def _append_replicated(self, data: memoryview) -> None:
+        lg = self.log
+        pos = 0
+        for h in iter_headers(data, verify_crc=True):
+            size = h.size
+            if h.base_offset >= lg.log_end_offset:  # else already here (a reply crossing a reconnect)
+                lg.append_replica(data[pos : pos + size])
+                self.producers.update(h, h.base_offset)
+            pos += size
+        if pos and self.parked:
+            self._serve_parked(force=False)
+
+    def _check_isr(self, now: float) -> None:
+        lead = self.leading
+        assert lead is not None
+        wanted = lead.isr_change(self.log.log_end_offset, self.spec.replica_lag_time_max_ms / 1000, now)
+        if wanted is not None:
+            log.info("%s: asking the controller for isr %s (now %s)", self.name, sorted(wanted), sorted(lead.isr))
+            self._send_control(
+                event="alter_isr",
+                slot=self.spec.slot,
+                pid=os.getpid(),
+                leader_epoch=self.leader_epoch,
+                isr={str(k): v for k, v in wanted.items()},
+            )
+        self._after_hw_change(lead.advance_high_watermark(self.log.log_end_offset))
+
+    def _after_hw_change(self, moved: bool) -> None:
+        if not moved:
+            return
+        if self.pending:
+            self._complete_pending()
+        if self.parked:
+            self._serve_parked(force=False)
+
+    def _complete_pending(self) -> None:
+        hw = self.high_watermark
+        still = []
+        for p in self.pending:
+            if hw >= p.required:
+                if self.leading is not None and len(self.leading.isr) < self.min_insync:
+                    err = NotEnoughReplicasError(
+                        f"{self.name}: written but only {len(self.leading.isr)} in-sync replica(s), "
+                        f"min.insync.replicas={self.min_insync}"
+                    )
+                    self._reply(p.identity, [error_reply(p.cid, err)])
+                else:
+                    reply = ok_reply(p.cid, base_offsets=p.base_offsets, log_start_offset=self.log.log_start_offset)
+                    self._reply(p.identity, [reply])
+                    self._produce_latency.observe(time.perf_counter() - p.started)
+            else:
+                still.append(p)
+        self.pending = still
+
+    def _fail_pending(self, err: SluiceError) -> None:
+        for p in self.pending:
+            self._reply(p.identity, [error_reply(p.cid, err)])
+        self.pending = []
+
+    def _expire_pending(self, now: float) -> None:
+        due = [p for p in self.pending if p.deadline <= now]
+        if not due:
+            return
+        self.pending = [p for p in self.pending if p.deadline > now]
+        for p in due:
+            err = RequestTimedOutError(f"{self.name}: not replicated to the in-sync replicas in time")
+            self._reply(p.identity, [error_reply(p.cid, err)])
 
     # ---- control ------------------------------------------------------------------------
     def _handle_control(self) -> None:
@@ -305,6 +535,12 @@ class PartitionWorker:
                 cmd = msg["cmd"]
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 log.warning("%s: malformed control message %r", self.name, raw[:200])
+                continue
+            if cmd == "role":
+                try:
+                    self.apply_role(msg)
+                except (KeyError, TypeError, ValueError) as exc:
+                    log.error("%s: malformed role command %r: %s", self.name, msg, exc)
                 continue
             if cmd == "stop":
                 self._set_state(WorkerState.STOPPING)
@@ -368,6 +604,11 @@ class PartitionWorker:
             err = SluiceError(f"unexpected error in {req.api}: {exc}")
             self._reply(identity, [error_reply(req.id, err)])
 
+    def _check_leader(self) -> LeaderState:
+        if self.role is not Role.LEADER or self.leading is None:
+            raise NotLeaderError(f"{self.name}: this replica is not the leader (leader epoch {self.leader_epoch})")
+        return self.leading
+
     def _reply(self, identity: bytes, frames: list[Any]) -> None:
         sockets.send_reply(self.data, identity, frames)
 
@@ -376,6 +617,12 @@ class PartitionWorker:
         if not req.frames:
             raise InvalidRequestError("produce carries no record batch frame")
         acks = req.fields["acks"]
+        lead = self._check_leader()
+        if acks in (-1, "all") and len(lead.isr) < self.min_insync:
+            raise NotEnoughReplicasError(
+                f"{self.name}: {len(lead.isr)} in-sync replica(s) {sorted(lead.isr)}, "
+                f"min.insync.replicas={self.min_insync}"
+            )
         headers: list[BatchHeader] = []
         buffers = []
         for frame in req.frames:
@@ -393,28 +640,42 @@ class PartitionWorker:
                 )
         base_offsets = []
         start = self.log.log_end_offset
-        for buf in buffers:
+        required = 0
+        # raises OutOfOrderSequenceError, InvalidProducerEpochError before anything is written
+        duplicates = self.producers.check_all(headers)
+        for h, buf, duplicate in zip(headers, buffers, duplicates, strict=True):
+            if duplicate is not None:  # a retry of a batch already written: answer with its offset
+                base_offsets.append(duplicate)
+                required = max(required, duplicate + h.last_offset_delta + 1)
+                continue
             try:
-                result = self.log.append(buf, self.spec.leader_epoch, validate=False)
+                result = self.log.append(buf, self.leader_epoch, validate=False)
             except OSError as exc:
                 # all or nothing: take back this request's earlier batches, so a retry
                 # does not write them twice
                 if self.log.log_end_offset > start:
                     self.log.truncate_to(start)
+                    self.producers = ProducerStateTable.rebuild(self.log)
                 raise StorageError(f"{self.name}: cannot append: {exc}") from exc
+            self.producers.update(h, result.base_offset)
             base_offsets.append(result.base_offset)
-        for h in headers:
+            required = result.last_offset + 1
             self.records_in += h.record_count
-        self.bytes_in += sum(map(len, buffers))
-        if acks != 0:
+            self.bytes_in += len(buf)
+        moved = lead.advance_high_watermark(self.log.log_end_offset)
+        if acks in (-1, "all") and lead.high_watermark < required:
+            deadline = self.clock() + req.fields["timeout_ms"] / 1000
+            self.pending.append(PendingProduce(identity, req.id, base_offsets, required, deadline, started))
+        elif acks != 0:
             reply = ok_reply(req.id, base_offsets=base_offsets, log_start_offset=self.log.log_start_offset)
             self._reply(identity, [reply])
-        self._produce_latency.observe(time.perf_counter() - started)
+            self._produce_latency.observe(time.perf_counter() - started)
+        self._after_hw_change(moved)
         if self.parked:
-            self._serve_parked(force=False)
+            self._serve_parked(force=False, replicas_only=True)
 
-    def _read(self, offset: int, max_bytes: int) -> bytes:
-        return self.log.read(offset, max_bytes, max_offset=self.high_watermark)
+    def _read(self, offset: int, max_bytes: int, replica: bool = False) -> bytes:
+        return self.log.read(offset, max_bytes, max_offset=None if replica else self.high_watermark)
 
     def _fetch_reply(self, identity: bytes, cid: int, data: bytes, started: float) -> None:
         if data:
@@ -434,7 +695,11 @@ class PartitionWorker:
     def _fetch(self, identity: bytes, req: Request) -> None:
         started = time.perf_counter()
         f = req.fields
-        data = self._read(f["offset"], f["max_bytes"])  # raises OffsetOutOfRangeError
+        self._check_leader()
+        replica = f["replica_id"] >= 0
+        if replica and self._replica_fetch(identity, req):
+            return
+        data = self._read(f["offset"], f["max_bytes"], replica)  # raises OffsetOutOfRangeError
         if len(data) >= f["min_bytes"] or f["max_wait_ms"] == 0:
             self._fetch_reply(identity, req.id, data, started)
             return
@@ -447,14 +712,49 @@ class PartitionWorker:
                 f["min_bytes"],
                 self.clock() + f["max_wait_ms"] / 1000,
                 started,
+                replica,
             )
         )
 
-    def _serve_parked(self, force: bool) -> None:
+    def _replica_fetch(self, identity: bytes, req: Request) -> bool:
+        """A follower's fetch: check its epoch and its log, note its LEO. True if answered."""
+        f = req.fields
+        lead = self.leading
+        epochs = self.log.leader_epochs
+        assert lead is not None and epochs is not None
+        if f["leader_epoch"] < self.leader_epoch:
+            raise FencedLeaderEpochError(f"{self.name}: leader epoch {f['leader_epoch']} < {self.leader_epoch}")
+        if f["leader_epoch"] > self.leader_epoch:
+            raise UnknownLeaderEpochError(f"{self.name}: leader epoch {f['leader_epoch']} > {self.leader_epoch}")
+        lg = self.log
+        offset, last = f["offset"], f["last_fetched_epoch"]
+        if last >= 0 or offset > lg.log_end_offset:
+            epoch, end = epochs.end_offset_for(last, lg.log_end_offset) if last >= 0 else (-1, -1)
+            if epoch != last or end < offset:
+                if epoch == -1:
+                    end = min(offset, lg.log_end_offset) if last < 0 else lg.log_start_offset
+                header = ok_reply(
+                    req.id,
+                    diverging={"epoch": epoch, "end_offset": end},
+                    high_watermark=self.high_watermark,
+                    log_start_offset=lg.log_start_offset,
+                    log_end_offset=lg.log_end_offset,
+                )
+                self._reply(identity, [header])
+                return True
+        lead.on_fetch(f["replica_id"], f["replica_epoch"], offset, lg.log_end_offset, self.clock())
+        self._after_hw_change(lead.advance_high_watermark(lg.log_end_offset))
+        return False
+
+    def _serve_parked(self, force: bool, replicas_only: bool = False) -> None:
         still: list[ParkedFetch] = []
         for p in self.parked:
+            if replicas_only and not p.replica:
+                still.append(p)
+                continue
+            end = self.log.log_end_offset if p.replica else self.high_watermark
             try:
-                data = self._read(p.offset, p.max_bytes) if p.offset < self.high_watermark or force else b""
+                data = self._read(p.offset, p.max_bytes, p.replica) if p.offset < end or force else b""
             except SluiceError as exc:
                 self._reply(p.identity, [error_reply(p.cid, exc)])
                 continue
@@ -465,6 +765,8 @@ class PartitionWorker:
         self.parked = still
 
     def _expire_parked(self, now: float) -> None:
+        if self.pending:
+            self._expire_pending(now)
         if not self.parked:
             return
         due = [p for p in self.parked if p.deadline <= now]
@@ -473,11 +775,12 @@ class PartitionWorker:
         self.parked = [p for p in self.parked if p.deadline > now]
         for p in due:
             try:
-                self._fetch_reply(p.identity, p.cid, self._read(p.offset, p.max_bytes), p.started)
+                self._fetch_reply(p.identity, p.cid, self._read(p.offset, p.max_bytes, p.replica), p.started)
             except SluiceError as exc:
                 self._reply(p.identity, [error_reply(p.cid, exc)])
 
     def _list_offsets(self, identity: bytes, req: Request) -> None:
+        self._check_leader()
         ts = req.fields["timestamp"]
         lg = self.log
         if ts == EARLIEST:
@@ -488,7 +791,7 @@ class PartitionWorker:
             found = lg.offset_for_timestamp(ts)
             offset, found_ts = found if found is not None and found[0] < self.high_watermark else (-1, -1)
         self._reply(
-            identity, [ok_reply(req.id, offset=offset, timestamp=found_ts, leader_epoch=self.spec.leader_epoch)]
+            identity, [ok_reply(req.id, offset=offset, timestamp=found_ts, leader_epoch=self.leader_epoch)]
         )
 
     # ---- shutdown -----------------------------------------------------------------------
@@ -497,6 +800,8 @@ class PartitionWorker:
         if self.state is WorkerState.SERVING:
             self._set_state(WorkerState.STOPPING)
         self._serve_parked(force=True)
+        self._fail_pending(NotLeaderError(f"{self.name}: the replica is stopping"))
+        self._stop_fetcher()
         if self._clean_thread is not None:
             self._clean_thread.join(timeout=30)
         self._publish_status()  # the final offsets, before the log closes its segments

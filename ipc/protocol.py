@@ -132,6 +132,18 @@ def _commit_list(v: Any) -> str | None:
     return None
 
 
+def _isr_map(v: Any) -> str | None:
+    if len(v) > 64 or not all(k.isdigit() and isinstance(x, int) and not isinstance(x, bool) for k, x in v.items()):
+        return "must map node ids (strings of digits) to node epochs (integers)"
+    return None
+
+
+def _node_list(v: Any) -> str | None:
+    if not 0 < len(v) <= 16 or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**31 for x in v):
+        return "must be a list of 1..16 node ids"
+    return None
+
+
 TOPIC = Field(str, check=_topic)
 GROUP = Field(str, check=_group)
 MEMBER = Field(str, check=_short_str)
@@ -159,6 +171,20 @@ SCHEMAS: dict[str, dict[str, Field]] = {
     "status": {},
     # idempotent producer (front endpoint): a new producer id, epoch 0
     "init_producer_id": {},
+    # cluster (front endpoint; the controller's for alter_isr and reassign)
+    "cluster_status": {},
+    "alter_isr": {
+        "topic": TOPIC,
+        "partition": PARTITION,
+        "leader": Field(int, check=_int_range(0, 2**31 - 1)),
+        "leader_epoch": Field(int, check=_int_range(0, 2**31 - 1)),
+        "isr": Field(dict, check=_isr_map),
+    },
+    "reassign": {
+        "topic": TOPIC,
+        "partition": PARTITION,
+        "replicas": Field(list, check=_node_list),
+    },
     # consumer groups (front endpoint, the group coordinator)
     "find_coordinator": {"group": GROUP},
     "join_group": {
@@ -199,6 +225,11 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "max_bytes": Field(int, required=False, default=1024 * 1024, check=_int_range(1, 1 << 30)),
         "max_wait_ms": Field(int, required=False, default=500, check=_int_range(0, 300_000)),
         "min_bytes": Field(int, required=False, default=1, check=_int_range(0, 1 << 30)),
+        # from a follower replica (appliance/replication.py); consumers leave them out
+        "replica_id": Field(int, required=False, default=-1, check=_int_range(-1, 2**31 - 1)),
+        "replica_epoch": Field(int, required=False, default=-1, check=_int_range(-1)),
+        "leader_epoch": Field(int, required=False, default=-1, check=_int_range(-1, 2**31 - 1)),
+        "last_fetched_epoch": Field(int, required=False, default=-1, check=_int_range(-1, 2**31 - 1)),
     },
     "list_offsets": {
         "topic": TOPIC,
@@ -232,6 +263,9 @@ FRONT_APIS = (
             "alter_topic",
             "status",
             "init_producer_id",
+            "cluster_status",
+            "alter_isr",
+            "reassign",
         }
     )
     | GROUP_APIS

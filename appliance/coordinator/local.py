@@ -1,18 +1,22 @@
 """The embedded coordinator for one node: state in ``<data>/__coordinator/state.json``.
 
 Written atomically (tmp, fsync, rename, fsync dir) on every change; read once at start.
+The node is the only one alive and always the controller; its registration epoch is a
+counter kept in the same file, bumped on every start (so a restart looks, to the
+controller, like what it is: a node that went away and came back).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-from appliance.coordinator import PartitionState, TopicInfo
+from appliance.coordinator import NodeInfo, PartitionState, StaleStateError, TopicInfo
 from appliance.log.checkpoint import atomic_write
 from ipc.errors import InvalidConfigError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
@@ -26,8 +30,15 @@ class LocalCoordinator:
         self.directory = os.path.join(data_dir, STATE_DIR)
         self.path = os.path.join(self.directory, "state.json")
         self._topics: dict[str, TopicInfo] = {}
+        self._node: NodeInfo | None = None
+        self._node_epoch = 0
+        self._next_producer_id = 1000
+        self._endpoints: dict[str, str] = {}
+        self._wake: Callable[[], None] = lambda: None
 
-    def load(self) -> None:
+    # ---- life cycle -------------------------------------------------------------------
+    def start(self, wake: Callable[[], None]) -> None:
+        self._wake = wake
         os.makedirs(self.directory, exist_ok=True)
         try:
             with open(self.path, "rb") as f:
@@ -37,62 +48,109 @@ class LocalCoordinator:
         except (OSError, orjson.JSONDecodeError) as exc:
             raise InvalidConfigError(f"coordinator state {self.path} is unreadable: {exc}") from exc
         try:
-            self._topics = {t["name"]: TopicInfo.from_json(t) for t in raw["topics"]}
-        except (KeyError, TypeError) as exc:
+            self._topics = {t["name"]: _load_topic(t) for t in raw["topics"]}
+            self._node_epoch = int(raw.get("node_epoch", 0))
+            self._next_producer_id = int(raw.get("next_producer_id", 1000))
+        except (KeyError, TypeError, ValueError) as exc:
             raise InvalidConfigError(f"coordinator state {self.path} is malformed: {exc}") from exc
 
+    def register(self, endpoint: str) -> int:
+        self._node_epoch += 1
+        self._save()
+        self._node = NodeInfo(self.node_id, endpoint, self._node_epoch)
+        self._wake()
+        return self._node_epoch
+
+    def close(self) -> None:
+        self._node = None
+
+    def connected(self) -> bool:
+        return True
+
     def _save(self) -> None:
-        data = {"version": 1, "topics": [t.to_json() for t in self._topics.values()]}
+        data = {
+            "version": 2,
+            "node_epoch": self._node_epoch,
+            "next_producer_id": self._next_producer_id,
+            "topics": [t.to_json() | {"versions": [p.version for p in t.partitions]} for t in self._topics.values()],
+        }
         atomic_write(self.path, orjson.dumps(data, option=orjson.OPT_INDENT_2))
 
-    def topics(self) -> dict[str, TopicInfo]:
-        return dict(self._topics)
+    # ---- reads ----------------------------------------------------------------------------
+    def nodes(self) -> dict[int, NodeInfo]:
+        return {self.node_id: self._node} if self._node is not None else {}
 
+    def controller(self) -> int:
+        return self.node_id if self._node is not None else -1
+
+    def is_controller(self) -> bool:
+        return self._node is not None
+
+    def topics(self) -> dict[str, TopicInfo]:
+        return self._topics
+
+    def endpoints(self) -> dict[int, dict[str, str]]:
+        return {self.node_id: self._endpoints}
+
+    # ---- writes ---------------------------------------------------------------------------
     def _get(self, name: str) -> TopicInfo:
         try:
             return self._topics[name]
         except KeyError:
             raise UnknownTopicOrPartitionError(f"topic {name!r} does not exist") from None
 
-    def create_topic(self, name: str, partitions: int, replication_factor: int, config: dict[str, Any]) -> TopicInfo:
-        if name in self._topics:
-            raise TopicAlreadyExistsError(f"topic {name!r} already exists")
-        if replication_factor != 1:
-            raise InvalidConfigError(
-                f"replication_factor={replication_factor}: this node has 1 live node, so the factor must be 1"
-            )
-        info = TopicInfo(
-            name=name,
-            partitions=[PartitionState(self.node_id, 0, [self.node_id], [self.node_id]) for _ in range(partitions)],
-            replication_factor=replication_factor,
-            config=dict(config),
-            created_ms=int(time.time() * 1000),
-        )
-        self._topics[name] = info
+    def _put(self, info: TopicInfo | None, name: str) -> None:
+        topics = dict(self._topics)  # a new snapshot: readers may hold the old one
+        if info is None:
+            topics.pop(name, None)
+        else:
+            topics[name] = info
+        self._topics = topics
         self._save()
-        return info
+        self._wake()
+
+    def create_topic(self, info: TopicInfo) -> None:
+        if info.name in self._topics:
+            raise TopicAlreadyExistsError(f"topic {info.name!r} already exists")
+        parts = [dataclasses.replace(p, version=0) for p in info.partitions]
+        self._put(dataclasses.replace(info, partitions=parts), info.name)
 
     def delete_topic(self, name: str) -> None:
         self._get(name)
-        del self._topics[name]
-        self._save()
+        self._put(None, name)
 
-    def alter_topic(self, name: str, config: dict[str, Any] | None, partitions: int | None) -> TopicInfo:
+    def set_topic_config(self, name: str, config: dict[str, Any]) -> None:
+        self._put(dataclasses.replace(self._get(name), config=dict(config)), name)
+
+    def add_partitions(self, name: str, states: list[PartitionState]) -> None:
         info = self._get(name)
-        if partitions is not None:
-            if partitions < len(info.partitions):
-                raise InvalidConfigError(
-                    f"partitions={partitions}: topic {name!r} has {len(info.partitions)}; partitions can only be added"
-                )
-            for _ in range(partitions - len(info.partitions)):
-                info.partitions.append(PartitionState(self.node_id, 0, [self.node_id], [self.node_id]))
-        if config is not None:
-            info.config = dict(config)
-        self._save()
-        return info
+        parts = info.partitions + [dataclasses.replace(p, version=0) for p in states]
+        self._put(dataclasses.replace(info, partitions=parts), name)
 
-    def bump_leader_epoch(self, topic: str, partition: int) -> int:
-        state = self._get(topic).partitions[partition]
-        state.leader_epoch += 1
+    def set_partition_state(self, topic: str, partition: int, state: PartitionState) -> PartitionState:
+        info = self._get(topic)
+        current = info.partitions[partition]
+        if current.version != state.version:
+            raise StaleStateError(f"{topic}-{partition}: version {state.version}, stored {current.version}")
+        stored = dataclasses.replace(state, version=state.version + 1)
+        parts = list(info.partitions)
+        parts[partition] = stored
+        self._put(dataclasses.replace(info, partitions=parts), topic)
+        return stored
+
+    def publish_endpoints(self, endpoints: dict[str, str]) -> None:
+        if endpoints != self._endpoints:
+            self._endpoints = dict(endpoints)
+            self._wake()
+
+    def next_producer_id(self) -> int:
+        pid = self._next_producer_id
+        self._next_producer_id += 1
         self._save()
-        return state.leader_epoch
+        return pid
+
+
+def _load_topic(d: dict[str, Any]) -> TopicInfo:
+    versions = d.get("versions") or [0] * len(d["partitions"])
+    parts = [PartitionState.from_json(p, v) for p, v in zip(d["partitions"], versions, strict=True)]
+    return TopicInfo.from_json(d, parts)

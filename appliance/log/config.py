@@ -40,6 +40,9 @@ class LogConfig:
     max_message_bytes: int = 1024 * 1024 + 12
     index_interval_bytes: int = 4096
     delete_retention_ms: int = DAY_MS
+    # replication (appliance/replication.py): acks=all needs this many in-sync replicas
+    min_insync_replicas: int = 1
+    unclean_leader_election: bool = False  # elect an out-of-sync replica when no ISR member is alive
 
     def to_options(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -79,6 +82,10 @@ class _Option:
             except ValueError:
                 allowed = " | ".join(m.value for m in self.kind)
                 raise InvalidConfigError(f"{name}={raw!r} is not allowed; use {allowed}") from None
+        if self.kind is bool:
+            if isinstance(raw, bool) or str(raw).lower() in ("true", "false"):
+                return raw if isinstance(raw, bool) else str(raw).lower() == "true"
+            raise InvalidConfigError(f"{name}={raw!r}: expected true or false")
         if isinstance(raw, bool):
             raise InvalidConfigError(f"{name}={raw!r}: expected a number")
         try:
@@ -108,5 +115,7 @@ _OPTIONS: dict[str, _Option] = {
     "max.message.bytes": _Option("max_message_bytes", int, 128),
     "index.interval.bytes": _Option("index_interval_bytes", int, 1),
     "delete.retention.ms": _Option("delete_retention_ms", int, 0),
+    "min.insync.replicas": _Option("min_insync_replicas", int, 1, maximum=16),
+    "unclean.leader.election.enable": _Option("unclean_leader_election", bool),
 }
 OPTION_NAMES = tuple(_OPTIONS)

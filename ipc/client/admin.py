@@ -7,8 +7,8 @@ from typing import Any
 
 import zmq as _zmq
 
-from ipc.client.transport import Bootstrap, BootstrapChannel, parse_bootstrap
-from ipc.errors import InvalidConfigError
+from ipc.client.transport import Bootstrap, BootstrapChannel, check_ints, parse_bootstrap
+from ipc.errors import CoordinatorNotAvailableError, InvalidConfigError
 from ipc.protocol import valid_topic_name
 
 
@@ -115,6 +115,37 @@ class Admin:
                 raise ValueError(f"offset for {topic}-{partition}: {offset!r} is not an integer >= 0")
             body.append({"topic": topic, "partition": partition, "offset": offset, "metadata": ""})
         self._call("offset_commit", timeout_ms, group=group, member_id="", generation=-1, offsets=body)
+
+    # ---- cluster ---------------------------------------------------------------------------
+    def cluster_status(self, timeout_ms: int | None = None) -> dict[str, Any]:
+        """Nodes (id, endpoint, registration epoch), the controller, and every partition's
+        leader, leader epoch, replicas, ISR, reassignment target, under-replicated and
+        offline flags."""
+        return self._call("cluster_status", timeout_ms)
+
+    def reassign(
+        self, topic: str, partition: int, replicas: list[int], timeout_ms: int | None = None
+    ) -> dict[str, Any]:
+        """Move a partition's replicas to ``replicas`` (the first is the preferred leader)
+        while traffic flows: the new ones catch up, then the old ones leave. Sent to the
+        controller (found through any node's cluster status)."""
+        self._check_topic(topic)
+        check_ints(("partition", partition, 0))
+        if not isinstance(replicas, list) or not replicas:
+            raise ValueError(f"replicas={replicas!r}: expected a non-empty list of node ids")
+        check_ints(*(("replica", n, 0) for n in replicas))
+        status = self.cluster_status(timeout_ms)
+        ctl = next((n for n in status["nodes"] if n["node_id"] == status["controller"]), None)
+        if ctl is None:
+            raise CoordinatorNotAvailableError("the cluster has no controller right now; try again")
+        channel = BootstrapChannel(self.ctx, [ctl["endpoint"]])
+        try:
+            timeout = self.timeout_s if timeout_ms is None else timeout_ms / 1000
+            reply = channel.request("reassign", timeout, topic=topic, partition=partition, replicas=replicas)
+        finally:
+            channel.close()
+        reply.raise_for_error()
+        return reply.fields
 
     def status(self, timeout_ms: int | None = None) -> dict[str, Any]:
         return self._call("status", timeout_ms)

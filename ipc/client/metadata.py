@@ -47,6 +47,7 @@ class ClusterMetadata:
         reply = self.bootstrap.request("metadata", timeout_s or self.timeout_s, topics=topics)
         reply.raise_for_error()
         self.brokers = list(reply.fields.get("brokers", []))
+        self.bootstrap.learn([b.get("endpoint") for b in self.brokers if isinstance(b, dict)])
         out: dict[str, TopicMetadata] = {}
         for t in reply.fields.get("topics", []):
             parts = [

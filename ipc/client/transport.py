@@ -219,6 +219,13 @@ class BootstrapChannel:
             + (f": {last}" if last else "")
         )
 
+    def learn(self, endpoints: list[Any]) -> None:
+        """Add nodes the cluster told us about (metadata's brokers), as Kafka clients
+        do: the bootstrap list only has to name one live node."""
+        new = [e for e in endpoints if isinstance(e, str) and e and e not in self.endpoints]
+        if new:
+            self.endpoints = self.endpoints + new  # a new list: other threads may hold the old one
+
     def close(self) -> None:
         if self._chan is not None:
             self._chan.close()

@@ -51,6 +51,7 @@ from appliance.log.log import RECOVERY_POINT_FILE
 from ipc.errors import (
     CorruptRecordError,
     InvalidConfigError,
+    InvalidReplicationFactorError,
     InvalidRequestError,
     MessageTooLargeError,
     OffsetOutOfRangeError,
@@ -638,7 +639,7 @@ def create_topic_refused(f: Fuzzer) -> Case:
     if kind == 1:
         rf = r.randint(2, 16)
         head = header("create_topic", cid, topic=f.nonexistent_topic(), partitions=1, replication_factor=rf)
-        return f.case([head], cid, BAD_CONFIG)
+        return f.case([head], cid, InvalidReplicationFactorError.code)  # more than the live nodes
     head = header("create_topic", cid, topic=r.choice([FUZZED, CONTROL]), partitions=r.randint(1, 4))
     return f.case([head], cid, EXISTS)
 

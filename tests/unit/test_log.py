@@ -1184,6 +1184,11 @@ VALID_OPTIONS: list[tuple[str, Any, str, Any]] = [
     ("index.interval.bytes", "8192", "index_interval_bytes", 8192),
     ("delete.retention.ms", 0, "delete_retention_ms", 0),
     ("delete.retention.ms", 3600000, "delete_retention_ms", 3600000),
+    ("min.insync.replicas", 2, "min_insync_replicas", 2),
+    ("min.insync.replicas", "3", "min_insync_replicas", 3),
+    ("unclean.leader.election.enable", True, "unclean_leader_election", True),
+    ("unclean.leader.election.enable", "false", "unclean_leader_election", False),
+    ("unclean.leader.election.enable", "TRUE", "unclean_leader_election", True),
 ]
 
 BAD_OPTIONS: list[tuple[str, Any]] = [
@@ -1222,6 +1227,12 @@ BAD_OPTIONS: list[tuple[str, Any]] = [
     ("index.interval.bytes", -4096),
     ("delete.retention.ms", -1),
     ("delete.retention.ms", "x"),
+    ("min.insync.replicas", 0),
+    ("min.insync.replicas", 17),
+    ("min.insync.replicas", "two"),
+    ("unclean.leader.election.enable", "yes"),
+    ("unclean.leader.election.enable", 1),
+    ("unclean.leader.election.enable", None),
 ]
 
 

@@ -1,0 +1,226 @@
+"""Replication inside a partition worker: the leader's view of its followers, and the
+follower's fetcher. Pull-based, as in Kafka.
+
+Leader (``LeaderState``): every follower fetch carries the follower's log end offset
+(the fetch offset), its node epoch and the leader epoch it believes in. The leader
+keeps, per replica, that LEO and when it was last caught up; the high watermark is the
+minimum LEO over the ISR (the leader's own included) and never goes back. The ISR
+shrinks when a follower has not been caught up for ``replica.lag.time.max.ms`` and
+grows when a follower reaches the high watermark; both are *asked of the controller*
+(``alter_isr``), and until the controller's answer arrives the high watermark is
+computed over the larger of the two sets (KIP-497's "maximal ISR"), so a record is
+never committed by a set the controller has not agreed to.
+
+Follower (``Fetcher``): one DEALER to the leader worker, one fetch in flight, carrying
+``offset`` = its LEO and ``last_fetched_epoch`` = the epoch of its last batch. When the
+leader's log diverges (the follower holds records of an epoch the leader ended
+earlier, or never had), the leader answers ``diverging`` = (epoch, end offset) instead
+of data and the follower truncates there before fetching again (KIP-101 / KIP-279 /
+KIP-595's fetch-time validation), so logs never diverge after a double failover.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from ipc import sockets
+from ipc.protocol import encode_request, parse_reply
+
+log = logging.getLogger(__name__)
+
+FETCH_MAX_BYTES = 8 * 1024 * 1024
+FETCH_MAX_WAIT_MS = 500
+REPLY_TIMEOUT_S = 5.0  # no reply this long after a fetch: reconnect and fetch again
+RETRY_S = 0.1  # after an error reply
+ALTER_ISR_RETRY_S = 1.0  # ask the controller again if its answer has not arrived
+
+
+@dataclasses.dataclass
+class Follower:
+    node: int
+    leo: int = -1  # unknown until it fetches
+    node_epoch: int = -1
+    last_caught_up: float = 0.0
+    last_fetch_leo: int = -1  # the leader's LEO when it last fetched
+    last_fetch_time: float = 0.0
+
+
+class LeaderState:
+    """What the leader knows about its partition's replicas."""
+
+    def __init__(
+        self,
+        node_id: int,
+        node_epoch: int,
+        replicas: list[int],
+        isr: dict[int, int],
+        high_watermark: int,
+        epoch_start_offset: int,
+        now: float,
+    ) -> None:
+        self.node_id = node_id
+        self.node_epoch = node_epoch
+        self.replicas = list(replicas)
+        self.isr = dict(isr)
+        self.high_watermark = high_watermark
+        self.epoch_start_offset = epoch_start_offset
+        self.followers = {n: Follower(n, last_caught_up=now) for n in replicas if n != node_id}
+        self.pending: dict[int, int] | None = None  # the ISR asked of the controller
+        self.pending_at = 0.0
+
+    def update_assignment(self, replicas: list[int], isr: dict[int, int], now: float) -> None:
+        self.replicas = list(replicas)
+        self.isr = dict(isr)
+        if self.pending is not None and set(self.pending) == set(isr):
+            self.pending = None
+        for n in replicas:
+            if n != self.node_id and n not in self.followers:
+                self.followers[n] = Follower(n, last_caught_up=now)
+        for n in list(self.followers):
+            if n not in replicas:
+                del self.followers[n]
+
+    def on_fetch(self, node: int, node_epoch: int, offset: int, leader_leo: int, now: float) -> None:
+        f = self.followers.get(node)
+        if f is None:
+            return
+        if offset >= leader_leo:
+            f.last_caught_up = now
+        elif offset >= f.last_fetch_leo >= 0:
+            f.last_caught_up = max(f.last_caught_up, f.last_fetch_time)
+        f.leo, f.node_epoch = offset, node_epoch
+        f.last_fetch_leo, f.last_fetch_time = leader_leo, now
+
+    def maximal_isr(self) -> set[int]:
+        return set(self.isr) | set(self.pending or ())
+
+    def advance_high_watermark(self, leader_leo: int) -> bool:
+        """Move the HW to the minimum LEO of the (maximal) ISR; True if it moved."""
+        low = leader_leo
+        for n in self.maximal_isr():
+            if n == self.node_id:
+                continue
+            f = self.followers.get(n)
+            low = min(low, f.leo if f is not None else -1)
+        if low > self.high_watermark:
+            self.high_watermark = low
+            return True
+        return False
+
+    def wanted_isr(self, leader_leo: int, lag_max_s: float, now: float) -> dict[int, int]:
+        """The ISR the rules call for now: laggards out, caught-up followers in."""
+        out = {self.node_id: self.node_epoch}
+        for n, f in self.followers.items():
+            if n in self.isr:
+                if now - f.last_caught_up <= lag_max_s:
+                    out[n] = self.isr[n]
+            elif (
+                0 <= f.leo
+                and f.leo >= self.high_watermark
+                and f.leo >= self.epoch_start_offset
+                and now - f.last_caught_up <= lag_max_s  # still fetching: a dead one is not asked for
+            ):
+                out[n] = f.node_epoch
+        return out
+
+    def isr_change(self, leader_leo: int, lag_max_s: float, now: float) -> dict[int, int] | None:
+        """An ISR to ask the controller for, or None (nothing to change, or asked recently)."""
+        wanted = self.wanted_isr(leader_leo, lag_max_s, now)
+        if set(wanted) == set(self.isr):
+            self.pending = None
+            return None
+        if self.pending is not None and set(self.pending) == set(wanted) and now - self.pending_at < ALTER_ISR_RETRY_S:
+            return None
+        # the HW counts isr | pending: a shrink takes effect once agreed, a growth at once
+        self.pending, self.pending_at = wanted, now
+        return wanted
+
+
+class Fetcher:
+    """The follower's fetch loop, driven by the worker's poll loop."""
+
+    def __init__(
+        self,
+        ctx: zmq.Context[Any],
+        endpoint: str,
+        topic: str,
+        partition: int,
+        node_id: int,
+        node_epoch: int,
+        leader_epoch: int,
+    ) -> None:
+        self.ctx = ctx
+        self.endpoint = endpoint
+        self.topic = topic
+        self.partition = partition
+        self.node_id = node_id
+        self.node_epoch = node_epoch
+        self.leader_epoch = leader_epoch
+        self.sock: zmq.Socket[Any] = sockets.dealer(ctx, endpoint)
+        self._ids = itertools.count(1)
+        self.in_flight = 0  # correlation id of the fetch in flight (0: none)
+        self.sent_at = 0.0
+        self.next_at = 0.0  # when to send the next fetch
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+    def due(self, now: float) -> float:
+        """When the loop must call ``poll_send`` next."""
+        return self.sent_at + REPLY_TIMEOUT_S if self.in_flight else self.next_at
+
+    def send(self, offset: int, last_fetched_epoch: int, now: float) -> None:
+        cid = next(self._ids)
+        req = encode_request(
+            "fetch",
+            cid,
+            topic=self.topic,
+            partition=self.partition,
+            offset=offset,
+            max_bytes=FETCH_MAX_BYTES,
+            max_wait_ms=FETCH_MAX_WAIT_MS,
+            min_bytes=1,
+            replica_id=self.node_id,
+            replica_epoch=self.node_epoch,
+            leader_epoch=self.leader_epoch,
+            last_fetched_epoch=last_fetched_epoch,
+        )
+        try:
+            self.sock.send(req, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self.next_at = now + RETRY_S
+            return
+        self.in_flight, self.sent_at = cid, now
+
+    def check_timeout(self, now: float) -> None:
+        if self.in_flight and now - self.sent_at > REPLY_TIMEOUT_S:
+            log.warning("%s-%d: no fetch reply from %s in %.0f s; reconnecting", self.topic, self.partition,
+                        self.endpoint, REPLY_TIMEOUT_S)
+            self.sock.close(0)
+            self.sock = sockets.dealer(self.ctx, self.endpoint)
+            self.in_flight = 0
+            self.next_at = now
+
+    def receive(self, handle: Callable[[Any], None], now: float) -> None:
+        """Read the replies waiting; ``handle`` gets the one for the fetch in flight."""
+        for _ in range(64):
+            try:
+                frames = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                reply = parse_reply(frames)
+            except Exception as exc:  # noqa: BLE001 - a bad reply is dropped; the timeout refetches
+                log.warning("%s-%d: malformed fetch reply: %s", self.topic, self.partition, exc)
+                continue
+            if reply.id != self.in_flight:
+                continue  # a late reply to a fetch given up on
+            self.in_flight = 0
+            self.next_at = now
+            handle(reply)
