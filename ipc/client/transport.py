@@ -95,13 +95,28 @@ class Channel:
                 return
             yield reply
 
-    def request(self, api: str, timeout_s: float, frames: Sequence[Any] = (), **fields: Any) -> Reply:
-        """Send and wait for the matching reply; RequestTimedOutError after ``timeout_s``."""
+    def request(
+        self, api: str, timeout_s: float, frames: Sequence[Any] = (), fail_fast: bool = False, **fields: Any
+    ) -> Reply:
+        """Send and wait for the matching reply; RequestTimedOutError after ``timeout_s``,
+        or as soon as the connection is refused or drops when ``fail_fast``."""
+        if fail_fast:
+            self.watch_disconnects()
         cid = self.send(api, frames, **fields)
         deadline = time.monotonic() + timeout_s
+        poller = self.zmq.Poller()
+        poller.register(self.sock, self.zmq.POLLIN)
+        if fail_fast:
+            poller.register(self.monitor, self.zmq.POLLIN)
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not self.sock.poll(left * 1000, self.zmq.POLLIN):
+            events = dict(poller.poll(left * 1000)) if left > 0 else {}
+            if fail_fast and self.monitor in events and self.disconnected():
+                self.reset()
+                raise RequestTimedOutError(f"{self.endpoint} refused or dropped the connection ({api})")
+            if self.sock not in events:
+                if time.monotonic() < deadline:
+                    continue
                 self.reset()  # drop the queued request so it is not delivered late
                 raise RequestTimedOutError(f"no reply to {api} from {self.endpoint} within {timeout_s:.1f} s")
             reply = self.recv_nowait()
@@ -115,12 +130,18 @@ class Channel:
         self.sock = sockets.dealer(self.ctx, self.endpoint)
 
     def watch_disconnects(self) -> Any:
-        """A PAIR socket that becomes readable when the connection drops (the peer process
-        died): requests in flight on it will never be answered, so callers need not wait
+        """A PAIR socket that becomes readable when the connection drops or a connect is
+        refused (the peer process died): requests in flight on it will never be answered, so callers need not wait
         for their timeout. Call ``disconnected()`` when it is readable."""
         if self.monitor is None:
-            self.monitor = self.sock.get_monitor_socket(self.zmq.EVENT_DISCONNECTED)
+            self.monitor = self.sock.get_monitor_socket(self._gone_events)
         return self.monitor
+
+    @property
+    def _gone_events(self) -> int:
+        # a dropped connection, or a connect refused (the node is down: its address
+        # answers, its port does not), so requests to a dead node fail fast too
+        return int(self.zmq.EVENT_DISCONNECTED | self.zmq.EVENT_CONNECT_RETRIED)
 
     def disconnected(self) -> bool:
         """Drain the monitor; True if a disconnect was reported."""
@@ -130,7 +151,7 @@ class Channel:
                 frames = self.monitor.recv_multipart(flags=self.zmq.NOBLOCK)
             except self.zmq.Again:
                 break
-            if frames and len(frames[0]) >= 2 and int.from_bytes(frames[0][:2], "little") & self.zmq.EVENT_DISCONNECTED:
+            if frames and len(frames[0]) >= 2 and int.from_bytes(frames[0][:2], "little") & self._gone_events:
                 seen = True
         return seen
 
@@ -206,9 +227,10 @@ class BootstrapChannel:
                 break
             if self._chan is None:
                 self._chan = Channel(self.ctx, self.endpoints[self._i % len(self.endpoints)], self.zmq)
-            per_try = left if len(self.endpoints) == 1 else min(left, max(1.0, timeout_s / len(self.endpoints)))
-            try:
-                return self._chan.request(api, per_try, **fields)
+            several = len(self.endpoints) > 1
+            per_try = min(left, max(1.0, timeout_s / len(self.endpoints))) if several else left
+            try:  # with other nodes to try, a refused connection moves on at once
+                return self._chan.request(api, per_try, fail_fast=several, **fields)
             except RequestTimedOutError as exc:
                 last = exc
                 self._chan.close()
