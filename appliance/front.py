@@ -107,6 +107,8 @@ class FrontApi:
 
     def _new_states(self, topic: str, partitions: range, replication_factor: int) -> list[PartitionState]:
         """Replica assignment for new partitions; the first leader rotates by topic name."""
+        if not partitions:
+            return []
         live = self.node.coordinator.nodes()
         states = initial_states(partitions, replication_factor, live, start=zlib.crc32(topic.encode()))
         mine = sum(self.node.config.node_id in st.replicas for st in states)

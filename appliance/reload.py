@@ -116,6 +116,7 @@ def apply_reload(node: Supervisor, new: NodeConfig) -> ReloadPlan:
     if not plan.live and not plan.restart:
         log.info("reload: configuration unchanged")
     node.config = plan.config
+    node.controller.topic_defaults = dict(plan.config.topic_defaults)  # unclean.leader.election.enable
     if "log_level" in plan.live:
         logging.getLogger().setLevel(plan.config.log_level.upper())
     to_workers = set(plan.live) & {"log_level", "retention_check_interval_ms", "cleaner_interval_ms"}

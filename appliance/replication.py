@@ -121,7 +121,7 @@ class LeaderState:
                 if now - f.last_caught_up <= lag_max_s:
                     out[n] = self.isr[n]
             elif (
-                0 <= f.leo
+                f.leo >= 0
                 and f.leo >= self.high_watermark
                 and f.leo >= self.epoch_start_offset
                 and now - f.last_caught_up <= lag_max_s  # still fetching: a dead one is not asked for

@@ -42,6 +42,7 @@ from appliance.controller import Controller
 from appliance.coordinator import NO_LEADER, Coordinator, PartitionState, TopicInfo
 from appliance.coordinator.local import LocalCoordinator
 from appliance.datadir import lock_data_dir
+from appliance.log.checkpoint import atomic_write
 from appliance.process import SignalPipe
 from appliance.systemd import Notifier, ServiceNotifier
 from appliance.worker import WorkerSpec, run_worker
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 
 TICK_S = 0.1
 RECONCILE_S = 1.0  # reconcile with the coordinator at least this often (besides its wake-ups)
+TOPIC_MARKER = "topic-created-ms"  # in each partition directory: which topic of that name it holds
 
 
 def make_coordinator(config: NodeConfig) -> Coordinator:
@@ -107,6 +109,7 @@ class Replica:
     after_stop: Callable[[Replica], None] | None = None
     role: dict[str, Any] = dataclasses.field(default_factory=dict)  # the last role command sent
     options: dict[str, Any] | None = None  # the last topic options sent
+    topic_created_ms: int = 0  # which incarnation of the topic (a name can be deleted and reused)
 
     @property
     def name(self) -> str:
@@ -141,6 +144,8 @@ class Supervisor:
         self.node_epoch = -1
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._next_reconcile = 0.0
+        self._cut_off_since: float | None = None  # when the coordinator connection was lost
+        self.isr_shrinks = self.isr_expands = 0  # of partitions this node leads (metrics)
         self._peers: ChannelPool | None = None  # to the controller (alter_isr), made on first use
         self.table: StatusTable
         self.ctx: zmq.Context[Any]
@@ -261,7 +266,7 @@ class Supervisor:
         """The role command for this node's replica of a partition."""
         me = self.config.node_id
         if st.leader == me:
-            role = "leader" if self.coordinator.connected() else "none"  # a node cut off stops leading
+            role = "none" if self.cut_off() else "leader"
         else:
             role = "none" if st.leader == NO_LEADER else "follower"
         endpoint = ""
@@ -281,6 +286,24 @@ class Supervisor:
             "min_insync": min_insync,
         }
 
+    def cut_off(self) -> bool:
+        """True once the coordinator has been unreachable for a session timeout: its
+        session has expired (or will before it can be renewed), another node may be
+        electing new leaders, so this one stops acting as one (a short blip does not
+        count)."""
+        if self.coordinator.connected():
+            self._cut_off_since = None
+            return False
+        now = self.clock()
+        if self._cut_off_since is None:
+            self._cut_off_since = now
+            log.warning("node %d: the coordinator is unreachable", self.config.node_id)
+        limit = self.config.zookeeper_session_timeout_ms / 1000
+        if now - self._cut_off_since < limit:
+            self._next_reconcile = min(self._next_reconcile, self._cut_off_since + limit + 0.01)
+            return False
+        return True
+
     def reconcile(self) -> None:
         """Make this node's workers match the coordinator: start and stop replicas, send
         roles and topic options, publish endpoints. Level-triggered: safe to repeat."""
@@ -296,8 +319,13 @@ class Supervisor:
             log.exception("controller: reconcile failed")
         wanted = self._assigned()
         for key, r in list(self.replicas.items()):
-            if key not in wanted and r.state is not ReplicaState.STOPPING:
+            if r.state is ReplicaState.STOPPING:
+                continue
+            if key not in wanted:
                 log.info("%s: no longer assigned to this node; removing it", r.name)
+                self.stop_replica(r, after_stop=self._remove_replica_files)
+            elif wanted[key][0].created_ms != r.topic_created_ms:
+                log.info("%s: the topic was deleted and created again; removing the old replica", r.name)
                 self.stop_replica(r, after_stop=self._remove_replica_files)
         for (topic, p), (info, st) in wanted.items():
             found = self.replicas.get((topic, p))
@@ -317,6 +345,7 @@ class Supervisor:
                 self.send_control(r, cmd="config", options=options)
             role = self.role_for(info, p, st)
             if role != r.role:
+                self._count_isr_change(r.role, role)
                 r.role = role
                 self.send_control(r, cmd="role", **role)
                 self._write_control(r)
@@ -327,6 +356,31 @@ class Supervisor:
         except Exception as exc:  # noqa: BLE001 - retried on the next reconcile
             log.warning("cannot publish endpoints: %s", exc)
             self._next_reconcile = min(self._next_reconcile, self.clock() + 0.2)
+
+    def _claim_directory(self, r: Replica, created_ms: int) -> None:
+        """Mark the partition directory with its topic's creation time; a directory left
+        by an older topic of the same name (deleted while this node was away) goes."""
+        directory = self.partition_dir(r.topic, r.partition)
+        marker = os.path.join(directory, TOPIC_MARKER)
+        found: int | None
+        try:
+            with open(marker, encoding="ascii") as f:
+                found = int(f.read().strip())
+        except (FileNotFoundError, ValueError):
+            found = None  # a new directory, or one written before markers existed: keep it
+        if found is not None and found != created_ms:
+            log.warning("%s: its directory holds an older topic of that name; removing it", r.name)
+            self._remove_replica_files(r)
+        r.topic_created_ms = created_ms
+        if found != created_ms:
+            os.makedirs(directory, exist_ok=True)
+            atomic_write(marker, f"{created_ms}\n".encode())
+
+    def _count_isr_change(self, old: dict[str, Any], new: dict[str, Any]) -> None:
+        if old.get("role") == new["role"] == "leader" and old.get("leader_epoch") == new["leader_epoch"]:
+            before, after = set(old.get("isr", ())), set(new["isr"])
+            self.isr_shrinks += bool(before - after)
+            self.isr_expands += bool(after - before)
 
     def _remove_replica_files(self, r: Replica) -> None:
         src = self.partition_dir(r.topic, r.partition)
@@ -385,6 +439,7 @@ class Supervisor:
         cfg = self.config
         info = self.coordinator.topics()[r.topic]
         st = info.partitions[r.partition]
+        self._claim_directory(r, info.created_ms)
         r.leader_epoch = st.leader_epoch
         r.role = self.role_for(info, r.partition, st)
         r.options = self.topic_options(info)

@@ -103,6 +103,14 @@ class CoordinatorNotAvailableError(SluiceError):
     retriable = True
 
 
+class NotCoordinatorError(SluiceError):
+    """A group request reached a node that is not (or no longer) the group's coordinator:
+    find the coordinator again (``find_coordinator``) and retry there."""
+
+    code = "NOT_COORDINATOR"
+    retriable = True
+
+
 class GroupIdNotFoundError(SluiceError):
     code = "GROUP_ID_NOT_FOUND"
 
@@ -158,6 +166,13 @@ class NotControllerError(SluiceError):
 
 class InvalidReplicationFactorError(SluiceError):
     code = "INVALID_REPLICATION_FACTOR"
+
+
+class ConcurrentModificationError(SluiceError):
+    """Cluster metadata changed under the request (a lost compare-and-set); try again."""
+
+    code = "CONCURRENT_MODIFICATION"
+    retriable = True
 
 
 class RequestTimedOutError(SluiceError):

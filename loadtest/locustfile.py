@@ -172,7 +172,7 @@ class ProducerUser(SluiceUser):
     def produce(self, partition: int) -> None:
         batch = self.encode(partition)  # before the clock: the request is what is timed
         ch = self.partitions_client.channel(partition)
-        fields = {"topic": self.topic, "partition": partition, "acks": self.acks, "timeout_ms": 30_000}
+        fields: dict[str, Any] = {"topic": self.topic, "partition": partition, "acks": self.acks, "timeout_ms": 30_000}
         started = time.perf_counter()
         exc: BaseException | None = None
         try:

@@ -62,6 +62,9 @@ class NodeSnapshot:
     node_id: int
     controller_active: bool
     replicas: tuple[ReplicaSnap, ...] = ()
+    under_replicated: int = 0  # partitions this node leads with fewer in-sync replicas than replicas
+    isr_shrinks: int = 0
+    isr_expands: int = 0
     groups: tuple[GroupSnap, ...] = ()
     healthy: bool = True
     health_note: str = "ok"
@@ -177,13 +180,13 @@ class NodeCollector(Collector):
         g = GaugeMetricFamily(
             "sluice_under_replicated_partitions", "Partitions with fewer in-sync replicas than replicas."
         )
-        g.add_metric([], 0)
+        g.add_metric([], snap.under_replicated)
         yield g
-        c = CounterMetricFamily("sluice_isr_shrinks", "Times an in-sync replica set shrank.")
-        c.add_metric([], 0)
+        c = CounterMetricFamily("sluice_isr_shrinks", "Times an in-sync replica set this node leads shrank.")
+        c.add_metric([], snap.isr_shrinks)
         yield c
-        c = CounterMetricFamily("sluice_isr_expands", "Times an in-sync replica set grew.")
-        c.add_metric([], 0)
+        c = CounterMetricFamily("sluice_isr_expands", "Times an in-sync replica set this node leads grew.")
+        c.add_metric([], snap.isr_expands)
         yield c
         g = GaugeMetricFamily("sluice_controller_active", "1 if this node is the cluster's active controller.")
         g.add_metric([], 1.0 if snap.controller_active else 0.0)

@@ -87,7 +87,14 @@ class NodeMetrics:
             note = "ok"
         self.snapshot = NodeSnapshot(
             node.config.node_id,
-            controller_active=True,  # the local coordinator: this node decides for itself
+            controller_active=node.coordinator.is_controller(),
+            under_replicated=sum(
+                1
+                for r in node.replicas.values()
+                if r.role.get("role") == "leader" and len(r.role.get("isr", ())) < len(r.role.get("replicas", ()))
+            ),
+            isr_shrinks=node.isr_shrinks,
+            isr_expands=node.isr_expands,
             replicas=replicas,
             groups=tuple(groups),
             healthy=running and health.healthy,

@@ -23,6 +23,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ipc.errors import ConcurrentModificationError
+
 NO_LEADER = -1
 
 
@@ -104,8 +106,8 @@ class NodeInfo:
     epoch: int  # registration epoch: different every time the node (re)registers
 
 
-class StaleStateError(Exception):
-    """A compare-and-set lost: someone changed the partition state first."""
+class StaleStateError(ConcurrentModificationError):
+    """A compare-and-set lost: someone changed the partition state first (retriable)."""
 
 
 class Coordinator(Protocol):

@@ -19,7 +19,7 @@ import zmq
 
 from ipc.client import Consumer, Producer
 from ipc.client.transport import Channel
-from ipc.errors import SluiceError
+from ipc.errors import NotLeaderError, SluiceError
 from ipc.records import encode_batch
 from tests.cluster.checker import check
 from tests.cluster.harness import Cluster, wait_until
@@ -217,3 +217,27 @@ def test_consumer_group_keeps_consuming_through_a_leader_failover(cl: Cluster) -
             wait_until(lambda: got(200), 90, "the 100 records produced after the failover")
     assert seen[:100] == [f"before-{i}".encode() for i in range(100)]
     assert sorted(seen[100:]) == sorted(f"after-{i}".encode() for i in range(100))
+
+
+def test_leaders_step_down_while_the_coordinator_is_unreachable(cl: Cluster) -> None:
+    topic = "zkloss"
+    cl.create_topic(topic, partitions=1, replication_factor=3, config=dict(TOPIC_CONFIG))
+    endpoint = cl.partition_state(topic, 0)["endpoint"]
+    ch = Channel(zmq.Context.instance(), endpoint)
+
+    def produce() -> SluiceError | None:
+        reply = ch.request("produce", 10, frames=[encode_batch([b"x"])], topic=topic, partition=0, acks="all")
+        return reply.error
+
+    try:
+        assert produce() is None
+        cl.zookeeper.stop()
+        try:
+            # once the session must have expired (3 s), no node may act as leader: ZooKeeper
+            # could be electing others for all this node knows
+            wait_until(lambda: isinstance(produce(), NotLeaderError), 30, "the leader to step down")
+        finally:
+            cl.zookeeper.start()
+        wait_until(lambda: produce() is None, 60, "a leader again once ZooKeeper is back")
+    finally:
+        ch.close()

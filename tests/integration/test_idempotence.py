@@ -12,16 +12,21 @@ from ipc.client import Admin, Consumer
 from ipc.client.transport import Channel
 from ipc.errors import OutOfOrderSequenceError
 from ipc.records import encode_batch
-from tests.integration.conftest import Node
+from tests.integration.conftest import Node, wait_until
+
+
+def leader_endpoint(node: Node) -> str | None:
+    with Admin(node.bootstrap) as admin:
+        md = admin._call("metadata", None, topics=["idem"])
+    endpoint: str | None = md["topics"][0]["partitions"][0]["endpoint"]
+    return endpoint
 
 
 @pytest.fixture
 def leader(node: Node) -> Iterator[Channel]:
     with Admin(node.bootstrap) as admin:
         admin.create_topic("idem", partitions=1)
-        md = admin._call("metadata", None, topics=["idem"])
-    endpoint = md["topics"][0]["partitions"][0]["endpoint"]
-    ch = Channel(zmq.Context.instance(), endpoint)
+    ch = Channel(zmq.Context.instance(), wait_until(lambda: leader_endpoint(node), 30, "idem-0 serving"))
     try:
         yield ch
     finally:
@@ -69,9 +74,7 @@ def test_duplicates_are_still_recognised_after_a_restart(node: Node, leader: Cha
     leader.close()
     assert node.stop() == 0
     node.start()
-    with Admin(node.bootstrap) as admin:
-        md = admin._call("metadata", None, topics=["idem"])
-    ch = Channel(zmq.Context.instance(), md["topics"][0]["partitions"][0]["endpoint"])
+    ch = Channel(zmq.Context.instance(), wait_until(lambda: leader_endpoint(node), 30, "idem-0 serving again"))
     try:  # the worker rebuilt its producer state from the log's batch headers
         assert produce(ch, [b"a"], pid, 0) == [0]
         assert produce(ch, [b"b"], pid, 1) == [1]
