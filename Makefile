@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit system-deps clean bench install install-venv install-files uninstall systemd-check
+.PHONY: run test lint typecheck unit system-deps clean bench bench-cluster install install-venv install-files uninstall systemd-check
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null || \
@@ -34,6 +34,11 @@ test: $(STAMP) system-deps lint
 
 bench: $(STAMP)
 	$(BIN)/python -m loadtest.logbench
+
+# Produce throughput, RF=1 and RF=3 (acks=1, acks=all), across three nodes in network
+# namespaces with ZooKeeper (as root; tests/cluster/bench.py, docs/performance.md).
+bench-cluster: $(STAMP) system-deps
+	$(BIN)/python -m tests.cluster.bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -2,7 +2,7 @@
 
     sluice perf produce --topic T --records N --record-size B [--throughput R] [--acks 0|1|all]
                         [--batch-size B] [--linger-ms MS] [--compression C] [--keys K]
-                        [--processes P] [--partitions P] [--config NAME=VALUE]
+                        [--processes P] [--partitions P] [--replication-factor N] [--config NAME=VALUE]
     sluice perf consume --topic T --records N [--group G]
     sluice perf e2e     --topic T --rate R --duration S
     sluice perf pipe    --records N --record-size B [--direction produce|fetch]
@@ -79,6 +79,13 @@ def _topic_options(sp: argparse.ArgumentParser, partitions_default: int | None =
         type=_int(1),
         default=partitions_default,
         help="create the topic with this many partitions if it does not exist",
+    )
+    sp.add_argument(
+        "--replication-factor",
+        type=_int(1),
+        default=1,
+        metavar="N",
+        help="replicas of each partition when the topic is created (default 1)",
     )
     sp.add_argument(
         "--config",

@@ -55,12 +55,24 @@ class PerfError(SluiceError):
 
 
 # ---- shared helpers ------------------------------------------------------------------------
-def ensure_topic(bootstrap: str | None, topic: str, partitions: int | None, config: Sequence[tuple[str, str]]) -> int:
-    """Create ``topic`` (``partitions``, ``config``) if it does not exist; its partition count."""
+def ensure_topic(
+    bootstrap: str | None,
+    topic: str,
+    partitions: int | None,
+    config: Sequence[tuple[str, str]],
+    replication_factor: int = 1,
+) -> int:
+    """Create ``topic`` (``partitions``, ``replication_factor``, ``config``) if it does not
+    exist; its partition count. An existing topic is used as it is."""
     with Admin(bootstrap) as admin:
         if topic not in admin.list_topics():
             with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topic(topic, partitions=partitions or 1, config=dict(config) or None)
+                admin.create_topic(
+                    topic,
+                    partitions=partitions or 1,
+                    replication_factor=replication_factor,
+                    config=dict(config) or None,
+                )
         return len(admin.describe_topic(topic)["partitions"])
 
 
@@ -150,7 +162,7 @@ def cmd_produce(a: argparse.Namespace) -> int:
 
 
 def produce_once(a: argparse.Namespace) -> dict[str, Any]:
-    ensure_topic(a.bootstrap, a.topic, a.partitions, a.config)
+    ensure_topic(a.bootstrap, a.topic, a.partitions, a.config, a.replication_factor)
     size = a.record_size
     if a.timestamped and size < STAMP.size:
         raise ValueError(f"--record-size {size}: a timestamped record needs at least {STAMP.size} bytes")
@@ -328,7 +340,7 @@ def _child_command(a: argparse.Namespace, records: int, partition: int | None) -
 
 def produce_multi(a: argparse.Namespace) -> dict[str, Any]:
     """``--processes P``: P children with N/P records each, started together."""
-    nparts = ensure_topic(a.bootstrap, a.topic, a.partitions, a.config)
+    nparts = ensure_topic(a.bootstrap, a.topic, a.partitions, a.config, a.replication_factor)
     before = end_offsets(a.bootstrap, a.topic, nparts)
     share, extra = divmod(a.records, a.processes)
     commands = []

@@ -40,7 +40,7 @@ def _producer_command(a: argparse.Namespace, total: int) -> list[str]:
 
 
 def cmd_e2e(a: argparse.Namespace) -> int:
-    nparts = ensure_topic(a.bootstrap, a.topic, a.partitions, a.config)
+    nparts = ensure_topic(a.bootstrap, a.topic, a.partitions, a.config, a.replication_factor)
     tps = [(a.topic, p) for p in range(nparts)]
     total = int(a.rate * a.duration)
     if total < 1:
