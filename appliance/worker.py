@@ -460,8 +460,13 @@ class PartitionWorker:
                 log.error("%s: cannot reconcile with the leader (diverging %s); retrying in 1 s", self.name, div)
                 f.next_at = self.clock() + 1.0
             return
-        for frame in reply.frames:
-            self._append_replicated(frame.buffer if hasattr(frame, "buffer") else memoryview(frame))
+        try:
+            for frame in reply.frames:
+                self._append_replicated(frame.buffer if hasattr(frame, "buffer") else memoryview(frame))
+        except (SluiceError, OSError) as exc:  # a damaged transfer or a full disk: fetch again later
+            log.error("%s: cannot append what the leader sent: %s", self.name, exc)
+            f.next_at = self.clock() + 1.0
+            return
         self._follower_hw = int(reply.fields.get("high_watermark", 0))
 
     def _append_replicated(self, data: memoryview) -> None:
