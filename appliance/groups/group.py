@@ -323,6 +323,16 @@ class Group:
             done += self._maybe_complete(counts, force=True)
         return done
 
+    def abandon(self, err: SluiceError) -> list[Completion]:
+        """This node stops coordinating the group (its ``__consumer_offsets`` partition
+        moved): every parked join is answered with ``err``; the caller drops the group."""
+        done: list[Completion] = []
+        for m in self.members.values():
+            if m.waiter is not None:
+                done.append((m.waiter, err))
+                m.waiter = None
+        return done
+
     def describe(self) -> dict[str, Any]:
         return {
             "group": self.group_id,

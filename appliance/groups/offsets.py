@@ -2,14 +2,21 @@
 
 Each commit is a record keyed ``["group", "topic", partition]`` (orjson) whose value is
 ``{"offset", "metadata", "commit_ts"}`` (a null value deletes it), produced with
-acks=1 to partition ``murmur2(group) % partitions`` of that topic, which is
-``fsync=always`` and compacted: a commit is answered only once it is on disk, and the
-topic keeps the newest commit per key forever (until the group expires).
+acks=all to partition ``murmur2(group) % partitions`` of that topic, which is
+``fsync=always`` and compacted: a commit is answered only once every in-sync replica
+has it, and the topic keeps the newest commit per key forever (until the group expires).
 
-The coordinator (supervisor process) talks to those partitions' workers like any
-client, asynchronously: its sockets are polled by the supervisor loop. At start it
-reads every partition to its high watermark to rebuild the cache; until then offset
-fetches answer COORDINATOR_LOAD_IN_PROGRESS (retriable).
+As in Kafka, the node leading partition ``p`` of that topic coordinates the groups that
+hash to ``p``. The store keeps the offsets of the partitions this node leads, and only
+those: ``begin_load(p, epoch)`` (this node became the leader, or its leader epoch
+changed: the log may have been truncated) forgets what it had for ``p`` and reads ``p``
+from offset 0 through this node's leader worker; ``unload(p)`` (another node leads it
+now) forgets ``p``'s offsets. Until a partition is loaded, requests for its groups
+answer COORDINATOR_LOAD_IN_PROGRESS (retriable); the caller decides (see
+``GroupCoordinator._track_leadership``).
+
+The coordinator (supervisor process) talks to the workers like any client,
+asynchronously: its sockets are polled by the supervisor loop.
 """
 
 from __future__ import annotations
@@ -24,19 +31,32 @@ import orjson
 
 from ipc.client.partitioner import partition_for_key
 from ipc.client.transport import Channel, ChannelPool
-from ipc.errors import CoordinatorNotAvailableError, RequestTimedOutError, SluiceError
+from ipc.errors import (
+    CoordinatorNotAvailableError,
+    NotCoordinatorError,
+    RequestTimedOutError,
+    SluiceError,
+)
 from ipc.records import decode_batches, encode_batch
 
 if TYPE_CHECKING:
-    from appliance.supervisor import Supervisor
+    from appliance.front import FrontApi
 
 log = logging.getLogger(__name__)
 
 OFFSETS_TOPIC = "__consumer_offsets"
 OFFSETS_TOPIC_CONFIG = {"cleanup.policy": "compact", "fsync": "always", "segment.bytes": 64 * 1024 * 1024}
 WRITE_TIMEOUT_S = 10.0
+PRODUCE_TIMEOUT_MS = 8000  # the worker answers an acks=all write before WRITE_TIMEOUT_S runs out
+LOAD_FETCH_BYTES = 4 << 20
 
 TP = tuple[str, int]
+
+# A write refused by the partition's worker, as the group's client must see it (Kafka's
+# GroupMetadataManager maps produce errors the same way): the partition moved, or it
+# cannot take the commit now; the client finds the coordinator again and retries.
+_NOT_COORDINATOR = frozenset({"NOT_LEADER", "FENCED_LEADER_EPOCH", "UNKNOWN_LEADER_EPOCH", "STORAGE_ERROR"})
+_NOT_AVAILABLE = frozenset({"NOT_ENOUGH_REPLICAS", "UNKNOWN_TOPIC_OR_PARTITION", "LEADER_NOT_AVAILABLE"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,36 +72,76 @@ Done = Callable[[SluiceError | None], None]
 @dataclasses.dataclass
 class _Pending:
     kind: str  # "write" | "load" | "probe"
-    partition: int
+    partition: int  # of __consumer_offsets for "write" and "load"; of the probed topic for "probe"
     deadline: float
     channel: Channel
     done: Done | None = None
     probe: Callable[[int | None], None] | None = None
     probe_offset: int = 0
+    leader_epoch: int = -1  # "load": the epoch being loaded (a reply for an older one is dropped)
     entries: list[tuple[str, TP, CommittedOffset | None]] = dataclasses.field(default_factory=list)
 
 
+def _map_write_error(err: SluiceError, partition: int) -> SluiceError:
+    if err.code in _NOT_COORDINATOR:
+        return NotCoordinatorError(f"{OFFSETS_TOPIC}-{partition} is no longer led here ({err.message})")
+    if err.code in _NOT_AVAILABLE:
+        return CoordinatorNotAvailableError(f"{OFFSETS_TOPIC}-{partition} cannot take the commit now ({err.message})")
+    return err
+
+
 class OffsetStore:
-    def __init__(self, node: Supervisor, partitions: int) -> None:
-        self.node = node
-        self.partitions = partitions
-        self.cache: dict[str, dict[TP, CommittedOffset]] = {}
+    def __init__(self, front: FrontApi, partitions: int) -> None:
+        self.front = front
+        self.node = front.node
+        self.partitions = partitions  # of __consumer_offsets: from the topic once it exists
+        self.cache: dict[str, dict[TP, CommittedOffset]] = {}  # groups of the partitions led here
         self.channels: ChannelPool | None = None  # made on first use: the supervisor's context and poller
         self.pending: dict[int, _Pending] = {}
+        self.led: dict[int, int] = {}  # partition led by this node -> the leader epoch loaded / loading
         self._load_next: dict[int, int] = {}  # partition -> next offset to read while loading
         self._loaded: set[int] = set()
-
-    @property
-    def loaded(self) -> bool:
-        return len(self._loaded) == self.partitions
+        self._waiting_hw: set[int] = set()  # partitions whose load waits for the high watermark (logged once)
 
     def partition_for(self, group: str) -> int:
         return partition_for_key(group.encode(), self.partitions)
 
+    def is_loaded(self, partition: int) -> bool:
+        return partition in self._loaded
+
+    def group_loaded(self, group: str) -> bool:
+        return self.partition_for(group) in self._loaded
+
+    # ---- leadership ---------------------------------------------------------------------------
+    def begin_load(self, partition: int, leader_epoch: int) -> None:
+        """This node leads ``partition`` at ``leader_epoch``: (re)read it from the start."""
+        self.unload(partition, quiet=True)
+        self.led[partition] = leader_epoch
+        self._load_next[partition] = 0
+        log.info("%s-%d: led here at leader epoch %d; loading its offsets", OFFSETS_TOPIC, partition, leader_epoch)
+
+    def unload(self, partition: int, quiet: bool = False) -> None:
+        """Forget ``partition``: its cached offsets, its load, its writes in flight (which
+        fail with NOT_COORDINATOR: the client retries at the new coordinator)."""
+        if self.led.pop(partition, None) is not None and not quiet:
+            log.info("%s-%d: no longer led here; its groups' offsets are forgotten", OFFSETS_TOPIC, partition)
+        self._loaded.discard(partition)
+        self._waiting_hw.discard(partition)
+        self._load_next.pop(partition, None)
+        for group in [g for g in self.cache if self.partition_for(g) == partition]:
+            del self.cache[group]
+        for cid, p in list(self.pending.items()):
+            if p.kind in ("write", "load") and p.partition == partition:
+                del self.pending[cid]  # a late reply is ignored
+                if p.done is not None:
+                    p.done(NotCoordinatorError(f"{OFFSETS_TOPIC}-{partition} moved while the commit was in flight"))
+
     # ---- sockets ------------------------------------------------------------------------------
-    def _endpoint(self, topic: str, partition: int) -> str | None:
-        """The serving leader worker's endpoint of a partition on this node, if any."""
-        r = self.node.replicas.get((topic, partition))
+    def _own_leader_endpoint(self, partition: int) -> str | None:
+        """This node's serving worker of a __consumer_offsets partition this node leads."""
+        if partition not in self.led:
+            return None
+        r = self.node.replicas.get((OFFSETS_TOPIC, partition))
         if r is None or r.state.value != "serving" or not r.endpoint:
             return None
         return r.endpoint
@@ -109,16 +169,16 @@ class OffsetStore:
                     for group, tp, entry in p.entries:
                         self._apply(group, tp, entry)
                 assert p.done is not None
-                p.done(reply.error)
-            else:
+                p.done(None if reply.error is None else _map_write_error(reply.error, p.partition))
+            elif self.led.get(p.partition) == p.leader_epoch:
                 self._on_load_reply(p.partition, reply)
 
     # ---- writing --------------------------------------------------------------------------------
     def write(self, group: str, entries: list[tuple[TP, CommittedOffset | None]], done: Done) -> None:
         partition = self.partition_for(group)
-        endpoint = self._endpoint(OFFSETS_TOPIC, partition)
+        endpoint = self._own_leader_endpoint(partition)
         if endpoint is None:
-            done(CoordinatorNotAvailableError(f"{OFFSETS_TOPIC}-{partition} is not serving"))
+            done(CoordinatorNotAvailableError(f"{OFFSETS_TOPIC}-{partition} is not serving on this node"))
             return
         keys = [orjson.dumps([group, t, p]) for (t, p), _ in entries]
         values = [
@@ -127,7 +187,9 @@ class OffsetStore:
         ]
         batch = encode_batch(values, keys, timestamp=int(time.time() * 1000))
         ch = self._channel(endpoint)
-        cid = ch.send("produce", [batch], topic=OFFSETS_TOPIC, partition=partition, acks=1)
+        cid = ch.send(
+            "produce", [batch], topic=OFFSETS_TOPIC, partition=partition, acks="all", timeout_ms=PRODUCE_TIMEOUT_MS
+        )
         self.pending[cid] = _Pending(
             "write",
             partition,
@@ -149,8 +211,11 @@ class OffsetStore:
 
     # ---- lag probes ---------------------------------------------------------------------------
     def probe_timestamp(self, topic: str, partition: int, offset: int, done: Callable[[int | None], None]) -> None:
-        """Ask the partition's worker for the record at ``offset``; ``done(timestamp ms | None)``."""
-        endpoint = self._endpoint(topic, partition)
+        """Ask the partition's leader worker (on any node) for the record at ``offset``;
+        ``done(timestamp ms | None)``."""
+        info = self.node.coordinator.topics().get(topic)
+        state = info.partitions[partition] if info is not None and partition < len(info.partitions) else None
+        endpoint = self.front.leader_endpoint(topic, partition, state) if state is not None else None
         if endpoint is None:
             done(None)
             return
@@ -182,29 +247,35 @@ class OffsetStore:
             self.channels.reset(p.channel)
             if p.kind == "write" and p.done is not None:
                 p.done(RequestTimedOutError(f"offset commit not acknowledged by {OFFSETS_TOPIC}-{p.partition}"))
-        if self.loaded:
-            return
         busy = {p.partition for p in self.pending.values() if p.kind == "load"}
-        for partition in range(self.partitions):
+        for partition, epoch in self.led.items():
             if partition in self._loaded or partition in busy:
                 continue
-            endpoint = self._endpoint(OFFSETS_TOPIC, partition)
+            endpoint = self._own_leader_endpoint(partition)
             if endpoint is None:
-                continue
+                continue  # its worker is starting: the next tick tries again
             ch = self._channel(endpoint)
             offset = self._load_next.setdefault(partition, 0)
             cid = ch.send(
-                "fetch", topic=OFFSETS_TOPIC, partition=partition, offset=offset, max_bytes=4 << 20, max_wait_ms=0
+                "fetch",
+                topic=OFFSETS_TOPIC,
+                partition=partition,
+                offset=offset,
+                max_bytes=LOAD_FETCH_BYTES,
+                max_wait_ms=0,
             )
-            self.pending[cid] = _Pending("load", partition, now + WRITE_TIMEOUT_S, ch)
+            self.pending[cid] = _Pending("load", partition, now + WRITE_TIMEOUT_S, ch, leader_epoch=epoch)
 
     def _on_load_reply(self, partition: int, reply: Any) -> None:
         if reply.error is not None:
             if reply.error.code == "OFFSET_OUT_OF_RANGE":
                 self._load_next[partition] = 0
-            log.warning("loading %s-%d: %s", OFFSETS_TOPIC, partition, reply.error)
+            # NOT_LEADER: the worker has not taken its leader role yet; the next tick asks again
+            level = logging.DEBUG if reply.error.code in ("NOT_LEADER", "LEADER_NOT_AVAILABLE") else logging.WARNING
+            log.log(level, "loading %s-%d: %s", OFFSETS_TOPIC, partition, reply.error)
             return
         hw = int(reply.fields.get("high_watermark", 0))
+        leo = int(reply.fields.get("log_end_offset", hw))
         start = self._load_next.get(partition, 0)
         if start < int(reply.fields.get("log_start_offset", 0)):
             start = int(reply.fields["log_start_offset"])
@@ -229,8 +300,32 @@ class OffsetStore:
                     self._apply(group, (topic, int(part)), entry)
                 start = max(start, batch.header.next_offset)
         self._load_next[partition] = start
-        if start >= hw:
-            self._loaded.add(partition)
-            log.info("loaded committed offsets from %s-%d (%d records)", OFFSETS_TOPIC, partition, start)
-            if self.loaded:
-                log.info("group coordinator ready: offsets of %d group(s) loaded", len(self.cache))
+        if start < hw:
+            return  # more to read: the next tick asks for it
+        if hw < leo:
+            # A new leader's high watermark can lag its log end: records there may be
+            # commits the previous leader acknowledged (acks=all: every in-sync replica,
+            # this one included, has them). Only this store writes to the partition, and
+            # it does not while loading, so the high watermark reaches the log end once
+            # the followers catch up or leave the ISR; loading finishes then.
+            if partition not in self._waiting_hw:
+                self._waiting_hw.add(partition)
+                log.info(
+                    "loading %s-%d: waiting for the high watermark %d to reach the log end %d",
+                    OFFSETS_TOPIC,
+                    partition,
+                    hw,
+                    leo,
+                )
+            return
+        self._loaded.add(partition)
+        self._waiting_hw.discard(partition)
+        groups = sum(1 for g in self.cache if self.partition_for(g) == partition)
+        log.info(
+            "loaded committed offsets from %s-%d at leader epoch %d (%d records, %d group(s))",
+            OFFSETS_TOPIC,
+            partition,
+            self.led.get(partition, -1),
+            start,
+            groups,
+        )

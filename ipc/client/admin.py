@@ -1,15 +1,22 @@
-"""``Admin``: create, delete, alter, describe and list topics; node status."""
+"""``Admin``: create, delete, alter, describe and list topics; consumer groups; node status.
+
+Topic requests go to any node (the bootstrap channel). Group requests go to the group's
+coordinator (``CoordinatorLink``: found with ``find_coordinator``, found again when it
+moves); ``list_groups`` asks every node of the cluster (from ``metadata``) and merges,
+since each node lists the groups it coordinates."""
 
 from __future__ import annotations
 
+import time
 from types import ModuleType
 from typing import Any
 
 import zmq as _zmq
 
-from ipc.client.transport import Bootstrap, BootstrapChannel, check_ints, parse_bootstrap
-from ipc.errors import CoordinatorNotAvailableError, InvalidConfigError
-from ipc.protocol import valid_topic_name
+from ipc.client.group import CoordinatorLink
+from ipc.client.transport import Bootstrap, BootstrapChannel, Channel, check_ints, parse_bootstrap
+from ipc.errors import CoordinatorNotAvailableError, InvalidConfigError, RequestTimedOutError, SluiceError
+from ipc.protocol import Reply, valid_topic_name
 
 
 class Admin:
@@ -24,12 +31,23 @@ class Admin:
         if timeout_ms <= 0:
             raise ValueError(f"timeout_ms={timeout_ms}: must be positive")
         self.timeout_s = timeout_ms / 1000
+        self.zmq = zmq_module
         self.ctx = zmq_module.Context()
         self.channel = BootstrapChannel(self.ctx, self.endpoints, zmq_module)
+        self._link: CoordinatorLink | None = None  # to group coordinators, made on first use
 
     def _call(self, api: str, timeout_ms: int | None = None, **fields: Any) -> dict[str, Any]:
         timeout = self.timeout_s if timeout_ms is None else timeout_ms / 1000
         reply = self.channel.request(api, timeout, **fields)
+        reply.raise_for_error()
+        return reply.fields
+
+    def _group_call(self, group: str, api: str, timeout_ms: int | None = None, **fields: Any) -> dict[str, Any]:
+        """``api`` for ``group`` at the group's coordinator, wherever it is now."""
+        if self._link is None:
+            self._link = CoordinatorLink(self.ctx, self.endpoints, self.zmq)
+        timeout = self.timeout_s if timeout_ms is None else timeout_ms / 1000
+        reply = self._link.request(group, api, timeout, **fields)
         reply.raise_for_error()
         return reply.fields
 
@@ -91,18 +109,60 @@ class Admin:
 
     # ---- consumer groups ---------------------------------------------------------------------
     def list_groups(self, timeout_ms: int | None = None) -> list[dict[str, Any]]:
-        """Every group the coordinator knows (with members or committed offsets) and its state."""
-        groups: list[dict[str, Any]] = self._call("list_groups", timeout_ms)["groups"]
-        return groups
+        """Every group of the cluster (with members or committed offsets) and its state:
+        each node lists the groups it coordinates, so every node is asked (as Kafka's
+        admin client does). A node that does not answer in time fails the call."""
+        timeout = self.timeout_s if timeout_ms is None else timeout_ms / 1000
+        deadline = time.monotonic() + timeout
+        brokers = self._call("metadata", timeout_ms, topics=[]).get("brokers") or []
+        endpoints = sorted({str(b["endpoint"]) for b in brokers if isinstance(b, dict) and b.get("endpoint")})
+        if not endpoints:
+            groups: list[dict[str, Any]] = self._call("list_groups", timeout_ms)["groups"]
+            return groups
+        merged: dict[str, dict[str, Any]] = {}
+        for reply in self._ask_all(endpoints, "list_groups", deadline):
+            for g in reply.fields["groups"]:
+                merged.setdefault(g["group"], g)  # a group moving may be listed twice for a moment
+        return [merged[name] for name in sorted(merged)]
+
+    def _ask_all(self, endpoints: list[str], api: str, deadline: float) -> list[Reply]:
+        """Send ``api`` to every endpoint at once; every reply, or the first error."""
+        channels = {e: Channel(self.ctx, e, self.zmq) for e in endpoints}
+        try:
+            poller = self.zmq.Poller()
+            waiting: dict[int, Channel] = {}
+            for ch in channels.values():
+                waiting[ch.send(api)] = ch
+                poller.register(ch.sock, self.zmq.POLLIN)
+            replies: list[Reply] = []
+            while waiting:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    silent = ", ".join(sorted(ch.endpoint for ch in waiting.values()))
+                    raise RequestTimedOutError(f"no reply to {api} from {silent} in time")
+                events = dict(poller.poll(left * 1000 + 1))
+                for ch in channels.values():
+                    if ch.sock not in events:
+                        continue
+                    for reply in ch.replies():
+                        if waiting.pop(reply.id, None) is None:
+                            continue
+                        if reply.error is not None:
+                            raise _from(reply.error, ch.endpoint)
+                        replies.append(reply)
+            return replies
+        finally:
+            for ch in channels.values():
+                ch.close()
 
     def describe_group(self, group: str, timeout_ms: int | None = None) -> dict[str, Any]:
         """State, generation, assignor, members with their assignment, and per partition the
         committed offset, log end offset (high watermark) and lag."""
-        return self._call("describe_group", timeout_ms, group=group)
+        return self._group_call(group, "describe_group", timeout_ms)
 
     def delete_group(self, group: str, timeout_ms: int | None = None) -> None:
         """Delete an empty group's committed offsets (refused while it has members)."""
-        self._call("delete_group", timeout_ms, group=group)
+        self._group_call(group, "delete_group", timeout_ms)
 
     def alter_group_offsets(
         self, group: str, offsets: dict[tuple[str, int], int], timeout_ms: int | None = None
@@ -114,7 +174,7 @@ class Admin:
             if type(offset) is not int or offset < 0:
                 raise ValueError(f"offset for {topic}-{partition}: {offset!r} is not an integer >= 0")
             body.append({"topic": topic, "partition": partition, "offset": offset, "metadata": ""})
-        self._call("offset_commit", timeout_ms, group=group, member_id="", generation=-1, offsets=body)
+        self._group_call(group, "offset_commit", timeout_ms, member_id="", generation=-1, offsets=body)
 
     # ---- cluster ---------------------------------------------------------------------------
     def cluster_status(self, timeout_ms: int | None = None) -> dict[str, Any]:
@@ -151,6 +211,8 @@ class Admin:
         return self._call("status", timeout_ms)
 
     def close(self) -> None:
+        if self._link is not None:
+            self._link.close()
         self.channel.close()
         self.ctx.term()
 
@@ -159,3 +221,8 @@ class Admin:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _from(err: SluiceError, endpoint: str) -> SluiceError:
+    err.message = f"{endpoint}: {err.message}"
+    return err

@@ -145,6 +145,9 @@ class Consumer:
         self.auto_commit_interval_s = auto_commit_interval_ms / 1000
         self._next_auto_commit = 0.0
         self._committer: _Committer | None = None
+        # positions of partitions dropped when the group coordinator changed (see
+        # GroupMembership.ensure_active): the next assignment resumes them
+        self._carried: dict[TopicPartition, int] = {}
         if group_id is not None:
             if not isinstance(group_id, str) or not 0 < len(group_id) <= 255:
                 raise ValueError(f"group_id={group_id!r}: must be a non-empty string of at most 255 characters")
@@ -222,9 +225,12 @@ class Consumer:
             self._topics = matched
         return self._topics
 
-    def _apply_group_assignment(self, tps: list[TopicPartition]) -> None:
+    def _apply_group_assignment(self, tps: list[TopicPartition], carry: bool = False) -> None:
         for tp in list(self._states):
             if tp not in tps:
+                position = self._states[tp].position
+                if carry and position is not None:
+                    self._carried[tp] = position
                 self._drop(tp)
         added = [tp for tp in tps if tp not in self._states]
         for tp in added:
@@ -233,8 +239,19 @@ class Consumer:
             assert self._group is not None
             self._refresh_leaders({t for t, _ in added})
             for tp, offset in self._group.committed(added).items():
-                if offset is not None and tp in self._states:
-                    self._reset_fetch(self._states[tp], offset)
+                if tp not in self._states:
+                    continue
+                # Our own position from before the coordinator changed: what lies below it
+                # was handed out here, what lies below the committed offset was processed
+                # by a member that owned it meanwhile; start after both.
+                mine = self._carried.get(tp)
+                start = offset if mine is None else mine if offset is None else max(offset, mine)
+                if mine is not None:
+                    log.info("%s-%d: resuming at %d (committed %s)", tp[0], tp[1], start, offset)
+                if start is not None:
+                    self._reset_fetch(self._states[tp], start)
+        if not carry:
+            self._carried.clear()  # only for the assignment that directly follows
 
     def _commit_before_revoke(self, tps: list[TopicPartition]) -> None:
         if self.enable_auto_commit:
@@ -289,7 +306,7 @@ class Consumer:
         if not body:
             return
         if self._committer is None:
-            self._committer = _Committer(g, self.ctx, self.endpoints, self.zmq)
+            self._committer = _Committer(g)
         self._committer.submit(body, callback)
 
     def committed(
@@ -651,19 +668,20 @@ def _commit_body(offsets: dict[TopicPartition, int | tuple[int, str]]) -> dict[T
 
 
 class _Committer:
-    """One background thread that sends ``commit_async`` commits in order."""
+    """One background thread that sends ``commit_async`` commits in order, to the group's
+    coordinator (its own ``CoordinatorLink``)."""
 
-    def __init__(self, group: GroupMembership, ctx: Any, endpoints: list[str], zmq_module: ModuleType) -> None:
+    def __init__(self, group: GroupMembership) -> None:
         self.group = group
         self.queue: queue.Queue[Any] = queue.Queue()
-        self.thread = threading.Thread(target=self._run, args=(ctx, endpoints, zmq_module), daemon=True)
+        self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def submit(self, body: dict[TopicPartition, tuple[int, str]], callback: Any) -> None:
         self.queue.put((body, callback))
 
-    def _run(self, ctx: Any, endpoints: list[str], zmq_module: ModuleType) -> None:
-        chan = BootstrapChannel(ctx, endpoints, zmq_module)
+    def _run(self) -> None:
+        link = self.group.new_link()
         try:
             while True:
                 item = self.queue.get()
@@ -672,7 +690,7 @@ class _Committer:
                 body, callback = item
                 err: SluiceError | None = None
                 try:
-                    self.group.commit(body, channel=chan)
+                    self.group.commit(body, link=link)
                 except SluiceError as exc:
                     err = exc
                     log.warning("asynchronous commit failed: %s", exc)
@@ -682,7 +700,7 @@ class _Committer:
                     except Exception:  # noqa: BLE001 - a user callback must not kill the committer
                         log.exception("commit callback raised")
         finally:
-            chan.close()
+            link.close()
 
     def close(self) -> None:
         self.queue.put(None)
