@@ -62,13 +62,13 @@ class NodeSnapshot:
     node_id: int
     controller_active: bool
     replicas: tuple[ReplicaSnap, ...] = ()
-    under_replicated: int = 0  # partitions this node leads with fewer in-sync replicas than replicas
-    isr_shrinks: int = 0
-    isr_expands: int = 0
     groups: tuple[GroupSnap, ...] = ()
     healthy: bool = True
     health_note: str = "ok"
     taken_at: float = 0.0
+    under_replicated: int = 0  # partitions this node leads with fewer in-sync replicas than replicas
+    isr_shrinks: int = 0
+    isr_expands: int = 0
 
 
 PL = ["topic", "partition"]
