@@ -355,6 +355,16 @@ class Cluster:
         if wait:
             for n in self.nodes:
                 n.wait_ready(timeout)
+            ids = sorted(n.node_id for n in self.nodes)
+
+            def all_known() -> bool:  # every node sees every other one registered
+                for n in self.nodes:
+                    with n.admin(5000) as admin:
+                        if sorted(x["node_id"] for x in admin.cluster_status()["nodes"]) != ids:
+                            return False
+                return True
+
+            wait_until(all_known, timeout, f"nodes {ids} to see each other")
         return self
 
     def close(self) -> None:

@@ -241,3 +241,35 @@ def test_leaders_step_down_while_the_coordinator_is_unreachable(cl: Cluster) -> 
         wait_until(lambda: produce() is None, 60, "a leader again once ZooKeeper is back")
     finally:
         ch.close()
+
+
+def test_committed_offsets_survive_the_loss_of_the_group_coordinator(cl: Cluster) -> None:
+    cl.create_topic("kept", partitions=1, replication_factor=3, config=dict(TOPIC_CONFIG))
+    tp = ("kept", 0)
+
+    def coordinator() -> int:
+        with cl.admin(10_000) as admin:
+            node: int = admin._call("find_coordinator", group="g-kept")["node_id"]
+        return node
+
+    with Consumer(cl.bootstrap, group_id="g-kept", enable_auto_commit=False) as c:
+        c.assign([tp])
+        c.commit({tp: 42})
+        assert c.committed([tp]) == {tp: 42}
+    old = coordinator()
+    st = cluster_status(cl)
+    offsets = [p for p in st["partitions"] if p["topic"] == "__consumer_offsets"]
+    assert offsets and all(len(p["replicas"]) == 3 for p in offsets), "__consumer_offsets is not replicated"
+    cl.node(old).kill(signal.SIGKILL)
+    cl.node(old).wait_exit(10)
+
+    def moved() -> bool:
+        try:
+            return coordinator() != old
+        except SluiceError:
+            return False
+
+    wait_until(moved, 60, f"a group coordinator other than node {old}")
+    with Consumer(cl.bootstrap, group_id="g-kept", enable_auto_commit=False) as c:
+        committed = wait_until(lambda: c.committed([tp]).get(tp), 60, "the committed offset on the new coordinator")
+    assert committed == 42

@@ -1,0 +1,45 @@
+"""Consumer groups on the three-node bed: one coordinator per group (the leader of its
+``__consumer_offsets`` partition), the others answer NOT_COORDINATOR."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from ipc.client import Consumer
+from ipc.client.transport import Channel
+from ipc.protocol import Reply
+from tests.cluster.harness import Cluster, wait_until
+
+
+def raw(endpoint: str, api: str, **fields: Any) -> Reply:
+    ch = Channel(zmq.Context.instance(), endpoint)
+    try:
+        return ch.request(api, 10.0, **fields)
+    finally:
+        ch.close()
+
+
+def test_one_coordinator_per_group_and_a_replicated_offsets_topic(cluster_factory: Callable[..., Cluster]) -> None:
+    cl = cluster_factory({"zookeeper_session_timeout_ms": 3000})
+    cl.create_topic("t", partitions=2, replication_factor=3)
+    with Consumer(cl.bootstrap, group_id="gp", auto_offset_reset="earliest") as c:
+        c.subscribe(["t"])
+        wait_until(lambda: c.poll(100) is not None and c.assignment(), 30, "a partition assignment")
+        c.commit({("t", 0): 0, ("t", 1): 0})
+    with cl.admin() as admin:
+        d = admin.describe_topic("__consumer_offsets")
+        assert d["replication_factor"] == 3
+        assert int(d["overrides"]["min.insync.replicas"]) == 2
+        assert [g["group"] for g in admin.list_groups()] == ["gp"]  # asked of every node, merged
+    answers = {raw(n.endpoint, "find_coordinator", group="gp").fields["node_id"] for n in cl.nodes}
+    assert len(answers) == 1, f"the nodes disagree on the coordinator: {answers}"
+    coordinator = answers.pop()
+    for n in cl.nodes:
+        reply = raw(n.endpoint, "describe_group", group="gp")
+        if n.node_id == coordinator:
+            assert reply.error is None, reply.error
+        else:
+            assert reply.error is not None and reply.error.code == "NOT_COORDINATOR", reply.error
