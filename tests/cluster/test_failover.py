@@ -252,10 +252,8 @@ def test_committed_offsets_survive_the_loss_of_the_group_coordinator(cl: Cluster
             node: int = admin._call("find_coordinator", group="g-kept")["node_id"]
         return node
 
-    with Consumer(cl.bootstrap, group_id="g-kept", enable_auto_commit=False) as c:
-        c.assign([tp])
-        c.commit({tp: 42})
-        assert c.committed([tp]) == {tp: 42}
+    with cl.admin() as admin:
+        admin.alter_group_offsets("g-kept", {tp: 42})
     old = coordinator()
     st = cluster_status(cl)
     offsets = [p for p in st["partitions"] if p["topic"] == "__consumer_offsets"]
