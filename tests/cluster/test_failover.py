@@ -67,31 +67,33 @@ def leader_of(cl: Cluster, topic: str, partition: int = 0, not_node: int | None 
     return cl.wait_leader(topic, partition, timeout=60, not_node=not_node)
 
 
-def test_hard_bounce_of_the_leader_loses_nothing(cl: Cluster) -> None:
-    def fault(cl: Cluster, wl: ProduceWorkload) -> None:
-        for _ in range(3):
-            old = leader_of(cl, "hard")
-            cl.node(old).kill(signal.SIGKILL)
-            cl.node(old).wait_exit(10)
-            leader_of(cl, "hard", not_node=old)
-            wl.wait_acked(PROGRESS // 2, 60)
-            cl.node(old).restart()
-            wait_until(lambda: fully_in_sync(cl, "hard"), 60, "the bounced node back in every ISR")
+def bounces(topic: str, rounds: int, hard: bool) -> Callable[[Cluster, ProduceWorkload], None]:
+    """The fault: take the leader's node down (SIGKILL, or SIGTERM and a clean exit),
+    wait for another leader and for progress, start it again, ``rounds`` times."""
 
-    run_checked(cl, "hard", fault)
+    def fault(cl: Cluster, wl: ProduceWorkload) -> None:
+        for _ in range(rounds):
+            old = leader_of(cl, topic)
+            node = cl.node(old)
+            if hard:
+                node.kill(signal.SIGKILL)
+                node.wait_exit(10)
+            else:
+                assert node.stop(30) == 0
+            leader_of(cl, topic, not_node=old)
+            wl.wait_acked(PROGRESS // 2, 60)
+            node.restart()
+            wait_until(lambda: fully_in_sync(cl, topic), 60, "the bounced node back in every ISR")
+
+    return fault
+
+
+def test_hard_bounce_of_the_leader_loses_nothing(cl: Cluster) -> None:
+    run_checked(cl, "hard", bounces("hard", rounds=3, hard=True))
 
 
 def test_clean_bounce_of_the_leader_loses_nothing(cl: Cluster) -> None:
-    def fault(cl: Cluster, wl: ProduceWorkload) -> None:
-        for _ in range(2):
-            old = leader_of(cl, "clean")
-            assert cl.node(old).stop(30) == 0
-            leader_of(cl, "clean", not_node=old)
-            wl.wait_acked(PROGRESS // 2, 60)
-            cl.node(old).start()
-            wait_until(lambda: fully_in_sync(cl, "clean"), 60, "the bounced node back in every ISR")
-
-    run_checked(cl, "clean", fault)
+    run_checked(cl, "clean", bounces("clean", rounds=2, hard=False))
 
 
 def test_paused_leader_is_deposed_and_takes_no_write_after_it_resumes(cl: Cluster) -> None:

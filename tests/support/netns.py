@@ -38,6 +38,8 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
+from appliance.process import pid_alive
+
 log = logging.getLogger(__name__)
 
 IP_TIMEOUT_S = 10.0  # one `ip` command; they take milliseconds
@@ -63,16 +65,6 @@ def ip(*args: str, check: bool = True, timeout: float = IP_TIMEOUT_S) -> str:
     if check and done.returncode != 0:
         raise NetbedError(f"`ip {' '.join(args)}` failed ({done.returncode}): {done.stderr.strip()}")
     return done.stdout
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _link_names() -> list[str]:
@@ -134,7 +126,7 @@ def remove_stale() -> list[str]:
         pid = int(m.group("pid"))
         if pid == me:
             return m.group("prefix") not in _live_prefixes
-        return not _pid_alive(pid)
+        return not pid_alive(pid)
 
     for ns in _netns_names():
         if stale(ns):
