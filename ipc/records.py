@@ -373,6 +373,11 @@ def _split(data: bytes, lengths: array[int]) -> list[bytes | None]:
     count = len(lengths)
     if not count:
         return []
+    first = lengths[0]
+    if first > 0 and lengths.count(first) == count:
+        # fixed-size items (the common case): slice by ranges, no running sum
+        end = first * count
+        return list(map(data.__getitem__, map(slice, range(0, end, first), range(first, end + 1, first))))
     nulls = lengths.count(-1)
     if nulls == count:
         return [None] * count
@@ -393,11 +398,16 @@ def _split(data: bytes, lengths: array[int]) -> list[bytes | None]:
 
 
 def _column_total(col: array[int], name: str, pos: int) -> int:
+    """Bytes the lengths in ``col`` take (-1, a null, takes none); refuses other negatives."""
     if not col:
         return 0
-    if min(col) < -1:
-        raise CorruptRecordError(f"batch at byte {pos}: negative {name} {min(col)}")
-    return sum(col) + col.count(-1)
+    low = min(col)
+    if low >= 0:  # no nulls: two passes in C
+        return sum(col)
+    if low < -1:
+        raise CorruptRecordError(f"batch at byte {pos}: negative {name} {low}")
+    nulls = col.count(-1)
+    return 0 if nulls == len(col) else sum(col) + nulls
 
 
 def _decode_headers(data: bytes, lengths: array[int], pos: int) -> list[Headers]:

@@ -16,7 +16,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from itertools import repeat
+from itertools import repeat, starmap
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -626,7 +626,7 @@ class Consumer:
                 room -= len(buf)
                 buf.clear()
             else:
-                out.extend(buf.popleft() for _ in range(room))
+                out.extend(starmap(buf.popleft, repeat((), room)))  # C-level loop, no generator
                 room = 0
             st.position = out[-1].offset + 1
         return out
