@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 import zmq
 
+from appliance.log.checkpoint import OffsetCheckpoint
 from appliance.log.cleaner import CleanPlan, apply_plan, build_plan
 from appliance.log.config import CleanupPolicy, LogConfig
 from appliance.log.log import Log
@@ -52,6 +53,11 @@ from ipc.shm import Role, StatusTable, StatusWriter
 from metrics.definitions import FETCH_LATENCY, PRODUCE_LATENCY
 
 log = logging.getLogger(__name__)
+
+# The high watermark, saved now and then (and at shutdown) so that a restarted replica
+# does not start from 0: Kafka's replication-offset-checkpoint, every 5 s as there.
+HW_CHECKPOINT_FILE = "replication-offset-checkpoint"
+HW_CHECKPOINT_S = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +143,9 @@ class PartitionWorker:
         self.leading: LeaderState | None = None
         self.fetcher: Fetcher | None = None
         self._follower_hw = 0
+        self._hw_checkpoint: OffsetCheckpoint
+        self._hw_saved = 0
+        self._next_hw_save = 0.0
         self.producers: ProducerStateTable
         self.poller = zmq.Poller()
         self._polled_fetch: zmq.Socket[Any] | None = None
@@ -186,6 +195,8 @@ class PartitionWorker:
         config = LogConfig.from_options(spec.log_options)
         self.log = Log.open(spec.directory, config)
         self.producers = ProducerStateTable.rebuild(self.log)
+        self._hw_checkpoint = OffsetCheckpoint(os.path.join(spec.directory, HW_CHECKPOINT_FILE))
+        self._hw_saved = self._follower_hw = min(self._hw_checkpoint.read(0), self.log.log_end_offset)
         table = StatusTable.attach(spec.status_path, writable=True)
         self.status = StatusWriter(table, spec.slot)
         self.ctx = zmq.Context()
@@ -284,6 +295,9 @@ class PartitionWorker:
         self.log.maybe_flush()
         if self.leading is not None:
             self._check_isr(now)
+        if now >= self._next_hw_save:
+            self._next_hw_save = now + HW_CHECKPOINT_S
+            self._save_high_watermark()
         cfg = self.log.config
         if now >= self._next_retention and self._clean_thread is None:
             self._next_retention = now + self.retention_check_ms / 1000
@@ -402,6 +416,15 @@ class PartitionWorker:
                     self.ctx, endpoint, spec.topic, spec.partition, spec.node_id, self.node_epoch, epoch
                 )
         log.info("%s: %s at leader epoch %d (isr %s)", self.name, role.name.lower(), epoch, sorted(isr))
+
+    def _save_high_watermark(self) -> None:
+        hw = self.high_watermark
+        if hw != self._hw_saved:
+            try:
+                self._hw_checkpoint.write(hw)
+                self._hw_saved = hw
+            except OSError as exc:  # a hint for the next start, not data: keep serving
+                log.warning("%s: cannot save the high watermark: %s", self.name, exc)
 
     def _stop_fetcher(self) -> None:
         if self.fetcher is not None:
@@ -819,6 +842,7 @@ class PartitionWorker:
         if self._clean_thread is not None:
             self._clean_thread.join(timeout=30)
         self._publish_status()  # the final offsets, before the log closes its segments
+        self._save_high_watermark()
         self.log.close()
         self._send_control(event="stopped", slot=self.spec.slot, pid=os.getpid())
         self.data.close(0)

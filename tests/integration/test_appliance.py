@@ -791,3 +791,16 @@ def test_consumer_offset_reset_policies_and_list_offsets(node: Node) -> None:
             assert p.send(topic, b"r-10").result(30).offset == 10
         got = wait_until(lambda: c.poll(200), 10, "the new record")
         assert [(r.offset, r.value) for r in got] == [(10, b"r-10")]
+
+
+def test_high_watermark_is_checkpointed_at_shutdown(node: Node) -> None:
+    with node.admin() as admin:
+        admin.create_topic("hwc", partitions=1)
+    with Producer(node.bootstrap, acks="all") as p:
+        for i in range(25):
+            p.send("hwc", b"v%d" % i, partition=0)
+        p.flush(30)
+    assert node.stop() == 0
+    # Kafka's replication-offset-checkpoint: a restarted replica starts from it, not 0
+    text = (node.data_dir / "hwc-0" / "replication-offset-checkpoint").read_text()
+    assert text.split() == ["0", "25"]
