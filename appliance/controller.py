@@ -136,15 +136,25 @@ def initial_states(
 
 
 def alter_isr(
-    state: PartitionState, leader: int, leader_epoch: int, isr: Mapping[int, int], live: Mapping[int, NodeInfo]
+    state: PartitionState,
+    leader: int,
+    leader_epoch: int,
+    isr: Mapping[int, int],
+    live: Mapping[int, NodeInfo],
+    resign: bool = False,
 ) -> PartitionState:
-    """A leader's ISR change (``isr``: node -> the node epoch it fetched with)."""
+    """A leader's ISR change (``isr``: node -> the node epoch it fetched with). With
+    ``resign`` the leader leaves the ISR (its replica cannot serve: offline after
+    repeated crashes) and the caller elects another member; the sole in-sync replica
+    cannot resign."""
     if state.leader != leader:
         raise NotLeaderError(f"node {leader} is not the leader (node {state.leader} is)")
     if state.leader_epoch != leader_epoch:
         raise FencedLeaderEpochError(f"leader epoch {leader_epoch} is stale (now {state.leader_epoch})")
     assigned = state.replicas + [n for n in state.target_replicas or () if n not in state.replicas]
-    members = [n for n in assigned if n in isr or n == leader]
+    members = [n for n in assigned if (n in isr or n == leader) and not (resign and n == leader)]
+    if not members:
+        return state
     epochs = {}
     for n in members:
         if n in state.isr and n not in isr:
@@ -209,14 +219,24 @@ class Controller:
         return info.partitions[partition]
 
     def alter_isr(
-        self, topic: str, partition: int, leader: int, leader_epoch: int, isr: Mapping[int, int]
+        self,
+        topic: str,
+        partition: int,
+        leader: int,
+        leader_epoch: int,
+        isr: Mapping[int, int],
+        resign: bool = False,
     ) -> PartitionState:
         state = self._state(topic, partition)
-        new = alter_isr(state, leader, leader_epoch, isr, self.coordinator.nodes())
+        live = self.coordinator.nodes()
+        new = alter_isr(state, leader, leader_epoch, isr, live, resign)
+        new = next_state(new, live) or new  # a leader that resigned is replaced in the same write
         if new == state:
             return state
         stored = self.coordinator.set_partition_state(topic, partition, new)
-        log.info("%s-%d: isr %s (asked by leader %d)", topic, partition, stored.isr, leader)
+        log.info(
+            "%s-%d: isr %s, leader %d (asked by leader %d)", topic, partition, stored.isr, stored.leader, leader
+        )
         return stored
 
     def reassign(self, topic: str, partition: int, replicas: list[int]) -> PartitionState:

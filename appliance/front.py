@@ -333,7 +333,9 @@ class FrontApi:
     def api_alter_isr(self, identity: bytes, req: Request) -> list[bytes]:
         f = req.fields
         isr = {int(k): v for k, v in f["isr"].items()}
-        st = self.node.controller.alter_isr(f["topic"], f["partition"], f["leader"], f["leader_epoch"], isr)
+        st = self.node.controller.alter_isr(
+            f["topic"], f["partition"], f["leader"], f["leader_epoch"], isr, f["resign"]
+        )
         return [ok_reply(req.id, isr=st.isr, leader_epoch=st.leader_epoch)]
 
     def api_reassign(self, identity: bytes, req: Request) -> list[bytes]:

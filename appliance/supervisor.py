@@ -337,6 +337,11 @@ class Supervisor:
                 continue
             r = found
             r.leader_epoch = st.leader_epoch
+            if r.state is ReplicaState.OFFLINE and st.leader == self.config.node_id and len(st.isr) > 1:
+                # it cannot serve until the node restarts: let an in-sync replica lead
+                others = {n: e for n, e in st.isr_epochs.items() if n != self.config.node_id and n in st.isr}
+                log.warning("%s: offline while leading; resigning the leadership", r.name)
+                self.alter_isr(r, st.leader_epoch, others, resign=True)
             if r.state is not ReplicaState.SERVING:
                 continue
             options = self.topic_options(info)
@@ -390,12 +395,12 @@ class Supervisor:
             threading.Thread(target=shutil.rmtree, args=(dst, True), name="rmtree", daemon=True).start()
         self.wake()  # the same partition may be wanted again (a topic deleted and created anew)
 
-    def alter_isr(self, r: Replica, leader_epoch: int, isr: dict[int, int]) -> None:
+    def alter_isr(self, r: Replica, leader_epoch: int, isr: dict[int, int], resign: bool = False) -> None:
         """A leader worker asks for an ISR change: to the controller, wherever it is."""
         coord = self.coordinator
         if coord.is_controller():
             try:
-                self.controller.alter_isr(r.topic, r.partition, self.config.node_id, leader_epoch, isr)
+                self.controller.alter_isr(r.topic, r.partition, self.config.node_id, leader_epoch, isr, resign)
             except Exception as exc:  # noqa: BLE001 - refused, or the coordinator unreachable: the worker asks again
                 log.info("%s: isr change %s refused: %s", r.name, sorted(isr), exc)
             return
@@ -411,6 +416,7 @@ class Supervisor:
             leader=self.config.node_id,
             leader_epoch=leader_epoch,
             isr={str(k): v for k, v in isr.items()},
+            resign=resign,
         )
 
     def _drain_peers(self, events: dict[Any, int]) -> None:

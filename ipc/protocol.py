@@ -179,6 +179,7 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "leader": Field(int, check=_int_range(0, 2**31 - 1)),
         "leader_epoch": Field(int, check=_int_range(0, 2**31 - 1)),
         "isr": Field(dict, check=_isr_map),
+        "resign": Field(bool, required=False, default=False),  # the leader leaves (offline)
     },
     "reassign": {
         "topic": TOPIC,

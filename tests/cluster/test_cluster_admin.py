@@ -179,3 +179,27 @@ def test_clients_bootstrap_from_any_live_node_and_learn_the_cluster(cl: Cluster)
 
         wait_until(read, 60, f"{len(expected)} records through a bootstrap list whose first node is down")
     assert sorted(got) == sorted(expected)
+
+
+def test_a_leader_replica_that_crash_loops_offline_hands_over_its_leadership(
+    cluster_factory: Callable[..., Cluster],
+) -> None:
+    cl = cluster_factory({**OPTIONS, "max_restarts": 1})
+    cl.create_topic("loop", partitions=1, replication_factor=3)
+    leader = cl.wait_leader("loop", 0)
+    with cl.node(leader).admin() as admin:
+        killed: list[int] = []
+
+        def serving_pid() -> int | None:  # a worker other than the ones already killed
+            p = admin.describe_topic("loop")["partitions"][0]
+            pid = int(p.get("pid") or 0)
+            return pid if p.get("state") == "serving" and pid and pid not in killed else None
+
+        for _ in range(2):  # two crashes within the window: offline (max_restarts=1)
+            killed.append(wait_until(serving_pid, 30, f"a new loop-0 worker serving on node {leader}"))
+            os.kill(killed[-1], signal.SIGKILL)
+        wait_until(lambda: admin.describe_topic("loop")["partitions"][0].get("state") == "offline", 30, "offline")
+    new = cl.wait_leader("loop", 0, timeout=30, not_node=leader)
+    assert new != leader
+    with Producer(cl.bootstrap, acks="all") as p:
+        assert p.send("loop", b"still writable", partition=0).result(30).offset >= 0

@@ -622,10 +622,8 @@ def test_controller_reassign_end_to_end(cluster: tuple[_Cluster, Controller]) ->
     assert stored.target_replicas == [2, 3]
     s = coord.topics()["t"].partitions[0]
     assert (s.replicas, s.target_replicas, s.leader, s.isr) == ([1, 2, 3], [2, 3], 1, [1, 2])
-    # node 3 catches up; the leader asks for it
-    s = ctl.alter_isr("t", 0, 1, 0, {1: e1, 2: 1, 3: 1})
-    assert s.isr == [1, 2, 3]
-    assert ctl.reconcile() == 1
+    # node 3 catches up; the leader asks for it, and the same write completes the move
+    ctl.alter_isr("t", 0, 1, 0, {1: e1, 2: 1, 3: 1})
     s = coord.topics()["t"].partitions[0]
     assert s.replicas == [2, 3]
     assert s.target_replicas is None
@@ -702,3 +700,16 @@ def test_partition_state_round_trips_through_json() -> None:
     assert PartitionState.from_json(dataclasses.replace(state, target_replicas=None).to_json(), 3) == (
         dataclasses.replace(state, target_replicas=None)
     )
+
+
+def test_a_resigning_leader_leaves_the_isr_and_another_member_is_elected() -> None:
+    state = ps(1, [1, 2, 3], [1, 2, 3])
+    new = alter_isr(state, 1, 5, {2: 1, 3: 1}, ALL_UP, resign=True)
+    assert new.isr == [2, 3] and 1 not in new.isr_epochs
+    elected = next_state(new, ALL_UP)
+    assert elected is not None and elected.leader == 2 and elected.leader_epoch == 6
+
+
+def test_the_sole_in_sync_replica_cannot_resign() -> None:
+    state = ps(1, [1, 2, 3], [1])
+    assert alter_isr(state, 1, 5, {}, ALL_UP, resign=True) == state
