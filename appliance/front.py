@@ -159,10 +159,22 @@ class FrontApi:
         """Create a topic from inside the node (e.g. __consumer_offsets)."""
         self._create(topic, partitions, replication_factor, config)
 
+    def leads(self, topic: str, partition: int) -> bool:
+        """This node's replica of the partition is its serving leader."""
+        r = self.node.replicas.get((topic, partition))
+        return r is not None and r.state.value == "serving" and r.role.get("role") == "leader"
+
     def partition_end(self, topic: str, partition: int) -> int:
-        """High watermark of this node's replica of a partition (-1 if unknown)."""
+        """The partition's high watermark: this node's own when it leads it, else the one
+        its leader answered the last lag probe with, else this node's replica's (-1 if
+        unknown)."""
         r = self.node.replicas.get((topic, partition))
         st = self.node.table.read_status_or_none(r.slot) if r is not None else None
+        if st is not None and self.leads(topic, partition):
+            return st.high_watermark
+        learned = self.groups.store.leader_ends.get((topic, partition))
+        if learned is not None:
+            return learned
         return st.high_watermark if st is not None else -1
 
     def tick(self, now: float) -> None:

@@ -204,11 +204,15 @@ class GroupCoordinator:
             for (topic, partition), c in list(offsets.items()):
                 key = (group_id, topic, partition)
                 known = self._oldest.get(key)
-                if known is not None and known[0] == c.offset:
-                    continue
-                if c.offset >= self.front.partition_end(topic, partition):
+                if self.front.leads(topic, partition):
+                    if known is not None and known[0] == c.offset:
+                        continue
+                    if c.offset >= self.front.partition_end(topic, partition):
+                        self._oldest.pop(key, None)
+                        continue
+                elif c.offset >= self.front.partition_end(topic, partition) >= 0:
+                    # led elsewhere: probe every time, the reply brings the leader's end too
                     self._oldest.pop(key, None)
-                    continue
 
                 def found(ts: int | None, key: tuple[str, str, int] = key, offset: int = c.offset) -> None:
                     if ts is not None:

@@ -78,6 +78,7 @@ class _Pending:
     done: Done | None = None
     probe: Callable[[int | None], None] | None = None
     probe_offset: int = 0
+    probe_topic: str = ""
     leader_epoch: int = -1  # "load": the epoch being loaded (a reply for an older one is dropped)
     entries: list[tuple[str, TP, CommittedOffset | None]] = dataclasses.field(default_factory=list)
 
@@ -102,6 +103,8 @@ class OffsetStore:
         self._load_next: dict[int, int] = {}  # partition -> next offset to read while loading
         self._loaded: set[int] = set()
         self._waiting_hw: set[int] = set()  # partitions whose load waits for the high watermark (logged once)
+        # the high watermark the partitions' leaders (on any node) answered the lag probes with
+        self.leader_ends: dict[TP, int] = {}
 
     def partition_for(self, group: str) -> int:
         return partition_for_key(group.encode(), self.partitions)
@@ -163,6 +166,8 @@ class OffsetStore:
                 continue
             if p.kind == "probe":
                 assert p.probe is not None
+                if reply.error is None and isinstance(reply.fields.get("high_watermark"), int):
+                    self.leader_ends[(p.probe_topic, p.partition)] = reply.fields["high_watermark"]
                 p.probe(self._timestamp_at(reply, p.probe_offset))
             elif p.kind == "write":
                 if reply.error is None:
@@ -222,7 +227,13 @@ class OffsetStore:
         ch = self._channel(endpoint)
         cid = ch.send("fetch", topic=topic, partition=partition, offset=offset, max_bytes=1, max_wait_ms=0)
         self.pending[cid] = _Pending(
-            "probe", partition, time.monotonic() + WRITE_TIMEOUT_S, ch, probe=done, probe_offset=offset
+            "probe",
+            partition,
+            time.monotonic() + WRITE_TIMEOUT_S,
+            ch,
+            probe=done,
+            probe_offset=offset,
+            probe_topic=topic,
         )
 
     @staticmethod

@@ -8,7 +8,7 @@ from typing import Any
 
 import zmq
 
-from ipc.client import Consumer
+from ipc.client import Consumer, Producer
 from ipc.client.transport import Channel
 from ipc.protocol import Reply
 from tests.cluster.harness import Cluster, wait_until
@@ -43,3 +43,23 @@ def test_one_coordinator_per_group_and_a_replicated_offsets_topic(cluster_factor
             assert reply.error is None, reply.error
         else:
             assert reply.error is not None and reply.error.code == "NOT_COORDINATOR", reply.error
+
+
+def test_group_lag_counts_partitions_led_by_other_nodes(cluster_factory: Callable[..., Cluster]) -> None:
+    cl = cluster_factory({"zookeeper_session_timeout_ms": 3000})
+    cl.create_topic("lagged", partitions=3, replication_factor=2)
+    with Producer(cl.bootstrap, acks="all") as p:
+        for i in range(30):
+            p.send("lagged", b"v%d" % i, partition=i % 3)
+        p.flush(30)
+    with cl.admin() as admin:
+        admin.alter_group_offsets("gl", {("lagged", 0): 4, ("lagged", 1): 4, ("lagged", 2): 4})
+        leaders = {cl.partition_state("lagged", p)["leader"] for p in range(3)}
+        assert len(leaders) > 1  # the coordinator cannot lead them all
+
+        def lags() -> list[Any] | None:
+            parts = sorted(admin.describe_group("gl")["partitions"], key=lambda x: x["partition"])
+            got = [(x["log_end_offset"], x["lag"]) for x in parts]
+            return got if got == [(10, 6)] * 3 else None
+
+        wait_until(lags, 30, "lag 6 on every partition, wherever its leader is")
