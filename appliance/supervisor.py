@@ -332,7 +332,7 @@ class Supervisor:
             if found is None:
                 try:
                     self.add_replica(topic, p)
-                except SluiceError as exc:
+                except (SluiceError, OSError) as exc:  # no slot left, or its directory unusable
                     log.error("%s-%d: cannot start a replica: %s", topic, p, exc)
                 continue
             r = found
@@ -438,7 +438,11 @@ class Supervisor:
             )
         r = Replica(topic, partition, slot)
         self.replicas[(topic, partition)] = r
-        self._spawn(r)
+        try:
+            self._spawn(r)
+        except BaseException:
+            del self.replicas[(topic, partition)]  # the next reconcile tries again
+            raise
         return r
 
     def _spawn(self, r: Replica) -> None:
