@@ -31,7 +31,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -451,18 +451,3 @@ class Cluster:
         found: tuple[int] = wait_until(leader, timeout, f"a leader of {topic}-{partition} (not {not_node})")
         return found[0]
 
-    @staticmethod
-    def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-        return wait_until(predicate, timeout, what, interval)
-
-
-@contextlib.contextmanager
-def running_cluster(bed: ClusterBed, base: Path, options: Mapping[str, Any] | None = None) -> Iterator[Cluster]:
-    """A started cluster, torn down (and its logs printed) whatever happens."""
-    cluster = Cluster(bed, base, options)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.close()
-        print(cluster.logs())

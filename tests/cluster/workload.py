@@ -27,6 +27,7 @@ from typing import Any
 from ipc.client import Consumer, FutureRecordMetadata, Producer
 from ipc.errors import SluiceError
 from tests.cluster.checker import Record
+from tests.integration.conftest import wait_until
 
 log = logging.getLogger(__name__)
 
@@ -195,16 +196,15 @@ def read_all(
     out: list[Record] = []
     with Consumer(bootstrap, **opts) as c:
         last: BaseException | None = None
-        end: dict[tuple[str, int], int] | None = None
-        while end is None:  # the leaders may still be moving right after the faults heal
-            try:
-                c.assign(tps)
-                end = c.end_offsets(tps)
-            except SluiceError as exc:
-                last = exc
-                if time.monotonic() >= deadline:
-                    raise AssertionError(f"no high watermarks for {topic} within {timeout:.0f} s: {exc}") from exc
-                time.sleep(0.1)  # retry interval, bounded by the deadline
+
+        def high_watermarks() -> dict[tuple[str, int], int]:
+            c.assign(tps)
+            return c.end_offsets(tps)
+
+        # the leaders may still be moving right after the faults heal
+        end: dict[tuple[str, int], int] = wait_until(
+            high_watermarks, timeout, f"the high watermarks of {topic}", interval=0.1
+        )
         for tp in tps:
             c.seek(tp[0], tp[1], 0)
         position = dict.fromkeys(range(partitions), 0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -332,13 +332,6 @@ def producer(node: FakeNode, **kwargs: Any) -> Producer:
     options: dict[str, Any] = {"request_timeout_ms": 400, "retry_backoff_ms": 20, "delivery_timeout_ms": 10_000}
     options.update(kwargs)
     return Producer(node.bootstrap, **options)
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def seqs(w: FakeWorker) -> list[tuple[int, int, int, int]]:
