@@ -31,18 +31,23 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import zmq
+
 from appliance.config import resolve_runtime_dir
 from ipc.client import Admin
+from ipc.client.transport import Channel
 from ipc.errors import SluiceError
+from ipc.protocol import Reply
+from ipc.records import encode_batch
 from tests.integration.conftest import wait_until
 from tests.support.netns import Netbed, netns_pids
 from tests.support.zookeeper import ZooKeeperServer, require_zookeeper
 
-__all__ = ["Cluster", "ClusterBed", "ClusterNode", "wait_until"]
+__all__ = ["Cluster", "ClusterBed", "ClusterNode", "produce_one", "request", "wait_until"]
 
 REPO = Path(__file__).resolve().parents[2]
 SLUICE = [sys.executable, "-m", "appliance.cli"]
@@ -451,3 +456,20 @@ class Cluster:
         found: tuple[int] = wait_until(leader, timeout, f"a leader of {topic}-{partition} (not {not_node})")
         return found[0]
 
+
+def request(endpoint: str, api: str, timeout_s: float = 10.0, frames: Sequence[Any] = (), **fields: Any) -> Reply:
+    """One request on a channel of its own (closed after): a node's front or a worker,
+    straight, without the client library's retries."""
+    ch = Channel(zmq.Context.instance(), endpoint)
+    try:
+        return ch.request(api, timeout_s, frames, **fields)
+    finally:
+        ch.close()
+
+
+def produce_one(
+    endpoint: str, topic: str, partition: int, value: bytes, timeout_s: float = 10.0, **fields: Any
+) -> Reply:
+    """One record produced with acks=all straight to the worker at ``endpoint``."""
+    batch = encode_batch([value])
+    return request(endpoint, "produce", timeout_s, [batch], topic=topic, partition=partition, acks="all", **fields)

@@ -13,14 +13,11 @@ from typing import Any
 
 import orjson
 import pytest
-import zmq
 
 from ipc.client import Admin, Consumer, Producer
-from ipc.client.transport import Channel
 from ipc.errors import InvalidReplicationFactorError, NotEnoughReplicasError, SluiceError
-from ipc.records import encode_batch
 from tests.cluster.checker import check
-from tests.cluster.harness import REPO, Cluster, wait_until
+from tests.cluster.harness import REPO, Cluster, produce_one, wait_until
 from tests.cluster.workload import ProduceWorkload, read_all
 
 OPTIONS = {"zookeeper_session_timeout_ms": 3000, "replica_lag_time_max_ms": 2000}
@@ -85,12 +82,8 @@ def test_acks_all_needs_min_insync_replicas(cl: Cluster) -> None:
             cl.node(n).crash()
     wait_until(lambda: partition(cl, "mir", via=leader)["isr"] == [leader], 30, "the ISR to shrink to the leader")
     endpoint = cl.partition_state("mir", 0, via=leader)["endpoint"]
-    ch = Channel(zmq.Context.instance(), endpoint)
-    try:  # the wire answer, typed (the Producer retries it until delivery_timeout_ms)
-        batch = encode_batch([b"refused"])
-        reply = ch.request("produce", 30, frames=[batch], topic="mir", partition=0, acks="all")
-    finally:
-        ch.close()
+    # the wire answer, typed (the Producer retries it until delivery_timeout_ms)
+    reply = produce_one(endpoint, "mir", 0, b"refused", timeout_s=30)
     assert isinstance(reply.error, NotEnoughReplicasError), reply
     assert "min.insync.replicas=2" in reply.error.message
     with Producer(endpoint_of(cl, leader), acks="all", delivery_timeout_ms=3000) as p, pytest.raises(SluiceError):

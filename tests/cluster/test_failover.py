@@ -15,14 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import zmq
 
 from ipc.client import Consumer, Producer
-from ipc.client.transport import Channel
 from ipc.errors import NotLeaderError, SluiceError
-from ipc.records import encode_batch
 from tests.cluster.checker import check
-from tests.cluster.harness import Cluster, wait_until
+from tests.cluster.harness import Cluster, produce_one, wait_until
 from tests.cluster.workload import ProduceWorkload, read_all
 
 PARTITIONS = 3
@@ -111,17 +108,13 @@ def test_paused_leader_is_deposed_and_takes_no_write_after_it_resumes(cl: Cluste
             cl.node(old).resume()
         # the resumed node still has the worker it had: a write straight to it with
         # acks=all must not be acknowledged (deposed: NOT_LEADER, or no ISR to commit it)
-        ch = Channel(zmq.Context.instance(), endpoint)
         try:
-            batch = encode_batch([late])
-            reply = ch.request("produce", 15, frames=[batch], topic="paused", partition=0, acks="all", timeout_ms=5000)
+            reply = produce_one(endpoint, "paused", 0, late, timeout_s=15, timeout_ms=5000)
         except SluiceError as exc:  # no answer at all is not an acknowledgement either
             print(f"late write: {exc}")
         else:
             assert reply.error is not None, f"a deposed leader acknowledged a write: {reply.fields}"
             print(f"late write refused: {reply.error}")
-        finally:
-            ch.close()
         wait_until(lambda: fully_in_sync(cl, "paused"), 60, "the resumed node back in every ISR")
 
     run_checked(cl, "paused", fault)
@@ -225,24 +218,19 @@ def test_leaders_step_down_while_the_coordinator_is_unreachable(cl: Cluster) -> 
     topic = "zkloss"
     cl.create_topic(topic, partitions=1, replication_factor=3, config=dict(TOPIC_CONFIG))
     endpoint = cl.partition_state(topic, 0)["endpoint"]
-    ch = Channel(zmq.Context.instance(), endpoint)
 
     def produce() -> SluiceError | None:
-        reply = ch.request("produce", 10, frames=[encode_batch([b"x"])], topic=topic, partition=0, acks="all")
-        return reply.error
+        return produce_one(endpoint, topic, 0, b"x").error
 
+    assert produce() is None
+    cl.zookeeper.stop()
     try:
-        assert produce() is None
-        cl.zookeeper.stop()
-        try:
-            # once the session must have expired (3 s), no node may act as leader: ZooKeeper
-            # could be electing others for all this node knows
-            wait_until(lambda: isinstance(produce(), NotLeaderError), 30, "the leader to step down")
-        finally:
-            cl.zookeeper.start()
-        wait_until(lambda: produce() is None, 60, "a leader again once ZooKeeper is back")
+        # once the session must have expired (3 s), no node may act as leader: ZooKeeper
+        # could be electing others for all this node knows
+        wait_until(lambda: isinstance(produce(), NotLeaderError), 30, "the leader to step down")
     finally:
-        ch.close()
+        cl.zookeeper.start()
+    wait_until(lambda: produce() is None, 60, "a leader again once ZooKeeper is back")
 
 
 def test_committed_offsets_survive_the_loss_of_the_group_coordinator(cl: Cluster) -> None:

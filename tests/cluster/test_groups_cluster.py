@@ -6,20 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import zmq
-
 from ipc.client import Consumer, Producer
-from ipc.client.transport import Channel
-from ipc.protocol import Reply
-from tests.cluster.harness import Cluster, wait_until
-
-
-def raw(endpoint: str, api: str, **fields: Any) -> Reply:
-    ch = Channel(zmq.Context.instance(), endpoint)
-    try:
-        return ch.request(api, 10.0, **fields)
-    finally:
-        ch.close()
+from tests.cluster.harness import Cluster, request, wait_until
 
 
 def test_one_coordinator_per_group_and_a_replicated_offsets_topic(cluster_factory: Callable[..., Cluster]) -> None:
@@ -34,11 +22,11 @@ def test_one_coordinator_per_group_and_a_replicated_offsets_topic(cluster_factor
         assert d["replication_factor"] == 3
         assert int(d["overrides"]["min.insync.replicas"]) == 2
         assert [g["group"] for g in admin.list_groups()] == ["gp"]  # asked of every node, merged
-    answers = {raw(n.endpoint, "find_coordinator", group="gp").fields["node_id"] for n in cl.nodes}
+    answers = {request(n.endpoint, "find_coordinator", group="gp").fields["node_id"] for n in cl.nodes}
     assert len(answers) == 1, f"the nodes disagree on the coordinator: {answers}"
     coordinator = answers.pop()
     for n in cl.nodes:
-        reply = raw(n.endpoint, "describe_group", group="gp")
+        reply = request(n.endpoint, "describe_group", group="gp")
         if n.node_id == coordinator:
             assert reply.error is None, reply.error
         else:
