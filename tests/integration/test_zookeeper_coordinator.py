@@ -27,7 +27,7 @@ from ipc.errors import (
     TopicAlreadyExistsError,
     UnknownTopicOrPartitionError,
 )
-from tests.support.zookeeper import ZooKeeperServer, free_port, zookeeper_server
+from tests.support.zookeeper import ZooKeeperServer, free_port
 
 SESSION_S = 2.0  # short sessions: the server allows 1 s and more (tickTime 500 ms)
 WAIT_S = 10.0
@@ -63,7 +63,7 @@ class Waker:
 
 @pytest.fixture(scope="module")
 def zk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeperServer]:
-    with zookeeper_server(tmpdir=tmp_path_factory.mktemp("zk")) as server:
+    with ZooKeeperServer(tmpdir=tmp_path_factory.mktemp("zk")) as server:
         yield server
 
 
@@ -408,7 +408,7 @@ def test_wake_is_called_on_each_kind_of_change(url: str, coordinators: Callable[
 
 
 def test_connected_follows_the_server(tmp_path: Path) -> None:
-    with zookeeper_server(tmpdir=tmp_path) as server:
+    with ZooKeeperServer(tmpdir=tmp_path) as server:
         waker = Waker()
         c = ZooKeeperCoordinator(1, server.url(), SESSION_S * 2)
         c.start(waker)

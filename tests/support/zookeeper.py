@@ -2,7 +2,7 @@
 
 ::
 
-    with zookeeper_server() as zk:                 # 127.0.0.1, a free port, a temporary data dir
+    with ZooKeeperServer() as zk:                  # 127.0.0.1, a free port, a temporary data dir
         coordinator = ZooKeeperCoordinator(1, zk.url("/sluice"))
         ...
         zk.stop()                                  # the clients see the server go away
@@ -37,7 +37,6 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -296,18 +295,3 @@ class ZooKeeperServer:
     ) -> None:
         self.close()
 
-
-@contextlib.contextmanager
-def zookeeper_server(
-    host: str = "127.0.0.1",
-    port: int = 0,
-    tmpdir: str | os.PathLike[str] | None = None,
-    *,
-    tick_ms: int = 500,
-    min_session_ms: int = 1000,
-    max_session_ms: int = 30_000,
-    start_timeout_s: float = START_TIMEOUT_S,
-) -> Iterator[ZooKeeperServer]:
-    """A started ``ZooKeeperServer`` (``port=0``: a free one), closed on exit even on failure."""
-    with ZooKeeperServer(host, port, tmpdir, tick_ms, min_session_ms, max_session_ms, start_timeout_s) as server:
-        yield server
