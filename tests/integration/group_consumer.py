@@ -108,14 +108,16 @@ class ReportingConsumer(Consumer):
         super().commit_async(offsets, report)
 
 
-def _commands() -> queue.Queue[str]:
+def stdin_commands(at_eof: str) -> queue.Queue[str]:
+    """The test's commands, a line each, read from stdin by a thread; ``at_eof`` is queued
+    when stdin closes (the test went away). Also used by ``metrics_load``."""
     q: queue.Queue[str] = queue.Queue()
 
     def read() -> None:
         for line in sys.stdin:
             if line.strip():
                 q.put(line.strip())
-        q.put("close")  # the test went away
+        q.put(at_eof)
 
     threading.Thread(target=read, name="stdin", daemon=True).start()
     return q
@@ -181,7 +183,7 @@ def run(a: argparse.Namespace) -> int:
         emit("committed", offsets=[[t, p, o] for (t, p), o in sorted(got.items())])
         c.close()
         return 0
-    commands = _commands()
+    commands = stdin_commands(at_eof="close")
     c.subscribe(a.topic)
     emit("ready", pid=os.getpid())
     paused = False

@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 
 from ipc.client import Consumer, Producer
+from tests.integration.group_consumer import stdin_commands
 
 
 def emit(ev: str, **fields: Any) -> None:
@@ -101,15 +102,7 @@ def produce(a: argparse.Namespace) -> int:
 
 
 def consume(a: argparse.Namespace) -> int:
-    commands: queue.Queue[str] = queue.Queue()
-
-    def read() -> None:
-        for line in sys.stdin:
-            if line.strip():
-                commands.put(line.strip())
-        commands.put("stop")  # the test went away
-
-    threading.Thread(target=read, name="stdin", daemon=True).start()
+    commands = stdin_commands(at_eof="stop")
     deadline = time.monotonic() + a.lifetime_s
     c = Consumer(
         a.bootstrap,
