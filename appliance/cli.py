@@ -52,6 +52,12 @@ def _positive(text: str) -> int:
     return v
 
 
+def _print_json(obj: Any) -> None:
+    import orjson
+
+    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sluice", description="Sluice: a Kafka-style streaming broker appliance.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -210,9 +216,7 @@ def cmd_topics(a: argparse.Namespace) -> int:
         elif a.action == "describe":
             d = admin.describe_topic(a.topic)
             if a.json:
-                import orjson
-
-                sys.stdout.write(orjson.dumps(d, option=orjson.OPT_INDENT_2).decode() + "\n")
+                _print_json(d)
             else:
                 _print_describe(d)
         elif a.action == "alter":
@@ -350,9 +354,7 @@ def cmd_cluster(a: argparse.Namespace) -> int:
             return 0
         st = admin.cluster_status()
     if a.json:
-        import orjson
-
-        sys.stdout.write(orjson.dumps(st, option=orjson.OPT_INDENT_2).decode() + "\n")
+        _print_json(st)
         return 0
     print(f"controller: node {st['controller']}")
     print("nodes:")
@@ -379,9 +381,7 @@ def cmd_groups(a: argparse.Namespace) -> int:
         elif a.action == "describe":
             d = admin.describe_group(a.group)
             if a.json:
-                import orjson
-
-                sys.stdout.write(orjson.dumps(d, option=orjson.OPT_INDENT_2).decode() + "\n")
+                _print_json(d)
             else:
                 _print_group(d)
         elif a.action == "reset-offsets":
@@ -455,9 +455,7 @@ def cmd_status(a: argparse.Namespace) -> int:
     cfg = load_config(a.config, {"data_dir": a.data_dir})
     status = read_status(cfg.status_path)
     if a.json:
-        import orjson
-
-        sys.stdout.write(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode() + "\n")
+        _print_json(status)
         return 0
     print(
         f"node {status['node_id']}  supervisor pid {status['supervisor_pid']} "

@@ -28,30 +28,27 @@ from typing import Any
 MODES = ("produce", "consume", "e2e", "pipe", "memory")
 
 
-def _int(lo: int) -> Any:
-    def parse(text: str) -> int:
+def _at_least(kind: type[int] | type[float], lo: float, what: str) -> Any:
+    """An argparse type: ``kind(text)``, refused below ``lo``."""
+
+    def parse(text: str) -> Any:
         try:
-            v = int(text)
+            v = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if v < lo:
             raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
         return v
 
     return parse
+
+
+def _int(lo: int) -> Any:
+    return _at_least(int, lo, "an integer")
 
 
 def _float(lo: float) -> Any:
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
-        return v
-
-    return parse
+    return _at_least(float, lo, "a number")
 
 
 def _option(item: str) -> tuple[str, str]:
