@@ -406,10 +406,9 @@ class PartitionWorker:
             self.leading.advance_high_watermark(self.log.log_end_offset)
         else:
             self._follower_hw = hw
-            assert self.log.leader_epochs is not None
             # an epoch this replica led without writing holds no record: it must not be
-            # what the follower's fetches call its last epoch
-            self.log.leader_epochs.truncate_from_end(self.log.log_end_offset)
+            # what the follower's fetches call its last epoch (truncate_to forgets it)
+            self.log.truncate_to(self.log.log_end_offset)
             if role is Role.FOLLOWER and endpoint:
                 spec = self.spec
                 self.fetcher = Fetcher(
@@ -476,8 +475,7 @@ class PartitionWorker:
             target = max(min(end, own_end), 0)
             before = (lg.log_end_offset, lg.leader_epochs.latest_epoch)
             log.warning("%s: log diverges from the leader at epoch %d: truncating to %d", self.name, epoch, target)
-            lg.truncate_to(target)
-            lg.leader_epochs.truncate_from_end(lg.log_end_offset)  # epochs that hold no record here
+            lg.truncate_to(target)  # and the epochs that hold no record here
             self.producers = ProducerStateTable.rebuild(lg)
             if (lg.log_end_offset, lg.leader_epochs.latest_epoch) == before:  # no progress: do not spin
                 log.error("%s: cannot reconcile with the leader (diverging %s); retrying in 1 s", self.name, div)

@@ -363,9 +363,13 @@ class Log:
         """Remove every batch holding an offset >= ``offset``; return the new LEO.
 
         A batch that straddles ``offset`` is removed whole, so the new log end offset can
-        be below ``offset`` (replication truncates at batch boundaries).
+        be below ``offset`` (replication truncates at batch boundaries). Leader epochs
+        that begin at or after the new end hold no record and are forgotten too, also
+        when no batch is removed (a replica that led without writing).
         """
         if offset >= self.log_end_offset:
+            assert self.leader_epochs is not None
+            self.leader_epochs.truncate_from_end(offset)
             return self.log_end_offset
         if offset <= self.log_start_offset:
             return self.truncate_fully_and_start_at(offset if offset >= 0 else 0, keep_start=True)
