@@ -272,10 +272,6 @@ class Supervisor:
         endpoint = ""
         if role == "follower":
             endpoint = self.coordinator.endpoints().get(st.leader, {}).get(f"{info.name}/{partition}", "")
-        try:
-            min_insync = self.config.topic_log_config(info.config).min_insync_replicas
-        except SluiceError:
-            min_insync = 1
         return {
             "role": role,
             "leader_epoch": st.leader_epoch,
@@ -283,7 +279,6 @@ class Supervisor:
             "replicas": st.replicas + [n for n in st.target_replicas or () if n not in st.replicas],
             "isr": {str(n): st.isr_epochs.get(n, -1) for n in st.isr},
             "node_epoch": self.node_epoch,
-            "min_insync": min_insync,
         }
 
     def cut_off(self) -> bool:

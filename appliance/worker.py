@@ -139,7 +139,6 @@ class PartitionWorker:
         self.role = Role.NONE
         self.leader_epoch = -1
         self.node_epoch = -1
-        self.min_insync = 1
         self.leading: LeaderState | None = None
         self.fetcher: Fetcher | None = None
         self._follower_hw = 0
@@ -368,14 +367,14 @@ class PartitionWorker:
     def apply_role(self, msg: dict[str, Any]) -> None:
         """``{"cmd": "role", "role": "leader"|"follower"|"none", "leader_epoch": E,
         "leader_endpoint": "tcp://..." (follower), "replicas": [...], "isr": {"node": epoch},
-        "node_epoch": this node's registration epoch, "min_insync": N}``"""
+        "node_epoch": this node's registration epoch}``. ``min.insync.replicas`` is a topic
+        option: it comes with the log's configuration (the "config" command)."""
         role = {"leader": Role.LEADER, "follower": Role.FOLLOWER}.get(msg.get("role", ""), Role.NONE)
         epoch = int(msg["leader_epoch"])
         if epoch < self.leader_epoch:
             log.warning("%s: ignoring a role for epoch %d (at %d)", self.name, epoch, self.leader_epoch)
             return
         self.node_epoch = int(msg.get("node_epoch", self.node_epoch))
-        self.min_insync = int(msg.get("min_insync", 1))
         isr = {int(k): int(v) for k, v in msg.get("isr", {}).items()}
         replicas = [int(x) for x in msg.get("replicas", [])]
         now = self.clock()
@@ -530,10 +529,11 @@ class PartitionWorker:
         still = []
         for p in self.pending:
             if hw >= p.required:
-                if self.leading is not None and len(self.leading.isr) < self.min_insync:
+                min_insync = self.log.config.min_insync_replicas
+                if self.leading is not None and len(self.leading.isr) < min_insync:
                     err = NotEnoughReplicasError(
                         f"{self.name}: written but only {len(self.leading.isr)} in-sync replica(s), "
-                        f"min.insync.replicas={self.min_insync}"
+                        f"min.insync.replicas={min_insync}"
                     )
                     self._reply(p.identity, [error_reply(p.cid, err)])
                 else:
@@ -653,10 +653,11 @@ class PartitionWorker:
             raise InvalidRequestError("produce carries no record batch frame")
         acks = req.fields["acks"]
         lead = self._check_leader()
-        if acks in (-1, "all") and len(lead.isr) < self.min_insync:
+        min_insync = self.log.config.min_insync_replicas
+        if acks in (-1, "all") and len(lead.isr) < min_insync:
             raise NotEnoughReplicasError(
                 f"{self.name}: {len(lead.isr)} in-sync replica(s) {sorted(lead.isr)}, "
-                f"min.insync.replicas={self.min_insync}"
+                f"min.insync.replicas={min_insync}"
             )
         headers: list[BatchHeader] = []
         buffers = []
