@@ -211,9 +211,12 @@ class Controller:
         return changed
 
     def _state(self, topic: str, partition: int) -> PartitionState:
-        if not self.coordinator.is_controller():
-            raise NotControllerError(f"node {self.coordinator.node_id} is not the controller")
-        info = self.coordinator.topics().get(topic)
+        coord = self.coordinator
+        if not coord.is_controller():
+            ctl = coord.nodes().get(coord.controller())
+            where = f"; the controller is node {ctl.node_id} at {ctl.endpoint}" if ctl else ""
+            raise NotControllerError(f"node {coord.node_id} is not the controller{where}")
+        info = coord.topics().get(topic)
         if info is None or not 0 <= partition < len(info.partitions):
             raise UnknownTopicOrPartitionError(f"{topic}-{partition} does not exist")
         return info.partitions[partition]

@@ -23,7 +23,6 @@ from ipc import sockets
 from ipc.errors import (
     InvalidConfigError,
     LeaderNotAvailableError,
-    NotControllerError,
     PolicyViolationError,
     RequestTimedOutError,
     SluiceError,
@@ -352,11 +351,6 @@ class FrontApi:
 
     def api_reassign(self, identity: bytes, req: Request) -> list[bytes]:
         f = req.fields
-        if not self.node.coordinator.is_controller():
-            ctl = self.node.coordinator.nodes().get(self.node.coordinator.controller())
-            where = f"; the controller is node {ctl.node_id} at {ctl.endpoint}" if ctl else ""
-            raise NotControllerError(f"node {self.node.config.node_id} is not the controller{where}")
-        self._topic_info(f["topic"])
         st = self.node.controller.reassign(f["topic"], f["partition"], f["replicas"])
         return [ok_reply(req.id, replicas=st.replicas, target_replicas=st.target_replicas)]
 
