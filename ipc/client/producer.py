@@ -356,6 +356,8 @@ class Producer:
         self._key_partitioner = KeyPartitioner()
         self._closed = False
         self._need_wake = True
+        # requests in flight per partition: written by the I/O thread, read by send()
+        self._inflight_count: collections.Counter[tuple[str, int]] = collections.Counter()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -452,7 +454,9 @@ class Producer:
                 if b.timestamps is None:
                     b.timestamps = [b.first_ts] * index
                 b.timestamps.append(int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms))
-        if self._need_wake:
+        # A partition with its requests in flight needs no wake-up: the I/O thread looks at
+        # its queue again when a reply comes (the count drops before it looks).
+        if self._need_wake and self._inflight_count.get(tp, 0) < self.max_in_flight:
             self._wake()
         return FutureRecordMetadata(b, index, self)
 
@@ -591,7 +595,7 @@ class _ProducerIO:
         self.poller.register(p._wake_r, p.zmq.POLLIN)
         self.channels = ChannelPool(p.ctx, self.poller, p.zmq)
         self.inflight: dict[int, _InFlight] = {}
-        self.inflight_count: collections.Counter[tuple[str, int]] = collections.Counter()
+        self.inflight_count = p._inflight_count
         self.need_metadata: set[str] = set()
         self.next_metadata = 0.0
         self.next_periodic_metadata = time.monotonic() + METADATA_MAX_AGE_S
