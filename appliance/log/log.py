@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from appliance.log.checkpoint import LeaderEpochCache, OffsetCheckpoint, fsync_dir
 from appliance.log.config import CleanupPolicy, FsyncPolicy, LogConfig
+from appliance.log.flusher import BackgroundFlusher
 from appliance.log.segment import LogSegment, segment_name
 from ipc.errors import CorruptRecordError, MessageTooLargeError, OffsetOutOfRangeError
 from ipc.records import (
@@ -55,6 +56,7 @@ class Log:
         config: LogConfig | None = None,
         clock: Callable[[], float] = time.time,
         step_hook: StepHook | None = None,
+        background_flush: bool = False,
     ) -> None:
         self.directory = directory
         self.config = config or LogConfig()
@@ -70,6 +72,8 @@ class Log:
         self._last_checkpoint = 0.0
         self.recovered_bytes_truncated = 0
         self.was_clean_shutdown = False
+        # fsync=interval flushes in a helper thread (the owner's loop does not wait)
+        self._flusher = BackgroundFlusher(os.path.basename(directory)) if background_flush else None
 
     # ---- life cycle ---------------------------------------------------------------
     @classmethod
@@ -79,9 +83,15 @@ class Log:
         config: LogConfig | None = None,
         clock: Callable[[], float] = time.time,
         step_hook: StepHook | None = None,
+        background_flush: bool = False,
     ) -> Log:
-        self = cls(directory, config, clock, step_hook)
-        self._load()
+        self = cls(directory, config, clock, step_hook, background_flush)
+        try:
+            self._load()
+        except BaseException:
+            if self._flusher is not None:
+                self._flusher.close()
+            raise
         return self
 
     def _step(self, name: str) -> None:
@@ -173,6 +183,8 @@ class Log:
 
     def close(self) -> None:
         """Flush, fsync, write the recovery point and the clean-shutdown marker."""
+        if self._flusher is not None:
+            self._flusher.close()  # finishes a flush it started
         if not self.segments:
             return
         self.active.seal()
@@ -290,18 +302,30 @@ class Log:
         self._unflushed_since = None
 
     def maybe_flush(self, now: float | None = None) -> None:
-        """fsync if the interval policy's deadline has passed; call from the owner's tick."""
+        """fsync if the interval policy's deadline has passed; call from the owner's tick.
+        With ``background_flush`` the fsync starts in the helper thread and this returns
+        at once; a failed background fsync is raised here, by the next call."""
         now = self.clock() if now is None else now
+        flusher = self._flusher
+        if flusher is not None:
+            flusher.check()
         if (
             self._unflushed_since is not None
             and self.config.fsync is FsyncPolicy.INTERVAL
             and (now - self._unflushed_since) * 1000 >= self.config.fsync_interval_ms
         ):
-            self.flush()
+            if flusher is not None:
+                flusher.submit(self.active.fd)
+                self._unflushed_since = None
+            else:
+                self.flush()
         if now - self._last_checkpoint >= RECOVERY_CHECKPOINT_INTERVAL_S:
             self.checkpoint_recovery_point()
 
     def checkpoint_recovery_point(self) -> None:
+        if self._flusher is not None:
+            self._flusher.wait()  # what it was asked to flush is on disk before the promise
+            self._flusher.check()
         if self._unflushed_since is not None:
             self.flush()
         self.active.index.file.fsync()

@@ -97,9 +97,11 @@ def open_log(log_dir: str, clock: FakeClock) -> Iterator[OpenLog]:
     """
     opened: list[Log] = []
 
-    def _open(config: LogConfig | None = None, directory: str | None = None, **options: Any) -> Log:
+    def _open(
+        config: LogConfig | None = None, directory: str | None = None, background_flush: bool = False, **options: Any
+    ) -> Log:
         cfg = config or LogConfig(**options)
-        lg = Log.open(directory or log_dir, cfg, clock=clock)
+        lg = Log.open(directory or log_dir, cfg, clock=clock, background_flush=background_flush)
         opened.append(lg)
         return lg
 
@@ -110,6 +112,8 @@ def open_log(log_dir: str, clock: FakeClock) -> Iterator[OpenLog]:
 
 def crash(lg: Log) -> None:
     """Drop a log as a killed process would: close descriptors, skip ``close()``."""
+    if lg._flusher is not None:
+        lg._flusher.close()  # its thread would die with the process
     for seg in lg.segments:
         seg.close()
     lg.segments = []
@@ -705,8 +709,11 @@ def test_every_fsync_policy_appends_and_reopens(open_log: OpenLog, policy: str) 
     assert read_all(lg) == data
 
 
-def test_interval_policy_deadline_and_recovery_checkpoint(open_log: OpenLog, clock: FakeClock) -> None:
-    lg = open_log(fsync=FsyncPolicy.INTERVAL, fsync_interval_ms=50)
+@pytest.mark.parametrize("background_flush", [False, True])
+def test_interval_policy_deadline_and_recovery_checkpoint(
+    open_log: OpenLog, clock: FakeClock, background_flush: bool
+) -> None:
+    lg = open_log(fsync=FsyncPolicy.INTERVAL, fsync_interval_ms=50, background_flush=background_flush)
     assert lg.next_flush_deadline() is None
     lg.append(batch([b"a"]))
     assert lg.next_flush_deadline() == pytest.approx(T0 + 0.05)
