@@ -192,7 +192,7 @@ class PartitionWorker:
     def start(self) -> None:
         spec = self.spec
         config = LogConfig.from_options(spec.log_options)
-        self.log = Log.open(spec.directory, config)
+        self.log = Log.open(spec.directory, config, background_flush=True)
         self.producers = ProducerStateTable.rebuild(self.log)
         self._hw_checkpoint = OffsetCheckpoint(os.path.join(spec.directory, HW_CHECKPOINT_FILE))
         self._hw_saved = self._follower_hw = min(self._hw_checkpoint.read(0), self.log.log_end_offset)
@@ -656,8 +656,7 @@ class PartitionWorker:
         min_insync = self.log.config.min_insync_replicas
         if acks in (-1, "all") and len(lead.isr) < min_insync:
             raise NotEnoughReplicasError(
-                f"{self.name}: {len(lead.isr)} in-sync replica(s) {sorted(lead.isr)}, "
-                f"min.insync.replicas={min_insync}"
+                f"{self.name}: {len(lead.isr)} in-sync replica(s) {sorted(lead.isr)}, min.insync.replicas={min_insync}"
             )
         headers: list[BatchHeader] = []
         buffers = []
@@ -698,7 +697,9 @@ class PartitionWorker:
             required = result.last_offset + 1
             self.records_in += h.record_count
             self.bytes_in += len(buf)
-        moved = lead.advance_high_watermark(self.log.log_end_offset)
+        # consumers waiting in a long poll hear of the new records before the producer
+        # hears its acknowledgement: the records' end-to-end path is the one that waits
+        self._after_hw_change(lead.advance_high_watermark(self.log.log_end_offset))
         if acks in (-1, "all") and lead.high_watermark < required:
             deadline = self.clock() + req.fields["timeout_ms"] / 1000
             self.pending.append(PendingProduce(identity, req.id, base_offsets, required, deadline, started))
@@ -706,7 +707,6 @@ class PartitionWorker:
             reply = ok_reply(req.id, base_offsets=base_offsets, log_start_offset=self.log.log_start_offset)
             self._reply(identity, [reply])
             self._produce_latency.observe(time.perf_counter() - started)
-        self._after_hw_change(moved)
         if self.parked:
             self._serve_parked(force=False, replicas_only=True)
 
@@ -826,9 +826,7 @@ class PartitionWorker:
         else:
             found = lg.offset_for_timestamp(ts)
             offset, found_ts = found if found is not None and found[0] < self.high_watermark else (-1, -1)
-        self._reply(
-            identity, [ok_reply(req.id, offset=offset, timestamp=found_ts, leader_epoch=self.leader_epoch)]
-        )
+        self._reply(identity, [ok_reply(req.id, offset=offset, timestamp=found_ts, leader_epoch=self.leader_epoch)])
 
     # ---- shutdown -----------------------------------------------------------------------
     def shutdown(self) -> None:
