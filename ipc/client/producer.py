@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
@@ -76,9 +77,9 @@ class ProducerBatch:
         "partition",
         "keys",
         "values",
+        "lock",
         "headers",
         "timestamps",
-        "has_keys",
         "size",
         "first_ts",
         "created",
@@ -96,14 +97,16 @@ class ProducerBatch:
         "callbacks",
     )
 
-    def __init__(self, topic: str, partition: int, now: float, deadline: float) -> None:
+    def __init__(
+        self, topic: str, partition: int, now: float, deadline: float, lock: threading.Lock | None = None
+    ) -> None:
         self.topic = topic
         self.partition = partition
-        self.keys: list[bytes | None] = []
+        self.keys: list[bytes | None] | None = None  # made when the first key comes
         self.values: list[bytes | None] = []
+        self.lock = lock or threading.Lock()  # the producer's: guards done/event/callbacks
         self.headers: list[Headers | None] | None = None
         self.timestamps: list[int] | None = None
-        self.has_keys = False
         self.size = 0
         self.first_ts = int(time.time() * 1000)
         self.created = now
@@ -120,6 +123,12 @@ class ProducerBatch:
         self.event: threading.Event | None = None
         self.callbacks: list[tuple[Callable[[FutureRecordMetadata], Any], FutureRecordMetadata]] | None = None
 
+    def takes_timestamp(self, timestamp_ms: int | None) -> bool:
+        """Whether a record stamped ``timestamp_ms`` (None: now) fits this batch's int32
+        timestamp deltas."""
+        ts = time.time() * 1000 if timestamp_ms is None else timestamp_ms
+        return abs(ts - self.first_ts) < MAX_TS_DELTA
+
     def encode(
         self, compression: Compression, producer_id: int = -1, producer_epoch: int = -1, base_sequence: int = -1
     ) -> bytes:
@@ -133,7 +142,7 @@ class ProducerBatch:
                 deltas = [t - first for t in self.timestamps]
             self.encoded = encode_batch(
                 self.values,
-                self.keys if self.has_keys else None,
+                self.keys,
                 timestamp=self.first_ts,
                 timestamp_deltas=deltas,
                 headers=self.headers if self.headers is not None and len(self.headers) == n else None,
@@ -148,24 +157,22 @@ class ProducerBatch:
         return self.encoded
 
 
-class FutureRecordMetadata:
-    """What ``send`` returns: resolves to ``RecordMetadata`` or raises the delivery error."""
+class FutureRecordMetadata(tuple[ProducerBatch, int]):
+    """What ``send`` returns: resolves to ``RecordMetadata`` or raises the delivery error.
 
-    __slots__ = ("_batch", "_index", "_producer")
+    A pair (batch, index) made by one C call per record (``tuple.__new__``): no lock or
+    event of its own; waiting and callbacks use the batch's."""
 
-    def __init__(self, batch: ProducerBatch, index: int, producer: Producer) -> None:
-        self._batch = batch
-        self._index = index
-        self._producer = producer
+    __slots__ = ()
 
     def done(self) -> bool:
-        return self._batch.done
+        return self[0].done
 
     def _wait(self, timeout: float | None) -> None:
-        b = self._batch
+        b = self[0]
         if b.done:
             return
-        with self._producer._lock:
+        with b.lock:
             if not b.done and b.event is None:
                 b.event = threading.Event()
             event = b.event
@@ -174,27 +181,30 @@ class FutureRecordMetadata:
 
     def result(self, timeout: float | None = None) -> RecordMetadata:
         self._wait(timeout)
-        b = self._batch
+        b, index = self
         if b.error is not None:
             raise b.error
-        offset = b.base_offset + self._index if b.base_offset >= 0 else -1
-        ts = b.timestamps[self._index] if b.timestamps is not None else b.first_ts
+        offset = b.base_offset + index if b.base_offset >= 0 else -1
+        ts = b.timestamps[index] if b.timestamps is not None else b.first_ts
         return RecordMetadata(b.topic, b.partition, offset, ts)
 
     def exception(self, timeout: float | None = None) -> SluiceError | None:
         self._wait(timeout)
-        return self._batch.error
+        return self[0].error
 
     def add_done_callback(self, fn: Callable[[FutureRecordMetadata], Any]) -> None:
         """Call ``fn(future)`` when done (at once if already done; else in the I/O thread)."""
-        b = self._batch
-        with self._producer._lock:
+        b = self[0]
+        with b.lock:
             if not b.done:
                 if b.callbacks is None:
                     b.callbacks = []
                 b.callbacks.append((fn, self))
                 return
         fn(self)
+
+
+_new_future = tuple.__new__
 
 
 class _InFlight:
@@ -351,7 +361,7 @@ class Producer:
         self._incomplete: set[ProducerBatch] = set()
         self._buffered = 0
         self._partitions: dict[str, int] = {}
-        self._sticky: dict[str, int] = {}
+        self._sticky: dict[str, tuple[str, int]] = {}  # topic -> its sticky (topic, partition)
         self._sticky_next = 0
         self._key_partitioner = KeyPartitioner()
         self._closed = False
@@ -394,71 +404,93 @@ class Producer:
             raise ProducerClosedError("send() on a closed producer")
         if value is not None and type(value) is not bytes:
             value = _as_bytes(value, "value")
-        if key is not None and type(key) is not bytes:
-            key = _as_bytes(key, "key")
-        n = self._partitions.get(topic)
-        if n is None:
-            n = self.partitions_for(topic)
-        if partition is None:
-            if key is not None:
+        if partition is None and key is None:
+            tp = self._sticky.get(topic)  # the common case: one dict lookup, no tuple built
+            if tp is None:
+                tp = self._stick(topic)
+        else:
+            if key is not None and type(key) is not bytes:
+                key = _as_bytes(key, "key")
+            n = self._partitions.get(topic)
+            if n is None:
+                n = self.partitions_for(topic)
+            if partition is None:
+                assert key is not None  # without either, the sticky branch above was taken
                 partition = self._key_partitioner(key, n)
-            else:
-                partition = self._sticky.get(topic, -1)
-                if partition < 0:
-                    partition = self._sticky_next % n
-                    self._sticky_next += 1
-                    self._sticky[topic] = partition
-        elif type(partition) is not int or not 0 <= partition < n:
-            raise ValueError(f"partition={partition!r}: topic {topic!r} has partitions 0..{n - 1}")
+            elif type(partition) is not int or not 0 <= partition < n:
+                raise ValueError(f"partition={partition!r}: topic {topic!r} has partitions 0..{n - 1}")
+            tp = (topic, partition)
         size = (len(value) if value is not None else 0) + (len(key) if key is not None else 0) + RECORD_OVERHEAD
-        tp = (topic, partition)
-        with self._lock:
+        # checked before anything is queued: bad input changes nothing
+        if headers is not None:
+            headers = _check_headers(headers)
+        if timestamp_ms is not None:
+            timestamp_ms = _check_timestamp(timestamp_ms)
+        lock = self._lock
+        lock.acquire()  # acquire/release: half the cost of a with block, per record
+        try:
             if self._buffered + size > self.buffer_memory:
                 self._wait_for_space(size)
             q = self._queues.get(tp)
-            if q is None:
-                q = self._queues[tp] = collections.deque()
+            b = q[-1] if q else None
             if (
-                q
-                and q[-1].encoded is None
-                and q[-1].size + size <= self.batch_size
-                and (
-                    q[-1].timestamps is None
-                    or abs((time.time() * 1000 if timestamp_ms is None else timestamp_ms) - q[-1].first_ts)
-                    < MAX_TS_DELTA
-                )
-                and (timestamp_ms is None or abs(timestamp_ms - q[-1].first_ts) < MAX_TS_DELTA)
+                b is None
+                or b.encoded is not None
+                or b.size + size > self.batch_size
+                or (b.timestamps is not None or timestamp_ms is not None)
+                and not b.takes_timestamp(timestamp_ms)
             ):
-                b = q[-1]
-            else:
-                now = time.monotonic()
-                b = ProducerBatch(topic, partition, now, now + self.delivery_timeout_s)
-                if timestamp_ms is not None:
-                    b.first_ts = int(timestamp_ms)
-                q.append(b)
-                self._incomplete.add(b)
-                if key is None and self._sticky.get(topic) == partition and q[0] is not b:
-                    self._sticky.pop(topic, None)  # the sticky partition has a full batch: move on
-            index = len(b.values)
-            b.values.append(value)
-            b.keys.append(key)
+                b = self._new_batch(tp, key, timestamp_ms)
+            values = b.values
+            index = len(values)
+            values.append(value)
             b.size += size
             self._buffered += size
-            if key is not None:
-                b.has_keys = True
+            if key is not None or b.keys is not None:
+                if b.keys is None:
+                    b.keys = [None] * index
+                b.keys.append(key)
             if headers is not None or b.headers is not None:
                 if b.headers is None:
                     b.headers = [None] * index
-                b.headers.append(_check_headers(headers))
+                b.headers.append(headers)
             if timestamp_ms is not None or b.timestamps is not None:
                 if b.timestamps is None:
                     b.timestamps = [b.first_ts] * index
-                b.timestamps.append(int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms))
+                b.timestamps.append(int(time.time() * 1000) if timestamp_ms is None else timestamp_ms)
+        finally:
+            lock.release()
         # A partition with its requests in flight needs no wake-up: the I/O thread looks at
         # its queue again when a reply comes (the count drops before it looks).
         if self._need_wake and self._inflight_count.get(tp, 0) < self.max_in_flight:
             self._wake()
-        return FutureRecordMetadata(b, index, self)
+        return _new_future(FutureRecordMetadata, (b, index))
+
+    def _stick(self, topic: str) -> tuple[str, int]:
+        """Pick the sticky partition of ``topic`` for records without key or partition
+        (round robin over the topic's partitions, one batch at a time)."""
+        n = self._partitions.get(topic)
+        if n is None:
+            n = self.partitions_for(topic)
+        tp = (topic, self._sticky_next % n)
+        self._sticky_next += 1
+        self._sticky[topic] = tp
+        return tp
+
+    def _new_batch(self, tp: tuple[str, int], key: bytes | None, timestamp_ms: int | None) -> ProducerBatch:
+        """Open a new batch at the tail of ``tp``'s queue. Called with the lock held."""
+        now = time.monotonic()
+        b = ProducerBatch(tp[0], tp[1], now, now + self.delivery_timeout_s, self._lock)
+        if timestamp_ms is not None:
+            b.first_ts = int(timestamp_ms)
+        q = self._queues.get(tp)
+        if q is None:
+            q = self._queues[tp] = collections.deque()
+        q.append(b)
+        self._incomplete.add(b)
+        if key is None and self._sticky.get(tp[0]) == tp and q[0] is not b:
+            self._sticky.pop(tp[0], None)  # the sticky partition has a full batch: move on
+        return b
 
     def _wait_for_space(self, size: int) -> None:
         deadline = time.monotonic() + self.max_block_s
@@ -484,7 +516,7 @@ class Producer:
         deadline = None if timeout is None else time.monotonic() + timeout
         for b in pending:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            FutureRecordMetadata(b, 0, self)._wait(left)
+            _new_future(FutureRecordMetadata, (b, 0))._wait(left)
 
     def close(self, timeout: float | None = None) -> None:
         """Flush (up to ``timeout``), then stop the I/O thread; unsent records fail."""
@@ -569,6 +601,12 @@ def _as_bytes(value: Any, what: str) -> bytes:
     if isinstance(value, (bytearray, memoryview)):
         return bytes(value)
     raise TypeError(f"{what} must be bytes (or None), got {type(value).__name__}; encode it first")
+
+
+def _check_timestamp(timestamp_ms: Any) -> int:
+    if not isinstance(timestamp_ms, bool) and isinstance(timestamp_ms, (int, float)) and math.isfinite(timestamp_ms):
+        return int(timestamp_ms)
+    raise TypeError(f"timestamp_ms must be an int (ms since the epoch), got {timestamp_ms!r:.100}")
 
 
 def _check_headers(headers: Sequence[tuple[str, bytes | None]] | None) -> Headers | None:
@@ -762,7 +800,7 @@ class _ProducerIO:
                     b = q.popleft()
                     total += b.size
                     batches.append(b)
-                if p._sticky.get(tp[0]) == tp[1]:
+                if p._sticky.get(tp[0]) == tp:
                     p._sticky.pop(tp[0], None)
                 to_send.append((tp, endpoint, batches))
         for tp, endpoint, batches in to_send:
