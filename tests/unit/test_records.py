@@ -24,6 +24,7 @@ from ipc.records import (
     HEADER_SIZE,
     LOG_OVERHEAD,
     SPARSE_OFFSETS,
+    SPLIT_CHUNK,
     TIMESTAMP_LOG_APPEND,
     BatchHeader,
     Compression,
@@ -267,6 +268,26 @@ def test_round_trip_edge_cases(codec: Compression) -> None:
         ),
     ):
         assert_matches(spec.encode(codec), spec, codec)
+
+
+@pytest.mark.parametrize("count", [1, SPLIT_CHUNK - 1, SPLIT_CHUNK, 2 * SPLIT_CHUNK, 2 * SPLIT_CHUNK + 7])
+@pytest.mark.parametrize("size", [1, 100])
+def test_fixed_size_columns_split_exactly_across_chunks(count: int, size: int) -> None:
+    """Keys and values all of one size take the cached-Struct path, in chunks."""
+    values = [bytes([i % 251]) * size for i in range(count)]
+    keys = [b"%08d" % i for i in range(count)]
+    b = decode_batch(encode_batch(values, keys, timestamp=1))
+    assert b.values == values
+    assert b.keys == keys
+
+
+def test_fixed_size_path_falls_back_when_one_item_differs_or_is_null() -> None:
+    values: list[bytes | None] = [b"v" * 10] * 50
+    for odd in (b"v" * 9, None, b""):
+        vs = [*values[:25], odd, *values[26:]]
+        b = decode_batch(encode_batch(vs, None, timestamp=1))
+        assert b.values == vs
+    assert decode_batch(encode_batch([b""] * 5, None, timestamp=1)).values == [b""] * 5
 
 
 def test_round_trip_from_bytearray_and_memoryview_at_an_offset() -> None:
