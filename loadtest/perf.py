@@ -170,6 +170,13 @@ def add_parsers(sub: Any) -> argparse.ArgumentParser:
         help="produce: send() per record, batches acked by a sink; fetch: decode 1 MiB fetches into records",
     )
     pp.add_argument("--fetch-max-bytes", type=_int(1), default=1024 * 1024, metavar="B")
+    pp.add_argument(
+        "--throughput",
+        type=_float(-1),
+        default=-1,
+        metavar="R",
+        help="produce direction: records/s, each sent at once when no request is in flight (-1: as fast as possible)",
+    )
     pp.add_argument("--sample-every", type=_int(1), default=16, metavar="K")
     _common(pp, broker=False)
 

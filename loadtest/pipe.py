@@ -11,6 +11,10 @@ and speaks the broker's wire protocol (``ipc.protocol``) without a log behind it
   parses the request, counts the records from the batch headers and replies with base
   offsets, as a partition worker does with ``acks=1``. Latency: every
   ``--sample-every``-th record, from its append to its acknowledgement.
+  With ``--throughput R`` the records are paced (each appended when due, the reply of
+  the request in flight taken while waiting) and a record goes out at once when no
+  request is in flight: the natural batching of W3's producer, with no I/O thread, no
+  client library and no broker behind the socket.
 * ``--direction fetch``: the sink holds N records in batches of ``--batch-size``
   bytes and answers fetches with whole batches up to ``--fetch-max-bytes``; this
   process keeps one fetch in flight (the next is sent before the reply is decoded, as
@@ -25,11 +29,14 @@ from __future__ import annotations
 import argparse
 import bisect
 import gc
+import select
 import sys
 import time
 from array import array
 from itertools import repeat
 from typing import Any
+
+import zmq
 
 from ipc.client.consumer import ConsumerRecord
 from ipc.client.producer import MAX_REQUEST_BYTES, RECORD_OVERHEAD
@@ -68,8 +75,6 @@ def _build_log(records: int, record_size: int, batch_size: int, nkeys: int) -> t
 
 
 def sink_main(a: argparse.Namespace) -> int:
-    import zmq
-
     from ipc import sockets
     from ipc.protocol import ok_reply, parse_request
 
@@ -130,8 +135,8 @@ def sink_main(a: argparse.Namespace) -> int:
 
 # ---- the measuring side --------------------------------------------------------------------
 def cmd_pipe(a: argparse.Namespace) -> int:
-    import zmq
-
+    if a.direction == "fetch" and a.throughput > 0:
+        raise ValueError("--throughput paces the produce direction only")
     cmd = [sys.executable, "-m", "loadtest.pipe", "--sink", a.direction, "--records", str(a.records)]
     cmd += ["--record-size", str(a.record_size), "--batch-size", str(a.batch_size), "--keys", str(a.keys)]
     procs, said = start_children([cmd])
@@ -205,8 +210,33 @@ def _produce(a: argparse.Namespace, ch: Channel) -> dict[str, Any]:
         samples.extend(now - t for t in inflight_t)
         inflight = 0
 
+    rate = a.throughput
+    sleep = time.sleep
+    sock = ch.sock
+    fd = sock.getsockopt(zmq.FD)  # edge-triggered: readable means "look at EVENTS"
+
+    def wait_until(due: float) -> None:
+        """Paced: until ``due``, take the reply of the request in flight as it comes. The
+        wait is a select() on the socket's descriptor: zmq_poll's timeout is whole ms."""
+        while True:
+            if inflight and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                reply = ch.recv_nowait()
+                if reply is not None and reply.id == inflight:
+                    reply.raise_for_error()
+                    complete()
+                continue
+            left = due - clock()
+            if left <= 0:
+                return
+            if inflight:
+                select.select([fd], [], [], left)
+            else:
+                sleep(left)
+
     t0 = clock()
     for j in range(n):
+        if rate > 0:
+            wait_until(t0 + j / rate)
         vals.append(values[j & 255])
         ks.append(keys[j % nkeys] if keys else None)
         size += rec
@@ -217,7 +247,7 @@ def _produce(a: argparse.Namespace, ch: Channel) -> dict[str, Any]:
             closed.append((vals, ks))
             closed_bytes += size
             vals, ks, size = [], [], 0
-        if (j & 63) == 0 or just_closed:
+        if rate > 0 or (j & 63) == 0 or just_closed:
             if inflight:
                 reply = ch.recv_nowait()
                 if reply is not None and reply.id == inflight:

@@ -100,6 +100,21 @@ def test_perf_pipe(direction: str) -> None:
     assert result["mode"] == f"pipe-{direction}"
 
 
+def test_perf_pipe_paced_sends_each_record_when_nothing_is_in_flight() -> None:
+    result = perf(None, "pipe", "--records", "4000", "--throughput", "4000", "--sample-every", "1")
+    assert_sane(result, 4000)
+    assert result["latency_ms"]["samples"] == 4000
+    assert result["elapsed_s"] >= 3999 / 4000  # paced: the last record is not appended before it is due
+
+
+def test_perf_pipe_refuses_throughput_for_fetch() -> None:
+    cmd = [*SLUICE, "perf", "pipe", "--records", "10", "--direction", "fetch", "--throughput", "5"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=_env(), cwd=str(REPO))
+    assert proc.returncode != 0
+    assert "--throughput paces the produce direction only" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_perf_memory(node: Node) -> None:
     result = perf(node, "memory", "--topic", "idle", "--partitions", "3", "--settle", "0")
     roles = [p["role"] for p in result["processes"]]
