@@ -39,7 +39,7 @@ LIVE = frozenset(
         "metrics_listen",  # stored; read by the metrics exporter
         "auto_create_topics",  # read per metadata request
         "default_partitions",
-        "heartbeat_timeout_ms",  # read by every supervisor tick
+        "heartbeat_timeout_ms",  # read by every supervisor tick; workers (node_options: their idle tick)
         "worker_start_timeout_ms",
         "restart_backoff_ms",
         "restart_backoff_max_ms",
@@ -85,6 +85,7 @@ def worker_node_options(cfg: NodeConfig) -> dict[str, Any]:
         "log_level": cfg.log_level,
         "retention_check_ms": cfg.retention_check_interval_ms,
         "cleaner_interval_ms": cfg.cleaner_interval_ms,
+        "heartbeat_timeout_ms": cfg.heartbeat_timeout_ms,
     }
 
 
@@ -119,7 +120,18 @@ def apply_reload(node: Supervisor, new: NodeConfig) -> ReloadPlan:
     node.controller.topic_defaults = dict(plan.config.topic_defaults)  # unclean.leader.election.enable
     if "log_level" in plan.live:
         logging.getLogger().setLevel(plan.config.log_level.upper())
-    to_workers = set(plan.live) & {"log_level", "retention_check_interval_ms", "cleaner_interval_ms"}
+    to_workers = set(plan.live) & {
+        "log_level",
+        "retention_check_interval_ms",
+        "cleaner_interval_ms",
+        "heartbeat_timeout_ms",
+    }
+    if "heartbeat_timeout_ms" in plan.live:
+        # an idle worker beats every timeout/4 of the timeout it knows: under a shorter
+        # one each gets a full new timeout from now to hear of it and beat
+        now = node.clock()
+        for r in node.replicas.values():
+            r.last_beat = max(r.last_beat, now)
     topics = node.coordinator.topics()
     for r in list(node.replicas.values()):
         if r.state.value != "serving":

@@ -452,6 +452,7 @@ class Supervisor:
             node_id=cfg.node_id,
             role=r.role,
             replica_lag_time_max_ms=cfg.replica_lag_time_max_ms,
+            heartbeat_timeout_ms=cfg.heartbeat_timeout_ms,
             initial_counters=r.counters,
             topic=r.topic,
             partition=r.partition,

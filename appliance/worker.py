@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 # does not start from 0: Kafka's replication-offset-checkpoint, every 5 s as there.
 HW_CHECKPOINT_FILE = "replication-offset-checkpoint"
 HW_CHECKPOINT_S = 5.0
+IDLE_TICK_MAX_S = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +78,9 @@ class WorkerSpec:
     supervisor_pid: int
     log_level: str = "info"
     tick_ms: int = 100
+    # an idle worker (no request, nothing parked or pending) ticks less often, but still
+    # often enough for its heartbeat: every min(IDLE_TICK_MAX_S, heartbeat timeout / 4)
+    heartbeat_timeout_ms: int = 10_000
     retention_check_ms: int = 300_000
     cleaner_interval_ms: int = 15_000
     max_request_bytes: int = 100 * 1024 * 1024
@@ -158,6 +162,7 @@ class PartitionWorker:
         self._next_retention = 0.0
         self._next_clean = 0.0
         self.retention_check_ms = spec.retention_check_ms  # live: control command node_options
+        self.heartbeat_timeout_ms = spec.heartbeat_timeout_ms  # live, too
         self.cleaner_interval_ms = spec.cleaner_interval_ms
         self._cleaned_upto = -1
         self._clean_thread: threading.Thread | None = None
@@ -231,10 +236,13 @@ class PartitionWorker:
         poller.register(self.control, zmq.POLLIN)
         poller.register(signals.fileno(), zmq.POLLIN)
         next_tick = self.clock()
+        tick_s = self.spec.tick_ms / 1000
         while self.state is WorkerState.SERVING:
             self._register_fetcher()
             timeout = max(0.0, min(self._next_deadline(), next_tick) - self.clock())
             events = dict(poller.poll(int(timeout * 1000) + 1))
+            if events:
+                next_tick = min(next_tick, self.clock() + tick_s)  # busy again: the short tick
             if signals.fileno() in events or signals.pending:
                 for signum in signals.drain():
                     if signum == signal.SIGTERM:
@@ -260,11 +268,34 @@ class PartitionWorker:
                     self.fetcher.receive(self._on_fetch_reply, now)
                 self._drive_fetcher(now)
             self._expire_parked(now)
+            flush_due = self.log.next_flush_deadline()
+            if flush_due is not None and time.time() >= flush_due:
+                self.log.maybe_flush()  # when due, not at the next tick: no 1 ms polls until then
             if now >= next_tick:
                 self.tick(now)
-                next_tick = now + self.spec.tick_ms / 1000
+                next_tick = now + (tick_s if self._busy(events) else self._idle_tick_s())
         self.shutdown()
         return 0
+
+    def _busy(self, events: dict[Any, int]) -> bool:
+        """Whether the next tick comes after ``tick_ms`` (something is going on) or after
+        the idle interval: a request or command just came, fetches are parked, produces
+        wait for replicas, this replica follows (fetches its leader) or compacts, or data
+        waits for its interval fsync."""
+        return bool(
+            events
+            or self.parked
+            or self.pending
+            or self.fetcher is not None
+            or self._clean_thread is not None
+            or self.log.next_flush_deadline() is not None
+        )
+
+    def _idle_tick_s(self) -> float:
+        """An idle worker's tick: its heartbeat still reaches the supervisor four times per
+        ``heartbeat_timeout_ms``. Each tick is a wake-up, which costs about 0.15 ms of CPU on
+        a virtual machine: 100 idle partitions at 10 ticks/s kept 15 % of a core busy."""
+        return max(self.spec.tick_ms / 1000, min(IDLE_TICK_MAX_S, self.heartbeat_timeout_ms / 4000))
 
     def _answer_queued(self) -> None:
         """On the way out: answer what clients already sent (bounded), then stop."""
@@ -593,13 +624,15 @@ class PartitionWorker:
 
     def _apply_node_options(self, msg: dict[str, Any]) -> None:
         """``{"cmd": "node_options", "log_level": "debug", "retention_check_ms": N,
-        "cleaner_interval_ms": N}``: node options that change live (SIGHUP reload)."""
+        "cleaner_interval_ms": N, "heartbeat_timeout_ms": N}``: node options that change
+        live (SIGHUP reload). A new heartbeat timeout takes effect at the next tick, which
+        the control message itself brings within ``tick_ms``."""
         level = str(msg.get("log_level", "")).upper()
         if level in ("DEBUG", "INFO", "WARNING", "ERROR") and logging.getLogger().level != logging.getLevelName(level):
             logging.getLogger().setLevel(level)
             log.info("%s: log level now %s", self.name, level.lower())
         now = self.clock()
-        for key in ("retention_check_ms", "cleaner_interval_ms"):
+        for key in ("retention_check_ms", "cleaner_interval_ms", "heartbeat_timeout_ms"):
             value = msg.get(key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 10:
                 continue
