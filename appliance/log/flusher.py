@@ -8,9 +8,13 @@ GIL, so the loop keeps serving while the disk works.
 
 Requests coalesce: while a flush runs, a newer request replaces any waiting one (one
 ``fdatasync`` covers every write made before it starts). The descriptor is a ``dup``,
-so a segment rolled or deleted meanwhile is still flushed safely. An error is kept and
-raised to the owner by ``check`` (the next ``maybe_flush``), as a synchronous flush would
-have raised it. ``wait`` blocks until nothing is pending (before a recovery-point
+so a segment rolled or deleted meanwhile is still flushed safely. A failed flush is
+fatal for the log and stays so: ``check`` raises it on every call from then on (the
+next ``maybe_flush``, a checkpoint, a roll, ``close``). The error cannot be retried
+away: the descriptor is a ``dup``, so the kernel reported the failure once, to the
+helper, and a later ``fsync`` of the same file may well succeed without the lost pages
+being on disk; nothing may be promised durable after it (Kafka takes the log
+directory offline). ``wait`` blocks until nothing is pending (before a recovery-point
 checkpoint, which promises that everything below it is on disk, and before close).
 """
 
@@ -50,11 +54,11 @@ class BackgroundFlusher:
             self._cv.notify_all()
 
     def check(self) -> None:
-        """Raise (once) the error of a background flush that failed."""
+        """Raise the error of a background flush that failed (on every call from then on)."""
         with self._cv:
-            err, self._error = self._error, None
+            err = self._error
         if err is not None:
-            raise err
+            raise OSError(err.errno, f"background fdatasync of {self.name} failed earlier: {err.strerror}")
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until no flush is running or waiting; False on timeout."""
@@ -84,7 +88,8 @@ class BackgroundFlusher:
             except OSError as exc:
                 log.error("%s: background fdatasync failed: %s", self.name, exc)
                 with self._cv:
-                    self._error = exc
+                    if self._error is None:
+                        self._error = exc
             finally:
                 os.close(fd)
                 with self._cv:

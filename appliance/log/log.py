@@ -182,9 +182,12 @@ class Log:
             fsync_dir(self.directory)
 
     def close(self) -> None:
-        """Flush, fsync, write the recovery point and the clean-shutdown marker."""
+        """Flush, fsync, write the recovery point and the clean-shutdown marker. After a
+        failed background flush it raises instead: no recovery point, no marker, so the
+        next start verifies what may have been lost."""
         if self._flusher is not None:
             self._flusher.close()  # finishes a flush it started
+            self._flusher.check()
         if not self.segments:
             return
         self.active.seal()
@@ -283,6 +286,8 @@ class Log:
         old = self.active
         if not old.size:
             return old
+        if self._flusher is not None:
+            self._flusher.check()  # a failed flush: the recovery point below would be a lie
         old.seal()
         self._unflushed_since = None
         self.recovery_point = self.log_end_offset
