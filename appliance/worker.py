@@ -642,7 +642,7 @@ class PartitionWorker:
                 # a shorter interval applies from now, not after the old one ran out
                 if key == "retention_check_ms":
                     self._next_retention = min(self._next_retention, now + value / 1000)
-                else:
+                elif key == "cleaner_interval_ms":
                     self._next_clean = min(self._next_clean, now + value / 1000)
 
     # ---- requests -----------------------------------------------------------------------
@@ -732,7 +732,10 @@ class PartitionWorker:
             self.bytes_in += len(buf)
         # consumers waiting in a long poll hear of the new records before the producer
         # hears its acknowledgement: the records' end-to-end path is the one that waits
-        self._after_hw_change(lead.advance_high_watermark(self.log.log_end_offset))
+        try:
+            self._after_hw_change(lead.advance_high_watermark(self.log.log_end_offset))
+        except Exception:  # noqa: BLE001 - the batch is written: its producer must hear so, or it retries
+            log.exception("%s: answering parked fetches after an append failed", self.name)
         if acks in (-1, "all") and lead.high_watermark < required:
             deadline = self.clock() + req.fields["timeout_ms"] / 1000
             self.pending.append(PendingProduce(identity, req.id, base_offsets, required, deadline, started))
