@@ -25,6 +25,7 @@ import collections
 import contextlib
 import logging
 import math
+import operator
 import os
 import threading
 import time
@@ -604,9 +605,21 @@ def _as_bytes(value: Any, what: str) -> bytes:
 
 
 def _check_timestamp(timestamp_ms: Any) -> int:
-    if not isinstance(timestamp_ms, bool) and isinstance(timestamp_ms, (int, float)) and math.isfinite(timestamp_ms):
-        return int(timestamp_ms)
-    raise TypeError(f"timestamp_ms must be an int (ms since the epoch), got {timestamp_ms!r:.100}")
+    """An int64 of ms since the epoch: any integer (numpy's too) or a finite float."""
+    if isinstance(timestamp_ms, bool):
+        ts = None
+    elif isinstance(timestamp_ms, float):
+        ts = int(timestamp_ms) if math.isfinite(timestamp_ms) else None
+    else:
+        try:
+            ts = operator.index(timestamp_ms)
+        except TypeError:
+            ts = None
+    if ts is None:
+        raise TypeError(f"timestamp_ms must be an int (ms since the epoch), got {timestamp_ms!r:.100}")
+    if not -(2**63) <= ts < 2**63:
+        raise ValueError(f"timestamp_ms={ts} is outside the int64 range")
+    return ts
 
 
 def _check_headers(headers: Sequence[tuple[str, bytes | None]] | None) -> Headers | None:
@@ -699,7 +712,8 @@ class _ProducerIO:
                         if self.inflight_count[tp] == 0:
                             t = min(t, head.not_before - now)
                         elif self.inflight_count[tp] < self.p.max_in_flight:
-                            t = min(t, head.created + self.p.linger_s - now)
+                            # a retry backing off at the head waits for its backoff, not its linger
+                            t = min(t, max(head.not_before, head.created + self.p.linger_s) - now)
                     t = min(t, head.deadline - now)
         if self.need_metadata:
             t = min(t, self.next_metadata - now)

@@ -74,6 +74,23 @@ def test_a_timestamp_too_far_from_the_batch_starts_a_new_one(producer: Producer)
     assert [ts for *_, ts in _queued(producer, 0)][1] == 1_000
 
 
+class _IndexLike:
+    """An integer type that is not an int subclass (as numpy's int64)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __index__(self) -> int:
+        return self.n
+
+
+def test_any_integer_type_is_a_timestamp(producer: Producer) -> None:
+    now = int(time.time() * 1000)
+    producer.send("t", b"v", partition=0, timestamp_ms=_IndexLike(now))  # type: ignore[arg-type]
+    producer.send("t", b"w", partition=0, timestamp_ms=float(now + 1))  # type: ignore[arg-type]
+    assert [ts for *_, ts in _queued(producer, 0)] == [now, now + 1]
+
+
 def test_future_is_pending_until_its_batch_completes(producer: Producer) -> None:
     f = producer.send("t", b"x", partition=0)
     assert isinstance(f, FutureRecordMetadata)
@@ -97,5 +114,7 @@ def test_bad_input_is_refused_before_anything_is_queued(producer: Producer) -> N
     for ts in ("123", float("nan"), float("inf"), True):
         with pytest.raises(TypeError):
             producer.send("t", b"v", timestamp_ms=ts)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        producer.send("t", b"v", timestamp_ms=2**63)
     with producer._lock:
         assert not any(producer._queues.values())
