@@ -355,10 +355,11 @@ class PartitionWorker:
             return
         self._next_clean = now + self.cleaner_interval_ms / 1000
         now_ms = int(time.time() * 1000)
+        keep_last_of = self.producers.last_offsets()  # taken here: the table is this thread's
 
         def clean() -> None:
             try:
-                self._clean_result = build_plan(self.log, now_ms)
+                self._clean_result = build_plan(self.log, now_ms, keep_last_of)
             except Exception as exc:  # noqa: BLE001 - reported on the loop thread
                 self._clean_result = exc
 

@@ -8,7 +8,11 @@ Compaction runs off the append path in two phases:
    ``<base>.log.cleaned`` (fsynced). Offsets are kept: a batch that loses records is
    re-encoded as a sparse batch with the same last offset; records without a key are
    kept; a tombstone (null value) is kept until ``delete.retention.ms`` after its
-   timestamp, so consumers that are behind still see the delete.
+   timestamp, so consumers that are behind still see the delete. Producer state is
+   kept too (what ``ProducerStateTable.rebuild`` reads after a restart): a re-encoded
+   batch's base sequence moves with its base offset, so its last sequence stays; and
+   the newest batch of each idempotent producer (``keep_last_of``) is never removed
+   whole: at least its last record stays, as Kafka keeps that batch's header.
 2. ``apply_plan(log, plan)`` runs on the log's owner thread and swaps each cleaned
    file in: rename ``.cleaned`` -> ``.swap`` and fsync the directory (the commit
    point), delete the old indexes, rename ``.swap`` -> ``.log``, fsync the directory,
@@ -21,9 +25,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Mapping
 
 from appliance.log.checkpoint import fsync_dir, write_durably
 from appliance.log.log import Log
+from appliance.log.producers import ProducerStateTable, add_sequence
 from appliance.log.segment import LogSegment
 from ipc.records import TIMESTAMP_LOG_APPEND, decode_batch, encode_batch
 
@@ -68,8 +74,10 @@ def build_offset_map(segments: list[LogSegment]) -> dict[bytes, int]:
     return latest
 
 
-def build_plan(log_: Log, now_ms: int) -> CleanPlan:
-    """Phase 1: write ``.cleaned`` files for the sealed segments that shrink."""
+def build_plan(log_: Log, now_ms: int, keep_last_of: Mapping[int, int] | None = None) -> CleanPlan:
+    """Phase 1: write ``.cleaned`` files for the sealed segments that shrink.
+    ``keep_last_of``: producer id -> last offset of its newest batch in the log (the
+    owner's producer state); each such batch keeps at least its last record."""
     sealed = _sealed(log_)
     if not sealed:
         return CleanPlan([], log_.log_start_offset)
@@ -77,14 +85,16 @@ def build_plan(log_: Log, now_ms: int) -> CleanPlan:
     horizon = now_ms - log_.config.delete_retention_ms
     plan = CleanPlan([], sealed[-1].next_offset)
     for seg in sealed:
-        cleaned = _clean_segment(seg, latest, horizon)
+        cleaned = _clean_segment(seg, latest, horizon, keep_last_of or {})
         if cleaned is not None:
             plan.segments.append(cleaned)
             log_._step("compact.cleaned_written")
     return plan
 
 
-def _clean_segment(seg: LogSegment, latest: dict[bytes, int], horizon: int) -> CleanedSegment | None:
+def _clean_segment(
+    seg: LogSegment, latest: dict[bytes, int], horizon: int, keep_last_of: Mapping[int, int]
+) -> CleanedSegment | None:
     parts: list[bytes] = []
     removed = 0
     for pos, h in seg.iter_batches(0, verify=True):
@@ -97,6 +107,8 @@ def _clean_segment(seg: LogSegment, latest: dict[bytes, int], horizon: int) -> C
             )
             if k is None or (latest.get(k) == o and (v is not None or t >= horizon))
         ]
+        if not keep and h.producer_id >= 0 and keep_last_of.get(h.producer_id) == h.last_offset:
+            keep = [len(batch) - 1]  # its producer's newest batch: the sequence state must survive
         if len(keep) == len(batch):
             parts.append(raw)
             continue
@@ -104,6 +116,9 @@ def _clean_segment(seg: LogSegment, latest: dict[bytes, int], horizon: int) -> C
         if not keep:
             continue
         base = batch.offsets[keep[0]]
+        # sequences run with offsets inside a batch: moving the base offset moves the base
+        # sequence, so the batch's last sequence (base sequence + last offset delta) stays
+        base_sequence = add_sequence(h.base_sequence, base - h.base_offset) if h.base_sequence >= 0 else -1
         first_ts = batch.timestamps[keep[0]]
         headers = batch.headers
         parts.append(
@@ -118,7 +133,7 @@ def _clean_segment(seg: LogSegment, latest: dict[bytes, int], horizon: int) -> C
                 leader_epoch=h.leader_epoch,
                 producer_id=h.producer_id,
                 producer_epoch=h.producer_epoch,
-                base_sequence=h.base_sequence,
+                base_sequence=base_sequence,
                 offset_deltas=[batch.offsets[i] - base for i in keep],
                 last_offset_delta=h.last_offset - base,
                 log_append_time=bool(h.attributes & TIMESTAMP_LOG_APPEND),
@@ -177,4 +192,4 @@ def apply_plan(log_: Log, plan: CleanPlan) -> int:
 def compact(log_: Log, now_ms: int | None = None) -> int:
     """Both phases in the caller's thread; returns the number of records removed."""
     now = int(log_.clock() * 1000) if now_ms is None else now_ms
-    return apply_plan(log_, build_plan(log_, now))
+    return apply_plan(log_, build_plan(log_, now, ProducerStateTable.rebuild(log_).last_offsets()))

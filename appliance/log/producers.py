@@ -204,6 +204,10 @@ class ProducerStateTable:
     def get(self, producer_id: int) -> ProducerEntry | None:
         return self._producers.get(producer_id)
 
+    def last_offsets(self) -> dict[int, int]:
+        """Producer id -> last offset of its newest batch (what compaction must keep)."""
+        return {pid: e.last_offset for pid, e in self._producers.items()}
+
     def entries(self) -> dict[int, ProducerEntry]:
         """A copy of the state (producer id -> entry), for tests and status."""
         return {pid: e.copy() for pid, e in self._producers.items()}

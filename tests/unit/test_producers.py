@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from appliance.log import cleaner
 from appliance.log.config import LogConfig
 from appliance.log.log import Log
 from appliance.log.producers import (
@@ -24,7 +25,7 @@ from appliance.log.producers import (
     last_sequence,
 )
 from ipc.errors import InvalidProducerEpochError, OutOfOrderSequenceError
-from ipc.records import HEADER_SIZE, LOG_OVERHEAD, MAGIC, BatchHeader, encode_batch, read_header
+from ipc.records import HEADER_SIZE, LOG_OVERHEAD, MAGIC, BatchHeader, decode_batches, encode_batch, read_header
 
 MAX_SEQ = SEQUENCE_SPACE - 1
 T0_MS = 1_700_000_000_000
@@ -452,3 +453,45 @@ def test_rebuild_always_equals_the_live_table(tmp_path_factory: Any, ops: list[t
         assert ProducerStateTable.rebuild(lg).entries() == live.entries()
     finally:
         lg.close()
+
+
+# --------------------------------------------------------------------------- compaction
+
+
+def keyed(pid: int, seq: int, keys: list[bytes]) -> bytes:
+    return encode_batch(
+        [b"v-" + k for k in keys], list(keys), timestamp=T0_MS, producer_id=pid, producer_epoch=0, base_sequence=seq
+    )
+
+
+def test_compaction_keeps_every_producers_sequence_state(open_log: Any) -> None:
+    """After compaction a rebuilt table (a restart) expects of each producer the same next
+    sequence as the live one: a batch that loses its first records keeps its last
+    sequence, and a producer's newest batch is never removed whole (its last record
+    stays). An older batch whose records are all superseded still goes."""
+    lg = open_log()
+    live = ProducerStateTable()
+    leader = Leader(live, lg)
+    script = [
+        (1, 0, [b"a", b"b", b"c"]),  # offsets 0-2: producer 1's newest batch loses a and b
+        (2, 0, [b"a", b"b"]),  # 3-4
+        (3, 7, [b"d"]),  # 5: producer 3's newest batch, all superseded by 6
+        (2, 2, [b"d"]),  # 6
+        (2, 3, [b"e"]),  # 7: superseded by 8, not producer 2's newest: removed whole
+        (2, 4, [b"e"]),  # 8
+    ]
+    for pid, seq, keys in script:
+        buf = keyed(pid, seq, keys)
+        leader.produce(read_header(buf), buf)
+    lg.roll()  # compaction reads sealed segments only
+    before = live.entries()
+    removed = cleaner.compact(lg)
+    assert removed == 3  # a and b at 0-1, e at 7
+    kept = [o for b in decode_batches(lg.read(0, 1 << 20)) for o in b.offsets]
+    assert kept == [2, 3, 4, 5, 6, 8]
+    rebuilt = ProducerStateTable.rebuild(lg)
+    assert {pid: (e.last_sequence, e.last_offset) for pid, e in rebuilt.entries().items()} == {
+        pid: (e.last_sequence, e.last_offset) for pid, e in before.items()
+    }
+    for pid, next_seq in ((1, 3), (2, 5), (3, 8)):
+        assert rebuilt.check(hdr(pid, 0, next_seq)) is None  # accepted, not OUT_OF_ORDER
