@@ -275,7 +275,7 @@ class FrontApi:
             ok_reply(
                 req.id,
                 topic=name,
-                replication_factor=info.replication_factor,
+                replication_factor=info.current_replication_factor,
                 config=self._effective_config(info.config),
                 overrides=info.config,
                 partitions=parts,
@@ -300,7 +300,8 @@ class FrontApi:
             raise InvalidConfigError(
                 f"partitions={count}: topic {name!r} has {old_count}; partitions can only be added"
             )
-        states = self._new_states(name, range(old_count, count or old_count), info.replication_factor)
+        # new partitions get as many replicas as partition 0 has now (Kafka's rule)
+        states = self._new_states(name, range(old_count, count or old_count), info.current_replication_factor)
         coord = self.node.coordinator
         if new_config != info.config:
             coord.set_topic_config(name, new_config)  # every node sends it to its replicas

@@ -74,6 +74,16 @@ class TopicInfo:
     config: dict[str, Any]  # overrides of the node's topic defaults (Kafka names)
     created_ms: int
 
+    @property
+    def current_replication_factor(self) -> int:
+        """Partition 0's replica count (its target while a reassignment runs), as Kafka
+        derives a topic's replication factor: a reassignment changes it, while the stored
+        ``replication_factor`` stays what the topic was created with."""
+        if not self.partitions:
+            return self.replication_factor
+        p0 = self.partitions[0]
+        return len(p0.target_replicas or p0.replicas)
+
     def meta_json(self) -> dict[str, Any]:
         """The topic's own fields, without partition states."""
         return {

@@ -136,6 +136,26 @@ def test_reassignment_while_traffic_flows_loses_nothing(cl: Cluster) -> None:
     assert report.ok, report.details()
 
 
+def test_a_reassignment_to_more_replicas_is_the_topics_replication_factor(cl: Cluster) -> None:
+    """describe_topic shows, and added partitions get, partition 0's replica count after
+    a reassignment, as Kafka derives it, not the factor the topic was created with."""
+    cl.create_topic("growing", partitions=1, replication_factor=1)
+    with Admin(cl.bootstrap) as admin:
+        assert admin.describe_topic("growing")["replication_factor"] == 1
+        first = partition(cl, "growing")["replicas"]
+        target = [*first, *(n for n in range(3) if n not in first)]
+        admin.reassign("growing", 0, target)
+
+        def moved() -> bool:
+            p = partition(cl, "growing")
+            return p["replicas"] == target and p["target_replicas"] is None
+
+        wait_until(moved, 60, f"growing-0 reassigned to {target}")
+        assert admin.describe_topic("growing")["replication_factor"] == 3
+        admin.alter_topic("growing", partitions=2)
+        wait_until(lambda: len(partition(cl, "growing", 1)["replicas"]) == 3, 30, "growing-1 with 3 replicas")
+
+
 def test_clients_bootstrap_from_any_live_node_and_learn_the_cluster(cl: Cluster) -> None:
     cl.create_topic("boot", partitions=3, replication_factor=3)
     cl.node(0).kill(signal.SIGKILL)
