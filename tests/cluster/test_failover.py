@@ -19,7 +19,7 @@ import pytest
 from ipc.client import Consumer, Producer
 from ipc.errors import NotLeaderError, SluiceError
 from tests.cluster.checker import check
-from tests.cluster.harness import Cluster, produce_one, wait_until
+from tests.cluster.harness import Cluster, ClusterNode, produce_one, wait_until
 from tests.cluster.workload import ProduceWorkload, read_all
 
 PARTITIONS = 3
@@ -64,6 +64,25 @@ def leader_of(cl: Cluster, topic: str, partition: int = 0, not_node: int | None 
     return cl.wait_leader(topic, partition, timeout=60, not_node=not_node)
 
 
+def cut_off_leader(
+    cl: Cluster,
+    wl: ProduceWorkload,
+    topic: str,
+    cut: Callable[[ClusterNode], None],
+    mend: Callable[[ClusterNode], None],
+) -> None:
+    """Cut partition 0's leader off (``cut``), wait until another replica leads and the
+    workload makes progress, then ``mend`` it (also on failure)."""
+    old = leader_of(cl, topic)
+    node = cl.node(old)
+    cut(node)
+    try:
+        leader_of(cl, topic, not_node=old)
+        wl.wait_acked(PROGRESS // 2, 60)
+    finally:
+        mend(node)
+
+
 def bounces(topic: str, rounds: int, hard: bool) -> Callable[[Cluster, ProduceWorkload], None]:
     """The fault: take the leader's node down (SIGKILL, or SIGTERM and a clean exit),
     wait for another leader and for progress, start it again, ``rounds`` times."""
@@ -97,15 +116,9 @@ def test_paused_leader_is_deposed_and_takes_no_write_after_it_resumes(cl: Cluste
     late = b"late-write-to-a-deposed-leader"
 
     def fault(cl: Cluster, wl: ProduceWorkload) -> None:
-        old = leader_of(cl, "paused")
         endpoint = cl.partition_state("paused", 0)["endpoint"]
-        cl.node(old).pause()
-        try:
-            # longer than the 3 s session: ZooKeeper expires it, a follower takes over
-            leader_of(cl, "paused", not_node=old)
-            wl.wait_acked(PROGRESS // 2, 60)
-        finally:
-            cl.node(old).resume()
+        # longer than the 3 s session: ZooKeeper expires it, a follower takes over
+        cut_off_leader(cl, wl, "paused", ClusterNode.pause, ClusterNode.resume)
         # the resumed node still has the worker it had: a write straight to it with
         # acks=all must not be acknowledged (deposed: NOT_LEADER, or no ISR to commit it)
         try:
@@ -124,13 +137,7 @@ def test_paused_leader_is_deposed_and_takes_no_write_after_it_resumes(cl: Cluste
 
 def test_network_partition_isolating_the_leader_loses_nothing(cl: Cluster) -> None:
     def fault(cl: Cluster, wl: ProduceWorkload) -> None:
-        old = leader_of(cl, "split")
-        cl.node(old).isolate()
-        try:
-            leader_of(cl, "split", not_node=old)
-            wl.wait_acked(PROGRESS // 2, 60)
-        finally:
-            cl.node(old).heal()
+        cut_off_leader(cl, wl, "split", ClusterNode.isolate, ClusterNode.heal)
         wait_until(lambda: fully_in_sync(cl, "split"), 60, "the isolated node back in every ISR")
 
     run_checked(cl, "split", fault)
