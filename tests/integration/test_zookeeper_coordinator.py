@@ -213,12 +213,19 @@ def test_register_waits_for_a_previous_session_then_refuses(
 
 
 # ---- controller ------------------------------------------------------------------------------
+def controller_and_peer(
+    url: str, waker: Waker, coordinators: Callable[..., ZooKeeperCoordinator]
+) -> tuple[ZooKeeperCoordinator, ZooKeeperCoordinator]:
+    """Node 1, once it has won the election, and node 2 beside it."""
+    a = coordinators(1, url)
+    waker.wait_for(a.is_controller, "node 1 to win the election")
+    return a, coordinators(2, url)
+
+
 def test_controller_election_and_failover(
     url: str, waker: Waker, coordinators: Callable[..., ZooKeeperCoordinator]
 ) -> None:
-    a = coordinators(1, url)
-    waker.wait_for(a.is_controller, "node 1 to win the election")
-    b = coordinators(2, url)
+    a, b = controller_and_peer(url, waker, coordinators)
     waker.wait_for(lambda: b.controller() == 1 and a.controller() == 1, "both to see controller 1")
     assert not b.is_controller()
 
@@ -231,9 +238,7 @@ def test_controller_election_and_failover(
 def test_session_loss_fences_the_old_controller_which_rejoins(
     zk: ZooKeeperServer, url: str, waker: Waker, coordinators: Callable[..., ZooKeeperCoordinator]
 ) -> None:
-    a = coordinators(1, url)
-    waker.wait_for(a.is_controller, "node 1 to win the election")
-    b = coordinators(2, url)
+    a, b = controller_and_peer(url, waker, coordinators)
     a.create_topic(_topic("t"))
     state = a.topics()["t"].partitions[0]
     old_epoch = a.epoch
@@ -286,9 +291,7 @@ def test_create_duplicate_and_delete_topic(
 def test_partition_state_compare_and_set(
     url: str, waker: Waker, coordinators: Callable[..., ZooKeeperCoordinator]
 ) -> None:
-    a = coordinators(1, url)
-    waker.wait_for(a.is_controller, "node 1 to win the election")
-    b = coordinators(2, url)
+    a, b = controller_and_peer(url, waker, coordinators)
     a.create_topic(_topic("t", 2))
     s0 = a.topics()["t"].partitions[1]
     assert s0.version == 0
