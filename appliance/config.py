@@ -55,6 +55,7 @@ class NodeConfig:
     max_request_bytes: int = 100 * 1024 * 1024
     offsets_topic_partitions: int = 4  # partitions of __consumer_offsets (fixed once created)
     offsets_topic_replication_factor: int = 3  # capped at the live nodes when it is created
+    offsets_topic_segment_bytes: int = 64 * 1024 * 1024  # segment.bytes of __consumer_offsets
     default_replication_factor: int = 1  # topics created automatically (auto_create_topics)
     replica_lag_time_max_ms: int = 10_000  # a follower not caught up this long leaves the ISR
     zookeeper_session_timeout_ms: int = 6_000
@@ -129,10 +130,13 @@ _INT_MIN = {
     "offsets_topic_partitions": 1,
     "offsets_retention_ms": 1000,
     "offsets_topic_replication_factor": 1,
+    "offsets_topic_segment_bytes": 1024,
     "default_replication_factor": 1,
     "replica_lag_time_max_ms": 100,
     "zookeeper_session_timeout_ms": 1000,
 }
+
+_INT_MAX = {"offsets_topic_segment_bytes": 2**31 - 1}
 
 
 def _check(name: str, value: Any) -> Any:
@@ -147,6 +151,8 @@ def _check(name: str, value: Any) -> Any:
                 raise InvalidConfigError(f"{name}={value!r}: expected an integer >= {_INT_MIN[name]}") from None
         if value < _INT_MIN[name]:
             raise InvalidConfigError(f"{name}={value!r}: must be >= {_INT_MIN[name]}")
+        if value > _INT_MAX.get(name, value):
+            raise InvalidConfigError(f"{name}={value!r}: must be <= {_INT_MAX[name]}")
         return value
     if name == "auto_create_topics":
         if isinstance(value, bool):

@@ -63,9 +63,7 @@ def next_state(
     return None if current == state else current
 
 
-def _step(
-    state: PartitionState, live: Mapping[int, NodeInfo], unclean: bool, preferred: bool
-) -> PartitionState | None:
+def _step(state: PartitionState, live: Mapping[int, NodeInfo], unclean: bool, preferred: bool) -> PartitionState | None:
     valid = _in_sync(state, live)
     replicas = list(state.replicas)
     target = state.target_replicas
@@ -237,9 +235,7 @@ class Controller:
         if new == state:
             return state
         stored = self.coordinator.set_partition_state(topic, partition, new)
-        log.info(
-            "%s-%d: isr %s, leader %d (asked by leader %d)", topic, partition, stored.isr, stored.leader, leader
-        )
+        log.info("%s-%d: isr %s, leader %d (asked by leader %d)", topic, partition, stored.isr, stored.leader, leader)
         return stored
 
     def reassign(self, topic: str, partition: int, replicas: list[int]) -> PartitionState:

@@ -227,11 +227,7 @@ class FrontApi:
 
     def api_list_topics(self, identity: bytes, req: Request) -> list[bytes]:
         internal = req.fields["internal"]
-        names = sorted(
-            n
-            for n in self.node.coordinator.topics()
-            if internal or not n.startswith(INTERNAL_PREFIX)
-        )
+        names = sorted(n for n in self.node.coordinator.topics() if internal or not n.startswith(INTERNAL_PREFIX))
         return [ok_reply(req.id, topics=names)]
 
     def api_create_topic(self, identity: bytes, req: Request) -> list[bytes] | None:

@@ -200,8 +200,13 @@ class Fetcher:
 
     def check_timeout(self, now: float) -> None:
         if self.in_flight and now - self.sent_at > REPLY_TIMEOUT_S:
-            log.warning("%s-%d: no fetch reply from %s in %.0f s; reconnecting", self.topic, self.partition,
-                        self.endpoint, REPLY_TIMEOUT_S)
+            log.warning(
+                "%s-%d: no fetch reply from %s in %.0f s; reconnecting",
+                self.topic,
+                self.partition,
+                self.endpoint,
+                REPLY_TIMEOUT_S,
+            )
             self.sock.close(0)
             self.sock = sockets.dealer(self.ctx, self.endpoint)
             self.in_flight = 0

@@ -100,9 +100,7 @@ class TopicInfo:
     def from_json(cls, d: dict[str, Any], partitions: list[PartitionState] | None = None) -> TopicInfo:
         return cls(
             name=d["name"],
-            partitions=partitions
-            if partitions is not None
-            else [PartitionState.from_json(p) for p in d["partitions"]],
+            partitions=partitions if partitions is not None else [PartitionState.from_json(p) for p in d["partitions"]],
             replication_factor=int(d["replication_factor"]),
             config=dict(d["config"]),
             created_ms=int(d["created_ms"]),

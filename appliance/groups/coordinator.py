@@ -122,7 +122,7 @@ class GroupCoordinator:
         if not on_demand and cfg.coordinator != "local" and not (coord.is_controller() and live >= wanted):
             return
         rf = max(1, min(wanted, live))
-        config: dict[str, Any] = dict(OFFSETS_TOPIC_CONFIG)
+        config: dict[str, Any] = {**OFFSETS_TOPIC_CONFIG, "segment.bytes": cfg.offsets_topic_segment_bytes}
         if rf >= MIN_ISR_FROM_RF:
             config["min.insync.replicas"] = 2  # an acknowledged commit is on two nodes at least
         try:

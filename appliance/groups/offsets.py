@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OFFSETS_TOPIC = "__consumer_offsets"
-OFFSETS_TOPIC_CONFIG = {"cleanup.policy": "compact", "fsync": "always", "segment.bytes": 64 * 1024 * 1024}
+OFFSETS_TOPIC_CONFIG = {"cleanup.policy": "compact", "fsync": "always"}  # + offsets_topic_segment_bytes
 WRITE_TIMEOUT_S = 10.0
 PRODUCE_TIMEOUT_MS = 8000  # the worker answers an acks=all write before WRITE_TIMEOUT_S runs out
 LOAD_FETCH_BYTES = 4 << 20

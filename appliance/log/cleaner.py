@@ -149,15 +149,20 @@ def _clean_segment(
 
 def apply_plan(log_: Log, plan: CleanPlan) -> int:
     """Phase 2: swap the cleaned files in (owner thread). Returns records removed."""
-    by_base = {s.base_offset: (i, s) for i, s in enumerate(log_.segments)}
+    by_base = {s.base_offset: s for s in log_.segments}
     removed = 0
     for cleaned in plan.segments:
         found = by_base.get(cleaned.base_offset)
-        if found is None or found[1] is log_.active or found[1].size != cleaned.source_size:
+        if found is None or found is log_.active or found.size != cleaned.source_size:
             # the segment was deleted, truncated or is active again: drop this result
             os.unlink(cleaned.cleaned_path)
             continue
-        index, seg = found
+        seg = found
+        removed += cleaned.records_removed
+        if not cleaned.bytes_after and seg is not log_.segments[0]:
+            os.unlink(cleaned.cleaned_path)  # nothing left: the segment goes (the first stays, empty)
+            log_.remove_compacted_segment(seg)
+            continue
         swap = seg.path + ".swap"
         os.replace(cleaned.cleaned_path, swap)
         fsync_dir(log_.directory)
@@ -176,8 +181,7 @@ def apply_plan(log_: Log, plan: CleanPlan) -> int:
         fresh.next_offset = max(fresh.next_offset, seg.next_offset)
         fresh.index.file.fsync()
         fresh.time_index.file.fsync()
-        log_.segments[index] = fresh
-        removed += cleaned.records_removed
+        log_.segments[log_.segments.index(seg)] = fresh
         log.info(
             "compacted segment %d of %s: %d records removed, %d -> %d bytes",
             seg.base_offset,

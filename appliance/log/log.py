@@ -133,6 +133,10 @@ class Log:
                         s.close()
                     raise
                 self.segments.append(seg)
+        # a sealed segment's offsets run up to the next one's base, also where compaction
+        # removed its last batches (or all of them): a read there goes on to the next one
+        for seg, following in zip(self.segments, self.segments[1:], strict=False):
+            seg.next_offset = max(seg.next_offset, following.base_offset)
         self._bases = [s.base_offset for s in self.segments]
         self.log_start_offset = self.segments[0].base_offset
         self.leader_epochs = LeaderEpochCache(os.path.join(self.directory, LEADER_EPOCH_FILE))
@@ -364,17 +368,13 @@ class Log:
             )
         limit = end if max_offset is None else min(max_offset, end)
         i = self._segment_index(offset)
-        while i < len(self.segments) and offset < limit:
+        while offset < limit:
             seg = self.segments[i]
-            if offset < seg.next_offset:
-                data = seg.read(offset, max_bytes, limit, min_one)
-                if data:
-                    return data
-                if seg is not self.active and offset >= seg.base_offset:
-                    # a compacted segment may end before its next offset: go on
-                    offset = max(offset, seg.next_offset)
-                else:
-                    return b""
+            data = seg.read(offset, max_bytes, limit, min_one)
+            if data or seg is self.active:
+                return data
+            # compaction removed the rest of this sealed segment: go on with the next one
+            offset = max(offset, seg.next_offset)
             i += 1
         return b""
 
@@ -449,6 +449,24 @@ class Log:
         self._step("delete.dir_synced")
         for path in renamed:
             os.unlink(path)
+
+    def remove_compacted_segment(self, seg: LogSegment) -> None:
+        """Delete a sealed segment none of whose records survive compaction; its offsets
+        join the previous segment's range. The first segment is never removed this way:
+        compaction does not move the log start offset (as in Kafka), so a reader from the
+        log start still gets every record that remains."""
+        i = self.segments.index(seg)
+        if seg is self.active or i == 0:
+            raise ValueError(f"segment {seg.path} is the first or the active one: compaction keeps it")
+        del self.segments[i], self._bases[i]
+        prev = self.segments[i - 1]
+        prev.next_offset = max(prev.next_offset, self.segments[i].base_offset)
+        self._delete_segment(seg)
+        log.info(
+            "removed segment %s of %s: compaction left nothing in it",
+            segment_name(seg.base_offset),
+            self.directory,
+        )
 
     # ---- retention ----------------------------------------------------------------------
     def apply_retention(self, now_ms: int | None = None) -> int:

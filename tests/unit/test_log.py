@@ -1112,6 +1112,8 @@ def test_compaction_of_a_whole_segment_away(open_log: OpenLog) -> None:
     lg.append(batch([b"4"], [b"x"]))
     assert cleaner.compact(lg) == 2
     assert [(r[0], r[3]) for r in records_of(read_all(lg))] == [(2, b"3"), (3, b"4")]
+    # the first segment stays, empty: compaction never moves the log start offset
+    assert [s.base_offset for s in lg.segments] == [0, 2, 3]
     assert lg.segments[0].size == 0
     lg = reopen(lg, open_log, "clean")
     assert [(r[0], r[3]) for r in records_of(read_all(lg))] == [(2, b"3"), (3, b"4")]
@@ -1121,6 +1123,85 @@ def test_compaction_of_a_whole_segment_away(open_log: OpenLog) -> None:
     assert [(r[0], r[3]) for r in records_of(read_all(lg))] == [(2, b"3"), (3, b"4"), (4, b"5")]
     assert lg.log_end_offset == 5
     lg.verify()
+
+
+def _updates_in_small_segments(open_log: OpenLog, clock: FakeClock) -> Log:
+    """The recipe of issue 20: 3,000 updates to 100 keys (30 % tombstones) in 4 KiB
+    segments, then 100 new keys; most early segments hold nothing newest."""
+    lg = open_log(cleanup_policy=CleanupPolicy.COMPACT, segment_bytes=4096, delete_retention_ms=1000)
+    for n in range(0, 3000, 10):
+        keys: list[bytes | None] = [b"k%03d" % ((n + i) % 100) for i in range(10)]
+        values = [None if (n + i) % 10 < 3 else b"v%05d" % (n + i) for i in range(10)]
+        lg.append(batch(values, keys, ts=clock.ms))
+    clock.advance(3)
+    for n in range(0, 100, 10):
+        lg.append(
+            batch([b"new%03d" % (n + i) for i in range(10)], [b"n%03d" % (n + i) for i in range(10)], ts=clock.ms)
+        )
+    return lg
+
+
+def _survivors(records: list[Rec]) -> list[Rec]:
+    """What compaction keeps of ``records`` once every tombstone is past delete.retention.ms."""
+    newest = {r[2]: r for r in records}
+    return [r for r in records if newest[r[2]] is r and r[3] is not None]
+
+
+def _read_from_each_offset(lg: Log, expected: list[Rec]) -> None:
+    """A read at any offset from 0 (inside an emptied range too) starts at the next record."""
+    for offset in range(0, lg.log_end_offset, 7):
+        got = records_of(read_all(lg, start=max(offset, lg.log_start_offset), max_bytes=512))
+        # whole batches: the first may begin before ``offset``
+        assert [r for r in got if r[0] >= offset] == [r for r in expected if r[0] >= offset], offset
+        assert got[0] in expected
+
+
+@pytest.mark.parametrize("how", ["clean", "crash"])
+def test_a_log_emptied_by_compaction_reads_from_its_start_after_reopen(
+    open_log: OpenLog, clock: FakeClock, how: str
+) -> None:
+    lg = _updates_in_small_segments(open_log, clock)
+    before = records_of(read_all(lg))
+    assert len(lg.segments) > 20
+    cleaner.compact(lg)
+    lg.roll()  # the last sealed segment may keep records the active one superseded
+    lg.append(batch([b"tail"], [b"t"], ts=clock.ms))
+    cleaner.compact(lg)
+    expected = _survivors(before) + [(lg.log_end_offset - 1, clock.ms, b"t", b"tail")]
+    assert records_of(read_all(lg)) == expected
+    first = expected[0][0]
+    # the emptied segments are gone but the first, which keeps the log start offset
+    assert lg.segments[0].size == 0 and all(s.size for s in lg.segments[1:])
+    assert lg.segments[1].base_offset <= first
+    start = lg.log_start_offset
+    assert start == 0
+    _read_from_each_offset(lg, expected)
+    for _ in range(2):
+        lg = reopen(lg, open_log, how)
+        assert lg.log_start_offset == start
+        assert records_of(read_all(lg)) == expected
+        _read_from_each_offset(lg, expected)
+        lg.verify()
+
+
+def test_empty_sealed_segments_left_on_disk_are_read_past(open_log: OpenLog, log_dir: str) -> None:
+    """Segments emptied by an earlier version (kept as empty files) do not hide the data
+    after them: a read in their range goes on to the next record."""
+    lg = open_log()
+    for i in range(4):
+        lg.append(batch([b"%d" % i]))
+        lg.roll()
+    lg.append(batch([b"4"]))
+    lg.close()
+    for base in (0, 1, 2):  # empty the first three sealed segments, as compaction did then
+        os.truncate(os.path.join(log_dir, segment_name(base) + ".log"), 0)
+        for ext in (".index", ".timeindex"):
+            os.unlink(os.path.join(log_dir, segment_name(base) + ext))
+    lg = open_log()
+    assert [s.base_offset for s in lg.segments] == [0, 1, 2, 3, 4]
+    for offset in range(4):
+        assert [r[3] for r in records_of(lg.read(offset))] == [b"3"]
+    assert [r[3] for r in records_of(read_all(lg))] == [b"3", b"4"]
 
 
 def test_offset_for_timestamp_after_compaction_and_reopen(open_log: OpenLog) -> None:
