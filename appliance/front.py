@@ -161,7 +161,7 @@ class FrontApi:
     def leads(self, topic: str, partition: int) -> bool:
         """This node's replica of the partition is its serving leader."""
         r = self.node.replicas.get((topic, partition))
-        return r is not None and r.state.value == "serving" and r.role.get("role") == "leader"
+        return r is not None and r.state.value == "serving" and r.role is not None and r.role.is_leader
 
     def partition_end(self, topic: str, partition: int) -> int:
         """The partition's high watermark: this node's own when it leads it, else the one

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.config import NodeConfig
 from appliance.log.config import LogConfig
+from ipc.control import ConfigCommand, NodeOptionsCommand
 from ipc.errors import SluiceError
 
 if TYPE_CHECKING:
@@ -79,14 +80,14 @@ def plan_reload(old: NodeConfig, new: NodeConfig) -> ReloadPlan:
     return ReloadPlan(config, live, restart)
 
 
-def worker_node_options(cfg: NodeConfig) -> dict[str, Any]:
+def worker_node_options(cfg: NodeConfig) -> NodeOptionsCommand:
     """The node options a worker takes live (control command ``node_options``)."""
-    return {
-        "log_level": cfg.log_level,
-        "retention_check_ms": cfg.retention_check_interval_ms,
-        "cleaner_interval_ms": cfg.cleaner_interval_ms,
-        "heartbeat_timeout_ms": cfg.heartbeat_timeout_ms,
-    }
+    return NodeOptionsCommand(
+        log_level=cfg.log_level,
+        retention_check_ms=cfg.retention_check_interval_ms,
+        cleaner_interval_ms=cfg.cleaner_interval_ms,
+        heartbeat_timeout_ms=cfg.heartbeat_timeout_ms,
+    )
 
 
 def _check_topic_defaults(node: Supervisor, defaults: Mapping[str, Any]) -> str | None:
@@ -137,8 +138,8 @@ def apply_reload(node: Supervisor, new: NodeConfig) -> ReloadPlan:
         if r.state.value != "serving":
             continue  # a starting worker gets both messages when it says ready
         if to_workers:
-            node.send_control(r, cmd="node_options", **worker_node_options(plan.config))
+            node.send_control(r, worker_node_options(plan.config))
         info = topics.get(r.topic)
         if "topic_defaults" in plan.live and info is not None:
-            node.send_control(r, cmd="config", options={**plan.config.topic_defaults, **info.config})
+            node.send_control(r, ConfigCommand({**plan.config.topic_defaults, **info.config}))
     return plan

@@ -33,21 +33,33 @@ from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-import orjson
 import zmq
 
 from appliance import reload as config_reload
+from appliance.children import ChildState
 from appliance.config import NodeConfig
 from appliance.controller import Controller
 from appliance.coordinator import NO_LEADER, Coordinator, PartitionState, TopicInfo
 from appliance.coordinator.local import LocalCoordinator
 from appliance.datadir import lock_data_dir
 from appliance.log.checkpoint import atomic_write
+from appliance.log.config import LogConfig
+from appliance.partition.spec import WorkerSpec
+from appliance.partition.worker import run_worker
 from appliance.process import SignalPipe
 from appliance.systemd import Notifier, ServiceNotifier
-from appliance.worker import WorkerSpec, run_worker
 from ipc import sockets
 from ipc.client.transport import ChannelPool
+from ipc.control import (
+    AlterIsrEvent,
+    Command,
+    ConfigCommand,
+    ControlMessageError,
+    ReadyEvent,
+    RoleCommand,
+    decode_event,
+)
+from ipc.control import encode as encode_control
 from ipc.errors import InvalidConfigError, SluiceError
 from ipc.protocol import FRONT_APIS, error_reply, parse_request, peek_id
 from ipc.shm import ControlBlock, Role, SlotState, StatusTable
@@ -69,12 +81,7 @@ def make_coordinator(config: NodeConfig) -> Coordinator:
     return ZooKeeperCoordinator(config.node_id, config.coordinator, timeout_s)  # type: ignore[no-any-return,unused-ignore]
 
 
-class ReplicaState(enum.Enum):
-    STARTING = "starting"  # forked, recovering its log
-    SERVING = "serving"  # said ready; its endpoint is in the metadata
-    STOPPING = "stopping"  # asked to stop (shutdown, delete)
-    BACKOFF = "backoff"  # crashed; restart scheduled
-    OFFLINE = "offline"  # crash loop: no more restarts until the node restarts
+ReplicaState = ChildState  # a replica's worker is a child like any other
 
 
 _SLOT_STATE = {
@@ -107,7 +114,7 @@ class Replica:
     counters: tuple[int, int, int, int] = (0, 0, 0, 0)  # records/bytes in/out, kept across restarts
     killed_at: float = 0.0  # when its worker was sent SIGKILL (0: not); see appliance/systemd.py
     after_stop: Callable[[Replica], None] | None = None
-    role: dict[str, Any] = dataclasses.field(default_factory=dict)  # the last role command sent
+    role: RoleCommand | None = None  # the last role command sent
     options: dict[str, Any] | None = None  # the last topic options sent
     topic_created_ms: int = 0  # which incarnation of the topic (a name can be deleted and reused)
 
@@ -177,7 +184,7 @@ class Supervisor:
             r.slot,
             ControlBlock(
                 state=_SLOT_STATE[r.state],
-                role={"leader": Role.LEADER, "follower": Role.FOLLOWER}.get(r.role.get("role", ""), Role.NONE),
+                role=r.role.role if r.role is not None else Role.NONE,
                 partition=r.partition,
                 restarts=r.restarts,
                 worker_pid=r.pid,
@@ -192,7 +199,7 @@ class Supervisor:
         cfg = self.config
         # Fork server first: this process has no other thread and no socket yet.
         mp = multiprocessing.get_context("forkserver")
-        mp.set_forkserver_preload(["appliance.worker"])
+        mp.set_forkserver_preload(["appliance.partition.worker"])
         multiprocessing.forkserver.ensure_running()
         self.mp = mp
         if self._lock_fd < 0:
@@ -262,24 +269,24 @@ class Supervisor:
     def topic_options(self, info: TopicInfo) -> dict[str, Any]:
         return {**self.config.topic_defaults, **info.config}
 
-    def role_for(self, info: TopicInfo, partition: int, st: PartitionState) -> dict[str, Any]:
+    def role_for(self, info: TopicInfo, partition: int, st: PartitionState) -> RoleCommand:
         """The role command for this node's replica of a partition."""
         me = self.config.node_id
         if st.leader == me:
-            role = "none" if self.cut_off() else "leader"
+            role = Role.NONE if self.cut_off() else Role.LEADER
         else:
-            role = "none" if st.leader == NO_LEADER else "follower"
+            role = Role.NONE if st.leader == NO_LEADER else Role.FOLLOWER
         endpoint = ""
-        if role == "follower":
+        if role is Role.FOLLOWER:
             endpoint = self.coordinator.endpoints().get(st.leader, {}).get(f"{info.name}/{partition}", "")
-        return {
-            "role": role,
-            "leader_epoch": st.leader_epoch,
-            "leader_endpoint": endpoint,
-            "replicas": st.replicas + [n for n in st.target_replicas or () if n not in st.replicas],
-            "isr": {str(n): st.isr_epochs.get(n, -1) for n in st.isr},
-            "node_epoch": self.node_epoch,
-        }
+        return RoleCommand(
+            role=role,
+            leader_epoch=st.leader_epoch,
+            leader_endpoint=endpoint,
+            replicas=tuple(st.replicas + [n for n in st.target_replicas or () if n not in st.replicas]),
+            isr={n: st.isr_epochs.get(n, -1) for n in st.isr},
+            node_epoch=self.node_epoch,
+        )
 
     def cut_off(self) -> bool:
         """True once the coordinator has been unreachable for a session timeout: its
@@ -342,12 +349,12 @@ class Supervisor:
             options = self.topic_options(info)
             if options != r.options:
                 r.options = options
-                self.send_control(r, cmd="config", options=options)
+                self.send_control(r, ConfigCommand(options))
             role = self.role_for(info, p, st)
             if role != r.role:
                 self._count_isr_change(r.role, role)
                 r.role = role
-                self.send_control(r, cmd="role", **role)
+                self.send_control(r, role)
                 self._write_control(r)
         serving = [r for r in self.replicas.values() if r.state is ReplicaState.SERVING]
         endpoints = {f"{r.topic}/{r.partition}": r.endpoint for r in serving}
@@ -376,9 +383,9 @@ class Supervisor:
             os.makedirs(directory, exist_ok=True)
             atomic_write(marker, f"{created_ms}\n".encode())
 
-    def _count_isr_change(self, old: dict[str, Any], new: dict[str, Any]) -> None:
-        if old.get("role") == new["role"] == "leader" and old.get("leader_epoch") == new["leader_epoch"]:
-            before, after = set(old.get("isr", ())), set(new["isr"])
+    def _count_isr_change(self, old: RoleCommand | None, new: RoleCommand) -> None:
+        if old is not None and old.is_leader and new.is_leader and old.leader_epoch == new.leader_epoch:
+            before, after = set(old.isr), set(new.isr)
             self.isr_shrinks += bool(before - after)
             self.isr_expands += bool(after - before)
 
@@ -459,7 +466,7 @@ class Supervisor:
             slot=r.slot,
             leader_epoch=r.leader_epoch,
             directory=self.partition_dir(r.topic, r.partition),
-            log_options=r.options,
+            log_config=LogConfig.from_options(r.options),
             listen_host=cfg.listen_host,
             preferred_port=r.port,
             control_endpoint=cfg.control_endpoint,
@@ -591,32 +598,26 @@ class Supervisor:
             except ValueError:
                 continue
             try:
-                msg = orjson.loads(raw)
-                slot, pid, event = int(msg["slot"]), int(msg["pid"]), msg["event"]
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                log.warning("malformed control message %r", raw[:200])
+                event = decode_event(raw)
+            except ControlMessageError as exc:
+                log.warning("malformed control message %r: %s", raw[:200], exc)
                 continue
-            r = next((x for x in self.replicas.values() if x.slot == slot and x.pid == pid), None)
+            r = next((x for x in self.replicas.values() if x.slot == event.slot and x.pid == event.pid), None)
             if r is None:
                 continue  # a late message from a worker that has been replaced
-            if event == "ready" and r.state is ReplicaState.STARTING:
-                port = str(msg.get("endpoint", "")).rsplit(":", 1)[-1]
-                r.port = int(port) if port.isdigit() else 0
+            if isinstance(event, ReadyEvent) and r.state is ReplicaState.STARTING:
+                r.port = event.port
                 r.endpoint = f"tcp://{self.config.advertised_host}:{r.port}"
                 self._set_replica_state(r, ReplicaState.SERVING)
-                self.send_control(r, cmd="node_options", **config_reload.worker_node_options(self.config))
+                self.send_control(r, config_reload.worker_node_options(self.config))
                 self.reconcile()  # a change made while it was starting, and its endpoint
                 self.api.on_replica_ready(r)
-            elif event == "alter_isr" and r.state is ReplicaState.SERVING:
-                try:
-                    isr = {int(k): int(v) for k, v in msg["isr"].items()}
-                    self.alter_isr(r, int(msg["leader_epoch"]), isr)
-                except (KeyError, TypeError, ValueError, AttributeError):
-                    log.warning("malformed alter_isr from %s: %r", r.name, raw[:200])
+            elif isinstance(event, AlterIsrEvent) and r.state is ReplicaState.SERVING:
+                self.alter_isr(r, event.leader_epoch, dict(event.isr))
 
-    def send_control(self, r: Replica, **msg: Any) -> None:
+    def send_control(self, r: Replica, command: Command) -> None:
         try:
-            self.control.send_multipart([f"slot-{r.slot}".encode(), orjson.dumps(msg)], flags=zmq.NOBLOCK)
+            self.control.send_multipart([f"slot-{r.slot}".encode(), encode_control(command)], flags=zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             log.warning("%s: control message not delivered: %s", r.name, exc)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -277,12 +277,67 @@ EARLIEST = -2
 LATEST = -1
 
 
+@dataclasses.dataclass(frozen=True)
+class Principal:
+    """Who sent a request, as Kafka names it: ``User:alice``, ``Node:3``."""
+
+    type: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.type}:{self.name}"
+
+
+ANONYMOUS = Principal("User", "ANONYMOUS")
+
+
+@dataclasses.dataclass(frozen=True)
+class Response:
+    """A successful reply: header fields and data frames (sent without copies)."""
+
+    fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    frames: Sequence[Frame] = ()
+
+
+Send = Callable[[bytes, list[Any]], None]
+
+
+class Responder:
+    """Answers one request, now or later. Holds the peer; handlers only call it."""
+
+    __slots__ = ("_send", "_peer", "id", "api", "answered")
+
+    def __init__(self, send: Send, peer: bytes, cid: int, api: str) -> None:
+        self._send = send
+        self._peer = peer
+        self.id = cid
+        self.api = api
+        self.answered = False
+
+    def send(self, response: Response) -> None:
+        self.answered = True
+        header = ok_reply(self.id, **response.fields)
+        self._send(self._peer, [header, *response.frames] if response.frames else [header])
+
+    def ok(self, **fields: Any) -> None:
+        self.send(Response(fields))
+
+    def fail(self, err: SluiceError) -> None:
+        self.answered = True
+        self._send(self._peer, [error_reply(self.id, err)])
+
+
 @dataclasses.dataclass
 class Request:
+    """A validated request. ``principal`` and ``responder`` are set by the request
+    pipeline (ipc/server.py) before a handler sees the request."""
+
     api: str
     id: int
     fields: dict[str, Any]
     frames: list[Frame]
+    principal: Principal | None = None
+    responder: Responder = dataclasses.field(default=None)  # type: ignore[assignment]
 
 
 def _buffer(frame: Frame) -> bytes | memoryview:

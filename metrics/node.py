@@ -91,7 +91,7 @@ class NodeMetrics:
             under_replicated=sum(
                 1
                 for r in node.replicas.values()
-                if r.role.get("role") == "leader" and len(r.role.get("isr", ())) < len(r.role.get("replicas", ()))
+                if r.role is not None and r.role.is_leader and len(r.role.isr) < len(r.role.replicas)
             ),
             isr_shrinks=node.isr_shrinks,
             isr_expands=node.isr_expands,

@@ -172,9 +172,7 @@ class CoordinatorLink:
         return not self._sleep(delay)
 
     # ---- requests ---------------------------------------------------------------------------------
-    def request(
-        self, group: str, api: str, timeout_s: float, retry_s: float | None = None, **fields: Any
-    ) -> Reply:
+    def request(self, group: str, api: str, timeout_s: float, retry_s: float | None = None, **fields: Any) -> Reply:
         """Send ``api`` for ``group`` to its coordinator and return the reply. Everything
         ends within ``timeout_s``; retries after a coordinator error start only within
         ``retry_s`` (default ``timeout_s``), so a long join can still give up early when

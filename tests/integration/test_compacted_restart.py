@@ -99,9 +99,19 @@ def test_commits_in_a_small_segment_offsets_topic_load_after_restarts(
     node = node_factory(offsets_topic_partitions=1, offsets_topic_segment_bytes=4096, **SMALL_SEGMENTS).start()
     expected: dict[int, int] = {}
     with contextlib.closing(Front(node)) as front:
+
+        def commit(partition: int, offset: int) -> bool:
+            reply = front.call(
+                "offset_commit", group="gz", offsets=[{"topic": TOPIC, "partition": partition, "offset": offset}]
+            )
+            if reply.error is not None and reply.error.retriable:  # the offsets topic is still being created
+                return False
+            reply.raise_for_error()
+            return True
+
         for i in range(1200):
             partition = i % PARTITIONS
-            front.ok("offset_commit", group="gz", offsets=[{"topic": TOPIC, "partition": partition, "offset": i}])
+            wait_until(lambda: commit(partition, i), 20.0, f"commit {i}")  # noqa: B023 - called at once
             expected[partition] = i
         assert front.committed("gz") == expected
         wait_until(

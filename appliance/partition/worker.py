@@ -22,7 +22,6 @@ import threading
 import time
 from typing import Any
 
-import orjson
 import zmq
 
 from appliance.log.checkpoint import OffsetCheckpoint
@@ -30,9 +29,23 @@ from appliance.log.cleaner import CleanPlan, apply_plan, build_plan
 from appliance.log.config import CleanupPolicy, LogConfig
 from appliance.log.log import Log
 from appliance.log.producers import ProducerStateTable
+from appliance.partition.spec import WorkerSpec
 from appliance.process import SignalPipe, die_with_parent, pid_alive, setup_logging
 from appliance.replication import Fetcher, LeaderState
 from ipc import sockets
+from ipc.control import (
+    AlterIsrEvent,
+    ConfigCommand,
+    ControlMessageError,
+    Event,
+    NodeOptionsCommand,
+    ReadyEvent,
+    RoleCommand,
+    StopCommand,
+    StoppedEvent,
+    decode_command,
+)
+from ipc.control import encode as encode_control
 from ipc.errors import (
     CorruptRecordError,
     FencedLeaderEpochError,
@@ -59,39 +72,6 @@ log = logging.getLogger(__name__)
 HW_CHECKPOINT_FILE = "replication-offset-checkpoint"
 HW_CHECKPOINT_S = 5.0
 IDLE_TICK_MAX_S = 1.0
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerSpec:
-    """Everything a worker needs, built by the supervisor before the fork (picklable)."""
-
-    topic: str
-    partition: int
-    slot: int
-    leader_epoch: int
-    directory: str
-    log_options: dict[str, Any]
-    listen_host: str
-    preferred_port: int
-    control_endpoint: str
-    status_path: str
-    supervisor_pid: int
-    log_level: str = "info"
-    tick_ms: int = 100
-    # an idle worker (no request, nothing parked or pending) ticks less often, but still
-    # often enough for its heartbeat: every min(IDLE_TICK_MAX_S, heartbeat timeout / 4)
-    heartbeat_timeout_ms: int = 10_000
-    retention_check_ms: int = 300_000
-    cleaner_interval_ms: int = 15_000
-    max_request_bytes: int = 100 * 1024 * 1024
-    # records in, bytes in, records out, bytes out of the previous worker of this slot:
-    # the counters continue across restarts, so rate() never sees them go backwards
-    initial_counters: tuple[int, int, int, int] = (0, 0, 0, 0)
-    node_id: int = 0
-    replica_lag_time_max_ms: int = 10_000
-    # the replica's role when it starts, as in the "role" control command (see
-    # PartitionWorker.apply_role); changes arrive as control commands
-    role: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class WorkerState(enum.Enum):
@@ -196,8 +176,7 @@ class PartitionWorker:
 
     def start(self) -> None:
         spec = self.spec
-        config = LogConfig.from_options(spec.log_options)
-        self.log = Log.open(spec.directory, config, background_flush=True)
+        self.log = Log.open(spec.directory, spec.log_config, background_flush=True)
         self.producers = ProducerStateTable.rebuild(self.log)
         self._hw_checkpoint = OffsetCheckpoint(os.path.join(spec.directory, HW_CHECKPOINT_FILE))
         self._hw_saved = self._follower_hw = min(self._hw_checkpoint.read(0), self.log.log_end_offset)
@@ -212,21 +191,15 @@ class PartitionWorker:
         self._next_retention = now + self.retention_check_ms / 1000
         self._next_clean = now + self.cleaner_interval_ms / 1000
         self._set_state(WorkerState.SERVING)
-        self._send_control(
-            event="ready",
-            slot=spec.slot,
-            pid=os.getpid(),
-            endpoint=self.endpoint,
-            log_end_offset=self.log.log_end_offset,
-        )
+        self._send_control(ReadyEvent(spec.slot, os.getpid(), self.endpoint, self.log.log_end_offset))
         gc.collect()
         gc.freeze()
 
-    def _send_control(self, **fields: Any) -> None:
+    def _send_control(self, event: Event) -> None:
         try:
-            self.control.send(orjson.dumps(fields), flags=zmq.NOBLOCK)
+            self.control.send(encode_control(event), flags=zmq.NOBLOCK)
         except zmq.Again:
-            log.warning("%s: control message %s dropped (supervisor not reading)", self.name, fields.get("event"))
+            log.warning("%s: control message %s dropped (supervisor not reading)", self.name, event)
 
     # ---- the loop ---------------------------------------------------------------------
     def run(self, signals: SignalPipe) -> int:
@@ -389,26 +362,25 @@ class PartitionWorker:
         return min(self._follower_hw, self.log.log_end_offset)
 
     # ---- roles (appliance/replication.py) ---------------------------------------------
-    def _single_node_role(self) -> dict[str, Any]:
+    def _single_node_role(self) -> RoleCommand:
         """The role when the supervisor gave none: the only replica, leading."""
         n = self.spec.node_id
         assert self.log.leader_epochs is not None
         epoch = max(self.log.leader_epochs.latest_epoch, 0)
-        return {"role": "leader", "leader_epoch": epoch, "replicas": [n], "isr": {str(n): 0}}
+        return RoleCommand(Role.LEADER, epoch, replicas=(n,), isr={n: 0}, node_epoch=self.node_epoch)
 
-    def apply_role(self, msg: dict[str, Any]) -> None:
-        """``{"cmd": "role", "role": "leader"|"follower"|"none", "leader_epoch": E,
-        "leader_endpoint": "tcp://..." (follower), "replicas": [...], "isr": {"node": epoch},
-        "node_epoch": this node's registration epoch}``. ``min.insync.replicas`` is a topic
-        option: it comes with the log's configuration (the "config" command)."""
-        role = {"leader": Role.LEADER, "follower": Role.FOLLOWER}.get(msg.get("role", ""), Role.NONE)
-        epoch = int(msg["leader_epoch"])
+    def apply_role(self, cmd: RoleCommand) -> None:
+        """Lead, follow or neither, at the command's leader epoch (an older epoch is
+        ignored). ``min.insync.replicas`` is a topic option: it comes with the log's
+        configuration (the "config" command)."""
+        role = cmd.role
+        epoch = cmd.leader_epoch
         if epoch < self.leader_epoch:
             log.warning("%s: ignoring a role for epoch %d (at %d)", self.name, epoch, self.leader_epoch)
             return
-        self.node_epoch = int(msg.get("node_epoch", self.node_epoch))
-        isr = {int(k): int(v) for k, v in msg.get("isr", {}).items()}
-        replicas = [int(x) for x in msg.get("replicas", [])]
+        self.node_epoch = cmd.node_epoch
+        isr = dict(cmd.isr)
+        replicas = list(cmd.replicas)
         now = self.clock()
         same = epoch == self.leader_epoch and role is self.role
         if same and role is Role.LEADER and self.leading is not None:
@@ -416,7 +388,7 @@ class PartitionWorker:
             self.leading.update_assignment(replicas, isr, now)
             self._after_hw_change(self.leading.advance_high_watermark(self.log.log_end_offset))
             return
-        endpoint = str(msg.get("leader_endpoint") or "")
+        endpoint = cmd.leader_endpoint
         if same and role is Role.FOLLOWER and self.fetcher is not None and self.fetcher.endpoint == endpoint:
             self.fetcher.node_epoch = self.node_epoch
             return
@@ -539,13 +511,7 @@ class PartitionWorker:
         wanted = lead.isr_change(self.log.log_end_offset, self.spec.replica_lag_time_max_ms / 1000, now)
         if wanted is not None:
             log.info("%s: asking the controller for isr %s (now %s)", self.name, sorted(wanted), sorted(lead.isr))
-            self._send_control(
-                event="alter_isr",
-                slot=self.spec.slot,
-                pid=os.getpid(),
-                leader_epoch=self.leader_epoch,
-                isr={str(k): v for k, v in wanted.items()},
-            )
+            self._send_control(AlterIsrEvent(self.spec.slot, os.getpid(), self.leader_epoch, wanted))
         self._after_hw_change(lead.advance_high_watermark(self.log.log_end_offset))
 
     def _after_hw_change(self, moved: bool) -> None:
@@ -598,45 +564,34 @@ class PartitionWorker:
             except zmq.Again:
                 return
             try:
-                msg = orjson.loads(raw)
-                cmd = msg["cmd"]
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                log.warning("%s: malformed control message %r", self.name, raw[:200])
+                cmd = decode_command(raw)
+            except ControlMessageError as exc:
+                log.warning("%s: malformed control message %r: %s", self.name, raw[:200], exc)
                 continue
-            if cmd == "role":
-                try:
-                    self.apply_role(msg)
-                except (KeyError, TypeError, ValueError) as exc:
-                    log.error("%s: malformed role command %r: %s", self.name, msg, exc)
-                continue
-            if cmd == "stop":
+            if isinstance(cmd, RoleCommand):
+                self.apply_role(cmd)
+            elif isinstance(cmd, StopCommand):
                 self._set_state(WorkerState.STOPPING)
                 return
-            if cmd == "config":
+            elif isinstance(cmd, ConfigCommand):
                 try:
-                    self.log.config = LogConfig.from_options(msg.get("options", {}))
-                    log.info("%s: topic configuration now %s", self.name, msg.get("options"))
+                    self.log.config = LogConfig.from_options(cmd.options)
+                    log.info("%s: topic configuration now %s", self.name, cmd.options)
                 except SluiceError as exc:
                     log.error("%s: refused configuration: %s", self.name, exc)
-            elif cmd == "node_options":
-                self._apply_node_options(msg)
             else:
-                log.warning("%s: unknown control command %r", self.name, cmd)
+                self._apply_node_options(cmd)
 
-    def _apply_node_options(self, msg: dict[str, Any]) -> None:
-        """``{"cmd": "node_options", "log_level": "debug", "retention_check_ms": N,
-        "cleaner_interval_ms": N, "heartbeat_timeout_ms": N}``: node options that change
-        live (SIGHUP reload). A new heartbeat timeout takes effect at the next tick, which
-        the control message itself brings within ``tick_ms``."""
-        level = str(msg.get("log_level", "")).upper()
-        if level in ("DEBUG", "INFO", "WARNING", "ERROR") and logging.getLogger().level != logging.getLevelName(level):
+    def _apply_node_options(self, cmd: NodeOptionsCommand) -> None:
+        """Node options that change live (SIGHUP reload). A new heartbeat timeout takes
+        effect at the next tick, which the control message itself brings within ``tick_ms``."""
+        level = cmd.log_level.upper()
+        if logging.getLogger().level != logging.getLevelName(level):
             logging.getLogger().setLevel(level)
             log.info("%s: log level now %s", self.name, level.lower())
         now = self.clock()
         for key in ("retention_check_ms", "cleaner_interval_ms", "heartbeat_timeout_ms"):
-            value = msg.get(key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 10:
-                continue
+            value = getattr(cmd, key)
             if value != getattr(self, key):
                 setattr(self, key, value)
                 log.info("%s: %s now %d", self.name, key, value)
@@ -878,7 +833,7 @@ class PartitionWorker:
         self._publish_status()  # the final offsets, before the log closes its segments
         self._save_high_watermark()
         self.log.close()
-        self._send_control(event="stopped", slot=self.spec.slot, pid=os.getpid())
+        self._send_control(StoppedEvent(self.spec.slot, os.getpid()))
         self.data.close(0)
         self.control.close(0)
         self.ctx.term()

@@ -1,0 +1,108 @@
+"""The one request pipeline every serving process runs: the front endpoint, each
+partition worker, and any later listener.
+
+    receive ─▶ parse and validate (ipc/protocol.py SCHEMAS: a typed Request)
+            ─▶ authenticate (a hook: the peer's principal; anonymous today)
+            ─▶ authorize (a hook: one call per request; allow-all today)
+            ─▶ dispatch through the handler table
+            ─▶ a Response, or an error (SluiceError) ─▶ encode at the edge ─▶ send
+
+Handlers are functions ``handler(request) -> Response | None``. They see the typed
+request (api, id, validated fields, data frames, principal) and never a ZeroMQ identity
+or the bytes of a header. ``None`` means "answered later": the handler keeps
+``request.responder`` (an opaque handle holding the peer) and calls ``ok`` / ``send`` /
+``fail`` on it when the answer is ready (a parked fetch, a produce waiting for its
+replicas, a join waiting for the rebalance). A handler that raises ``SluiceError``
+answers with that typed error; any other exception is logged with its traceback and
+answered as an unexpected error, so no request can stop a process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ipc.errors import SluiceError
+from ipc.protocol import (  # the request and reply types live with the wire format
+    ANONYMOUS,
+    Frame,
+    Principal,
+    Request,
+    Responder,
+    Response,
+    Send,
+    error_reply,
+    parse_request,
+    peek_id,
+)
+
+__all__ = ["ANONYMOUS", "Principal", "RequestPipeline", "Responder", "Response", "ok"]
+
+log = logging.getLogger(__name__)
+
+
+def ok(**fields: Any) -> Response:
+    return Response(fields)
+
+
+Handler = Callable[[Request], "Response | None"]
+Authenticate = Callable[[Frame], Principal]
+Authorize = Callable[[Principal, Request], None]
+
+
+def anonymous(header: Frame) -> Principal:
+    """The authenticate hook of a node without authentication."""
+    return ANONYMOUS
+
+
+def allow_all(principal: Principal, request: Request) -> None:
+    """The authorize hook of a node without ACLs."""
+
+
+class RequestPipeline:
+    """Parse, authenticate, authorize, dispatch, encode: one place for every request.
+
+    ``send(peer, frames)`` puts an encoded reply on the wire (the process's socket);
+    ``handlers`` maps each API this endpoint serves to its handler.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        send: Send,
+        handlers: Mapping[str, Handler],
+        authenticate: Authenticate = anonymous,
+        authorize: Authorize = allow_all,
+    ) -> None:
+        self.name = name
+        self._send = send
+        self.handlers = dict(handlers)
+        self.apis = frozenset(self.handlers)
+        self.authenticate = authenticate
+        self.authorize = authorize
+
+    def handle(self, frames: Sequence[Any]) -> None:
+        """One message from a ROUTER socket: ``[peer identity, header, *data]``."""
+        peer = frames[0].bytes if hasattr(frames[0], "bytes") else bytes(frames[0])
+        body = frames[1:]
+        try:
+            req = parse_request(body, self.apis)
+        except SluiceError as exc:
+            self._send(peer, [error_reply(peek_id(body[0]) if body else 0, exc)])
+            return
+        responder = Responder(self._send, peer, req.id, req.api)
+        req.responder = responder
+        try:
+            req.principal = self.authenticate(body[0])
+            self.authorize(req.principal, req)
+            result = self.handlers[req.api](req)
+        except SluiceError as exc:
+            responder.fail(exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - one bad request must not stop the process
+            log.exception("%s: unexpected error handling %s", self.name, req.api)
+            responder.fail(SluiceError(f"unexpected error in {req.api}: {exc}"))
+            return
+        if result is not None:
+            responder.send(result)
