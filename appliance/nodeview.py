@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from appliance.log.config import LogConfig
     from ipc.control import RoleCommand
     from ipc.shm import StatusTable
+    from metrics.exporter import GroupSnap
 
 
 class NodeState(enum.Enum):
@@ -107,4 +108,8 @@ class NodeView(Protocol):
 
     def free_slots(self) -> int: ...
 
+    def cut_off(self) -> bool: ...  # the coordinator unreachable for a session: lead nothing
+
     def reconcile(self) -> None: ...  # make the workers match the coordinator now
+
+    def group_summaries(self) -> Sequence[GroupSnap]: ...  # the group coordinator's, for metrics
