@@ -28,11 +28,21 @@ from ipc.errors import (
     SluiceError,
     UnknownTopicOrPartitionError,
 )
-from ipc.protocol import GROUP_APIS, Request, error_reply, ok_reply, valid_topic_name
+from ipc.protocol import (
+    FRONT_APIS,
+    GROUP_APIS,
+    Request,
+    error_reply,
+    ok_reply,
+    parse_request,
+    peek_id,
+    valid_topic_name,
+)
 from ipc.shm import WorkerStatus
+from metrics.exporter import GroupSnap
 
 if TYPE_CHECKING:
-    from appliance.supervisor import Replica, Supervisor
+    from appliance.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +157,46 @@ class FrontApi:
             return False
         return all(self.leader_endpoint(p.topic, i, info.partitions[i]) for i in p.partitions)
 
-    def on_replica_ready(self, r: Replica) -> None:
+    def on_replica_ready(self) -> None:
         self.tick(self.node.clock())
+
+    def group_summaries(self) -> list[GroupSnap]:
+        """Each group this node coordinates (or holds offsets of), for the metrics."""
+        coordinator = self.groups
+        out = []
+        for name in sorted(set(coordinator.groups) | set(coordinator.store.cache)):
+            g = coordinator.groups.get(name)
+            cached = coordinator.store.cache.get(name, {})
+            out.append(
+                GroupSnap(
+                    group=name,
+                    state=g.state.value if g else "empty",
+                    members=len(g.members) if g else 0,
+                    rebalances=g.rebalances if g else 0,
+                    committed={tp: c.offset for tp, c in cached.items()},
+                    oldest_unconsumed=coordinator.oldest_unconsumed(name),
+                )
+            )
+        return out
+
+    def serve(self, frames: list[Any]) -> None:
+        """One message from the front socket: ``[identity, header, *data]``."""
+        identity = frames[0].bytes
+        body = frames[1:]
+        try:
+            req = parse_request(body, FRONT_APIS)
+        except SluiceError as exc:
+            self.send(identity, [error_reply(peek_id(body[0]) if body else 0, exc)])
+            return
+        try:
+            reply = self.handle(identity, req)
+        except SluiceError as exc:
+            reply = [error_reply(req.id, exc)]
+        except Exception as exc:  # noqa: BLE001 - one bad request must not stop the node
+            log.exception("unexpected error handling %s", req.api)
+            reply = [error_reply(req.id, SluiceError(f"unexpected error in {req.api}: {exc}"))]
+        if reply is not None:
+            self.send(identity, reply)
 
     def on_events(self, events: dict[Any, int]) -> None:
         """Replies on the sockets the front's components opened (offset commits)."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import enum
 import logging
 import multiprocessing
 import multiprocessing.forkserver
@@ -44,6 +43,7 @@ from appliance.coordinator.local import LocalCoordinator
 from appliance.datadir import lock_data_dir
 from appliance.log.checkpoint import atomic_write
 from appliance.log.config import LogConfig
+from appliance.nodeview import NodeState, ReplicaView
 from appliance.partition.spec import WorkerSpec
 from appliance.partition.worker import run_worker
 from appliance.process import SignalPipe
@@ -61,8 +61,8 @@ from ipc.control import (
 )
 from ipc.control import encode as encode_control
 from ipc.errors import InvalidConfigError, SluiceError
-from ipc.protocol import FRONT_APIS, error_reply, parse_request, peek_id
 from ipc.shm import ControlBlock, Role, SlotState, StatusTable
+from metrics.exporter import GroupSnap
 from metrics.node import NodeMetrics
 
 log = logging.getLogger(__name__)
@@ -115,19 +115,12 @@ class Replica:
     killed_at: float = 0.0  # when its worker was sent SIGKILL (0: not); see appliance/systemd.py
     after_stop: Callable[[Replica], None] | None = None
     role: RoleCommand | None = None  # the last role command sent
-    options: dict[str, Any] | None = None  # the last topic options sent
+    log_config: LogConfig | None = None  # the last topic configuration sent
     topic_created_ms: int = 0  # which incarnation of the topic (a name can be deleted and reused)
 
     @property
     def name(self) -> str:
         return f"{self.topic}-{self.partition}"
-
-
-class SupervisorState(enum.Enum):
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
 
 
 class Supervisor:
@@ -144,7 +137,7 @@ class Supervisor:
         self.load_config = load_config  # SIGHUP reads the configuration again with this
         self.systemd = systemd if systemd is not None else ServiceNotifier(Notifier(None))
         self.clock = clock
-        self.state = SupervisorState.STARTING
+        self.state = NodeState.STARTING
         self.replicas: dict[tuple[str, int], Replica] = {}
         self.coordinator = make_coordinator(config)
         self.controller = Controller(self.coordinator, config.topic_defaults)
@@ -166,8 +159,18 @@ class Supervisor:
         self.api = FrontApi(self)
         self.metrics = NodeMetrics(self)
 
+    # ---- the node view (appliance/nodeview.py) -----------------------------------------------
+    def replica(self, topic: str, partition: int) -> ReplicaView | None:
+        return self.replicas.get((topic, partition))
+
+    def replica_views(self) -> list[ReplicaView]:
+        return list(self.replicas.values())
+
+    def group_summaries(self) -> list[GroupSnap]:
+        return self.api.group_summaries()
+
     # ---- state ----------------------------------------------------------------------------
-    def _set_state(self, new: SupervisorState) -> None:
+    def _set_state(self, new: NodeState) -> None:
         log.info("node %d: %s -> %s", self.config.node_id, self.state.value, new.value)
         self.state = new
 
@@ -234,7 +237,7 @@ class Supervisor:
         self.poller.register(self.control, zmq.POLLIN)
         self.poller.register(self._wake_r, zmq.POLLIN)
         self.reconcile()
-        self._set_state(SupervisorState.RUNNING)
+        self._set_state(NodeState.RUNNING)
         log.info(
             "node %d serving on %s (data %s, %d partitions)",
             cfg.node_id,
@@ -266,8 +269,6 @@ class Supervisor:
                     out[(name, p)] = (info, st)
         return out
 
-    def topic_options(self, info: TopicInfo) -> dict[str, Any]:
-        return {**self.config.topic_defaults, **info.config}
 
     def role_for(self, info: TopicInfo, partition: int, st: PartitionState) -> RoleCommand:
         """The role command for this node's replica of a partition."""
@@ -346,10 +347,10 @@ class Supervisor:
                 self.alter_isr(r, st.leader_epoch, others, resign=True)
             if r.state is not ReplicaState.SERVING:
                 continue
-            options = self.topic_options(info)
-            if options != r.options:
-                r.options = options
-                self.send_control(r, ConfigCommand(options))
+            log_config = self.config.topic_log_config(info.config)
+            if log_config != r.log_config:
+                r.log_config = log_config
+                self.send_control(r, ConfigCommand(log_config.to_options()))
             role = self.role_for(info, p, st)
             if role != r.role:
                 self._count_isr_change(r.role, role)
@@ -454,7 +455,7 @@ class Supervisor:
         self._claim_directory(r, info.created_ms)
         r.leader_epoch = st.leader_epoch
         r.role = self.role_for(info, r.partition, st)
-        r.options = self.topic_options(info)
+        r.log_config = self.config.topic_log_config(info.config)
         spec = WorkerSpec(
             node_id=cfg.node_id,
             role=r.role,
@@ -466,7 +467,7 @@ class Supervisor:
             slot=r.slot,
             leader_epoch=r.leader_epoch,
             directory=self.partition_dir(r.topic, r.partition),
-            log_config=LogConfig.from_options(r.options),
+            log_config=r.log_config,
             listen_host=cfg.listen_host,
             preferred_port=r.port,
             control_endpoint=cfg.control_endpoint,
@@ -508,7 +509,7 @@ class Supervisor:
         self.table.write_control(r.slot, ControlBlock.free())
         if r.after_stop is not None:
             r.after_stop(r)
-        if self.state is SupervisorState.RUNNING:
+        if self.state is NodeState.RUNNING:
             self.wake()
 
     def _reap(self, sentinel: int) -> None:
@@ -566,7 +567,7 @@ class Supervisor:
         """Restart due workers; kill hung ones (no heartbeat) so they are restarted."""
         cfg = self.config
         for r in list(self.replicas.values()):
-            if r.state is ReplicaState.BACKOFF and now >= r.next_start and self.state is SupervisorState.RUNNING:
+            if r.state is ReplicaState.BACKOFF and now >= r.next_start and self.state is NodeState.RUNNING:
                 r.restarts += 1
                 self._spawn(r)
             elif r.state is ReplicaState.SERVING:
@@ -582,7 +583,7 @@ class Supervisor:
                 self._signal(r, signal.SIGKILL)
             elif (
                 r.state is ReplicaState.STOPPING
-                and self.state is SupervisorState.STOPPING
+                and self.state is NodeState.STOPPING
                 and now > self._deadline_stop
             ):
                 log.error("%s: worker %d did not stop in time; killing it", r.name, r.pid)
@@ -611,7 +612,7 @@ class Supervisor:
                 self._set_replica_state(r, ReplicaState.SERVING)
                 self.send_control(r, config_reload.worker_node_options(self.config))
                 self.reconcile()  # a change made while it was starting, and its endpoint
-                self.api.on_replica_ready(r)
+                self.api.on_replica_ready()
             elif isinstance(event, AlterIsrEvent) and r.state is ReplicaState.SERVING:
                 self.alter_isr(r, event.leader_epoch, dict(event.isr))
 
@@ -628,29 +629,14 @@ class Supervisor:
                 frames = self.front.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            identity = frames[0].bytes
-            body = frames[1:]
-            try:
-                req = parse_request(body, FRONT_APIS)
-            except SluiceError as exc:
-                sockets.send_reply(self.front, identity, [error_reply(peek_id(body[0]) if body else 0, exc)])
-                continue
-            try:
-                reply = self.api.handle(identity, req)
-            except SluiceError as exc:
-                reply = [error_reply(req.id, exc)]
-            except Exception as exc:  # noqa: BLE001 - one bad request must not stop the node
-                log.exception("unexpected error handling %s", req.api)
-                reply = [error_reply(req.id, SluiceError(f"unexpected error in {req.api}: {exc}"))]
-            if reply is not None:
-                sockets.send_reply(self.front, identity, reply)
+            self.api.serve(frames)
 
     # ---- the loop -------------------------------------------------------------------------
     def run(self, signals: SignalPipe) -> int:
         self.setup()
         self.poller.register(signals.fileno(), zmq.POLLIN)
         next_tick = self.clock()
-        while self.state is not SupervisorState.STOPPED:
+        while self.state is not NodeState.STOPPED:
             timeout = max(0.0, next_tick - self.clock())
             events = dict(self.poller.poll(int(timeout * 1000) + 1))
             if signals.fileno() in events or signals.pending:
@@ -661,24 +647,24 @@ class Supervisor:
             if self._wake_r in events or self.clock() >= self._next_reconcile:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)
-                if self.state is SupervisorState.RUNNING:
+                if self.state is NodeState.RUNNING:
                     self.reconcile()
             self._drain_peers(events)
             for fd in [fd for fd in events if isinstance(fd, int) and fd in self._sentinels]:
                 self._reap(fd)
-            if self.state is SupervisorState.RUNNING and self.front in events:
+            if self.state is NodeState.RUNNING and self.front in events:
                 self._handle_front()
             self.api.on_events(events)
             now = self.clock()
             if now >= next_tick:
                 self._check_workers(now)
                 self.api.tick(now)
-                stopping = self.state is SupervisorState.STOPPING
+                stopping = self.state is NodeState.STOPPING
                 self.systemd.tick(self.replicas.values(), stopping, self.config.advertised)
                 self.metrics.tick(now)
                 next_tick = now + TICK_S
-            if self.state is SupervisorState.STOPPING and not self._live():
-                self._set_state(SupervisorState.STOPPED)
+            if self.state is NodeState.STOPPING and not self._live():
+                self._set_state(NodeState.STOPPED)
         self._cleanup()
         return 0
 
@@ -686,10 +672,10 @@ class Supervisor:
         return any(r.proc is not None for r in self.replicas.values())
 
     def _on_signal(self, signum: int) -> None:
-        if signum in (signal.SIGTERM, signal.SIGINT) and self.state is SupervisorState.RUNNING:
+        if signum in (signal.SIGTERM, signal.SIGINT) and self.state is NodeState.RUNNING:
             log.info("node %d: %s: stopping", self.config.node_id, signal.Signals(signum).name)
             self.begin_shutdown()
-        elif signum == signal.SIGHUP and self.state is SupervisorState.RUNNING:
+        elif signum == signal.SIGHUP and self.state is NodeState.RUNNING:
             self.reload()
 
     def reload(self) -> None:
@@ -711,7 +697,7 @@ class Supervisor:
         self.systemd.reloaded(self.config.advertised)
 
     def begin_shutdown(self) -> None:
-        self._set_state(SupervisorState.STOPPING)
+        self._set_state(NodeState.STOPPING)
         self.systemd.stopping(f"stopping: {sum(r.proc is not None for r in self.replicas.values())} worker(s) left")
         # stop accepting: close the front endpoint; workers answer their in-flight requests
         self.poller.unregister(self.front)

@@ -7,13 +7,14 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+from appliance.nodeview import NodeState
 from appliance.systemd import assess
 from ipc.errors import InvalidConfigError
-from metrics.exporter import GroupSnap, MetricsServer, NodeCollector, NodeSnapshot, ReplicaSnap, build_registry
+from metrics.exporter import MetricsServer, NodeCollector, NodeSnapshot, ReplicaSnap, build_registry
 from metrics.multiproc import MULTIPROC_ENV
 
 if TYPE_CHECKING:
-    from appliance.supervisor import Supervisor
+    from appliance.nodeview import NodeView
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ SNAPSHOT_INTERVAL_S = 1.0
 
 
 class NodeMetrics:
-    def __init__(self, node: Supervisor) -> None:
+    def __init__(self, node: NodeView) -> None:
         self.node = node
         self.snapshot = NodeSnapshot(node.config.node_id, True, taken_at=time.monotonic())
         self.server: MetricsServer | None = None
@@ -58,27 +59,13 @@ class NodeMetrics:
         node = self.node
         replicas = tuple(
             ReplicaSnap(r.topic, r.partition, r.slot, r.state.value, r.pid, r.restarts, r.counters)
-            for r in node.replicas.values()
+            for r in node.replica_views()
         )
-        coordinator = node.api.groups
-        groups = []
-        for name in sorted(set(coordinator.groups) | set(coordinator.store.cache)):
-            g = coordinator.groups.get(name)
-            cached = coordinator.store.cache.get(name, {})
-            groups.append(
-                GroupSnap(
-                    group=name,
-                    state=g.state.value if g else "empty",
-                    members=len(g.members) if g else 0,
-                    rebalances=g.rebalances if g else 0,
-                    committed={tp: c.offset for tp, c in cached.items()},
-                    oldest_unconsumed=coordinator.oldest_unconsumed(name),
-                )
-            )
+        groups = node.group_summaries()
         # the watchdog's rule (appliance/systemd.py): no partition offline, no worker that
         # outlives its SIGKILL; /healthz and sluice_node_healthy say what systemd acts on
-        health = assess(node.replicas.values(), now)
-        running = node.state.value == "running"
+        health = assess(node.replica_views(), now)
+        running = node.state is NodeState.RUNNING
         if not health.healthy:
             note = health.problems()
         elif not running:
@@ -90,7 +77,7 @@ class NodeMetrics:
             controller_active=node.coordinator.is_controller(),
             under_replicated=sum(
                 1
-                for r in node.replicas.values()
+                for r in node.replica_views()
                 if r.role is not None and r.role.is_leader and len(r.role.isr) < len(r.role.replicas)
             ),
             isr_shrinks=node.isr_shrinks,
