@@ -1,9 +1,19 @@
 """Typed errors shared by the broker, the wire protocol and the client library.
 
 Every error has a stable wire ``code`` (a name, as in Kafka's error table), a
-``retriable`` flag that tells a client whether trying again can succeed, and a
-message naming the object and the values involved. ``SluiceError`` is the root:
-``except SluiceError`` catches everything this project raises on purpose.
+``retriable`` flag that tells a client whether trying again can succeed, an
+``invalid_metadata`` flag, and a message naming the object and the values involved.
+``SluiceError`` is the root: ``except SluiceError`` catches everything this project
+raises on purpose.
+
+``invalid_metadata`` marks the answers that mean "the client's map of the cluster is
+out of date": the request reached a replica that is not (or no longer) the leader, or
+a partition the node does not know, or a leader epoch that is not the current one. A
+client forgets the leader it had cached and refreshes its metadata before retrying,
+as Kafka's clients do for its ``InvalidMetadataException`` family (aiokafka's
+``invalid_metadata``). Every such error is also retriable. Group coordinator errors
+(NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE) are not metadata: the client finds the
+coordinator again instead (``ipc/client/group.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ class SluiceError(Exception):
 
     code: ClassVar[str] = "UNKNOWN_SERVER_ERROR"
     retriable: ClassVar[bool] = False
+    invalid_metadata: ClassVar[bool] = False  # refresh metadata (and forget the cached leader) before retrying
 
     def __init__(self, message: str = "") -> None:
         super().__init__(message or self.code)
@@ -47,11 +58,13 @@ class OffsetOutOfRangeError(SluiceError):
 class UnknownTopicOrPartitionError(SluiceError):
     code = "UNKNOWN_TOPIC_OR_PARTITION"
     retriable = True
+    invalid_metadata = True
 
 
 class NotLeaderError(SluiceError):
     code = "NOT_LEADER"
     retriable = True
+    invalid_metadata = True
 
 
 class LeaderNotAvailableError(SluiceError):
@@ -59,6 +72,7 @@ class LeaderNotAvailableError(SluiceError):
 
     code = "LEADER_NOT_AVAILABLE"
     retriable = True
+    invalid_metadata = True
 
 
 class TopicAlreadyExistsError(SluiceError):
@@ -136,6 +150,7 @@ class FencedLeaderEpochError(SluiceError):
 
     code = "FENCED_LEADER_EPOCH"
     retriable = True
+    invalid_metadata = True
 
 
 class UnknownLeaderEpochError(SluiceError):
@@ -143,6 +158,7 @@ class UnknownLeaderEpochError(SluiceError):
 
     code = "UNKNOWN_LEADER_EPOCH"
     retriable = True
+    invalid_metadata = True
 
 
 class OutOfOrderSequenceError(SluiceError):
