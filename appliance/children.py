@@ -1,14 +1,47 @@
-"""Keeping child processes of any kind alive (partition workers today; protocol
-listeners and connectors are more of the same).
+"""Keeping child processes of any kind alive: partition workers today; a protocol
+listener or a connector is one more ``ChildSpec``. Nothing here knows what a child
+does.
 
-A child's life: STARTING (forked, not ready yet) -> SERVING (it said it is ready)
--> STOPPING (asked to stop) -> gone; a crash goes to BACKOFF (restart scheduled) or, after
-too many crashes in a window, OFFLINE (no more restarts until the node restarts).
+A child's life::
+
+    STARTING --ready--> SERVING --stop--> STOPPING --exit--> (gone)
+        |                  |
+        +----- crash ------+--> BACKOFF --due--> STARTING
+                                   \\--> OFFLINE (more than max_restarts crashes in the
+                                        window: no restart until the node restarts)
+
+``ChildSpec`` says how to start a child (a function returning the target and its
+arguments, built anew at every start so a restart gets current settings), how to judge
+it (a heartbeat reader: the child's last heartbeat on the monotonic clock), and which
+settings apply (a function returning ``Supervision``, read at every use so a SIGHUP
+reload applies at once). ``Children`` forks through a ``multiprocessing`` context (the
+node's fork server), watches each child's exit sentinel in the node loop's poller,
+reaps, backs off exponentially, takes a crash-looping child offline, and kills a child
+that is silent past the heartbeat timeout, not ready within the start timeout, or still
+running at the shutdown deadline (as gunicorn's arbiter murders late workers).
+
+The owner learns of every change through ``ChildEvents``: a state change, an exit
+(before any restart decision; the owner's per-child clean-up), and a stopped child
+that is gone for good.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import dataclasses
 import enum
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from multiprocessing.process import BaseProcess
+from typing import Any, Protocol
+
+import zmq
+
+log = logging.getLogger(__name__)
 
 
 class ChildState(enum.Enum):
@@ -17,3 +50,194 @@ class ChildState(enum.Enum):
     STOPPING = "stopping"  # asked to stop (shutdown, delete)
     BACKOFF = "backoff"  # crashed; restart scheduled
     OFFLINE = "offline"  # crash loop: no more restarts until the node restarts
+
+
+@dataclasses.dataclass(frozen=True)
+class Supervision:
+    """How children are judged and restarted (node options, live on reload)."""
+
+    heartbeat_timeout_s: float = 10.0
+    start_timeout_s: float = 300.0
+    backoff_s: float = 0.1  # first restart delay; doubles with each crash in the window
+    backoff_max_s: float = 5.0
+    max_restarts: int = 5  # more crashes than this within the window: offline
+    window_s: float = 60.0
+
+    def backoff(self, crashes: int) -> float:
+        return min(self.backoff_s * float(2 ** (crashes - 1)), self.backoff_max_s)
+
+
+Target = Callable[..., None]
+
+
+@dataclasses.dataclass(frozen=True)
+class ChildSpec:
+    name: str
+    start: Callable[[], tuple[Target, tuple[Any, ...]]]  # the child's entry point and its arguments
+    heartbeat: Callable[[], float | None]  # its last heartbeat (monotonic); None: nothing to read now
+    settings: Callable[[], Supervision]
+
+
+class Child:
+    """One kept child: its process and its history of starts and crashes."""
+
+    def __init__(self, spec: ChildSpec) -> None:
+        self.spec = spec
+        self.state = ChildState.STARTING
+        self.proc: BaseProcess | None = None
+        self.pid = 0
+        self.started_at = 0.0
+        self.next_start = 0.0
+        self.restarts = 0
+        self.crash_times: collections.deque[float] = collections.deque()
+        self.last_exit = 0
+        self.offline_since = 0.0  # wall clock
+        self.last_beat = 0.0
+        self.killed_at = 0.0  # when it was sent SIGKILL (0: not)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None
+
+
+class ChildEvents(Protocol):
+    def child_state_changed(self, child: Child, old: ChildState) -> None: ...
+
+    def child_exited(self, child: Child, code: int) -> None: ...  # before a restart is scheduled
+
+    def child_stopped(self, child: Child) -> None: ...  # stopped on purpose: gone for good
+
+
+class Children:
+    def __init__(
+        self,
+        mp: Any,
+        poller: zmq.Poller,
+        events: ChildEvents,
+        clock: Callable[[], float] = time.monotonic,
+        kill: Callable[[int, int], None] = os.kill,
+    ) -> None:
+        self.mp = mp  # a multiprocessing context (the node's fork server)
+        self.poller = poller
+        self.events = events
+        self.clock = clock
+        self.kill = kill
+        self._sentinels: dict[int, Child] = {}
+
+    # ---- state ------------------------------------------------------------------------
+    def set_state(self, child: Child, new: ChildState) -> None:
+        old = child.state
+        if old is not new:
+            log.info("%s: %s -> %s", child.name, old.value, new.value)
+        child.state = new
+        self.events.child_state_changed(child, old)
+
+    def serving(self, child: Child) -> None:
+        """The child said it is ready."""
+        self.set_state(child, ChildState.SERVING)
+
+    # ---- start, stop, signal ------------------------------------------------------------
+    def start(self, child: Child) -> None:
+        target, args = child.spec.start()
+        proc = self.mp.Process(target=target, args=args, name=f"sluice-{child.name}")
+        proc.start()
+        child.proc = proc
+        child.pid = proc.pid or 0
+        child.started_at = self.clock()
+        self._sentinels[proc.sentinel] = child
+        self.poller.register(proc.sentinel, zmq.POLLIN)
+        self.set_state(child, ChildState.STARTING)
+
+    def stop(self, child: Child) -> None:
+        """SIGTERM; a child that does not run (backoff, offline) is stopped at once."""
+        if child.proc is None:
+            self.events.child_stopped(child)
+            return
+        self.set_state(child, ChildState.STOPPING)
+        self.signal(child, signal.SIGTERM)
+
+    def signal(self, child: Child, sig: int) -> None:
+        if sig == signal.SIGKILL and child.pid and not child.killed_at:
+            child.killed_at = self.clock()
+        if child.pid:
+            with contextlib.suppress(ProcessLookupError):
+                self.kill(child.pid, sig)
+
+    # ---- exits --------------------------------------------------------------------------
+    def on_events(self, events: dict[Any, int]) -> None:
+        """Reap every child whose exit sentinel is ready."""
+        for fd in [fd for fd in events if isinstance(fd, int) and fd in self._sentinels]:
+            self._reap(fd)
+
+    def _reap(self, sentinel: int) -> None:
+        child = self._sentinels.pop(sentinel)
+        self.poller.unregister(sentinel)
+        proc = child.proc
+        assert proc is not None
+        proc.join(0)
+        code = proc.exitcode if proc.exitcode is not None else -1
+        proc.close()
+        child.proc = None
+        child.killed_at = 0.0
+        child.last_exit = code
+        child.last_beat = 0.0
+        self.events.child_exited(child, code)
+        pid, child.pid = child.pid, 0
+        if child.state is ChildState.STOPPING:
+            log.info("%s: pid %d stopped (exit %d)", child.name, pid, code)
+            self.events.child_stopped(child)
+            return
+        log.error("%s: pid %d died (exit %d)", child.name, pid, code)
+        settings = child.spec.settings()
+        now = self.clock()
+        child.crash_times.append(now)
+        while child.crash_times and child.crash_times[0] < now - settings.window_s:
+            child.crash_times.popleft()
+        if len(child.crash_times) > settings.max_restarts:
+            child.offline_since = time.time()
+            self.set_state(child, ChildState.OFFLINE)
+            log.error(
+                "%s: %d crashes within %.0f s; offline until the node restarts",
+                child.name,
+                len(child.crash_times),
+                settings.window_s,
+            )
+            return
+        child.next_start = now + settings.backoff(len(child.crash_times))
+        self.set_state(child, ChildState.BACKOFF)
+
+    # ---- the tick -------------------------------------------------------------------------
+    def check(self, children: list[Child], now: float, restart: bool, stop_deadline: float | None) -> None:
+        """Restart due children (if ``restart``); kill hung ones (no heartbeat, not ready
+        in time) so they are restarted; kill those still stopping after ``stop_deadline``."""
+        for child in children:
+            settings = child.spec.settings()
+            if child.state is ChildState.BACKOFF and now >= child.next_start and restart:
+                child.restarts += 1
+                self.start(child)
+            elif child.state is ChildState.SERVING:
+                beat = child.spec.heartbeat()
+                if beat is not None:  # else stopped mid-write: its heartbeat ages like any silent child's
+                    child.last_beat = max(child.last_beat, beat)
+                last = max(child.last_beat, child.started_at)
+                if now - last > settings.heartbeat_timeout_s:
+                    log.error("%s: pid %d silent for %.1f s; killing it", child.name, child.pid, now - last)
+                    self.signal(child, signal.SIGKILL)
+            elif child.state is ChildState.STARTING and now - child.started_at > settings.start_timeout_s:
+                log.error(
+                    "%s: pid %d not ready after %.0f s; killing it", child.name, child.pid, now - child.started_at
+                )
+                self.signal(child, signal.SIGKILL)
+            elif child.state is ChildState.STOPPING and stop_deadline is not None and now > stop_deadline:
+                log.error("%s: pid %d did not stop in time; killing it", child.name, child.pid)
+                self.signal(child, signal.SIGKILL)
+
+    def grant_beat(self, children: list[Child], now: float) -> None:
+        """Give every child a full heartbeat timeout from ``now`` (after a reload that
+        shortened it: each must hear of it and beat)."""
+        for child in children:
+            child.last_beat = max(child.last_beat, now)

@@ -100,7 +100,14 @@ class NodeConfig:
         return "ipc://" + os.path.join(self.resolved_runtime_dir, "control.sock")
 
     def topic_log_config(self, overrides: Mapping[str, Any] | None = None) -> LogConfig:
-        return LogConfig.from_options({**self.topic_defaults, **(overrides or {})})
+        """A topic's effective configuration on this node (see ``topic_log_config``)."""
+        return topic_log_config(self.topic_defaults, overrides)
+
+
+def topic_log_config(defaults: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> LogConfig:
+    """The one place a topic's effective configuration is made: the node's
+    ``topic_defaults``, then the topic's own overrides; validated (InvalidConfigError)."""
+    return LogConfig.from_options({**defaults, **(overrides or {})})
 
 
 def resolve_runtime_dir(runtime_dir: str, data_dir: str) -> str:

@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from appliance.config import topic_log_config
 from appliance.coordinator import NO_LEADER, Coordinator, NodeInfo, PartitionState, StaleStateError, TopicInfo
-from appliance.log.config import LogConfig
 from ipc.errors import (
     FencedLeaderEpochError,
     InvalidReplicationFactorError,
@@ -166,13 +166,18 @@ def alter_isr(
 class Controller:
     """Runs on every node; acts only while its node is the elected controller."""
 
-    def __init__(self, coordinator: Coordinator, topic_defaults: Mapping[str, Any]) -> None:
+    def __init__(
+        self, coordinator: Coordinator, topic_defaults: Mapping[str, Any] | Callable[[], Mapping[str, Any]]
+    ) -> None:
+        """``topic_defaults``: the node's, or a function returning the current ones (a
+        reload changes them)."""
         self.coordinator = coordinator
-        self.topic_defaults = dict(topic_defaults)
+        fixed = dict(topic_defaults) if not callable(topic_defaults) else {}
+        self._topic_defaults = topic_defaults if callable(topic_defaults) else lambda: fixed
 
     def _unclean(self, info: TopicInfo) -> bool:
         try:
-            return LogConfig.from_options({**self.topic_defaults, **info.config}).unclean_leader_election
+            return topic_log_config(self._topic_defaults(), info.config).unclean_leader_election
         except Exception:  # noqa: BLE001 - a bad stored option must not stop elections
             return False
 

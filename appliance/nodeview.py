@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from appliance.controller import Controller
     from appliance.coordinator import Coordinator
     from appliance.log.config import LogConfig
+    from appliance.systemd import Health
     from ipc.control import RoleCommand
     from ipc.shm import StatusTable
     from metrics.exporter import GroupSnap
@@ -116,3 +117,5 @@ class NodeView(Protocol):
     def reconcile(self) -> None: ...  # make the workers match the coordinator now
 
     def group_summaries(self) -> Sequence[GroupSnap]: ...  # the group coordinator's, for metrics
+
+    def health(self, now: float) -> Health: ...  # what the systemd watchdog acts on (appliance/systemd.py)

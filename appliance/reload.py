@@ -4,8 +4,9 @@ The supervisor reads its configuration file again (same ``--config`` path, same
 command-line flags on top), compares the new ``NodeConfig`` with the running one and:
 
 * applies the **live** options at once, without dropping a client connection: the
-  front endpoint and every worker keep their sockets, and workers get the changes over
-  the control socket (``config`` for topic options, ``node_options`` for the rest);
+  front endpoint and every worker keep their sockets; the node runs the new
+  configuration and reconciles, and the reconciler sends workers what changed for them
+  over the control socket (``config`` for topic options, ``node_options`` for the rest);
 * keeps the running value of every **restart** option that changed, and reports it
   (a warning in the log and a lasting remark in systemd's ``STATUS=``).
 
@@ -19,15 +20,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from appliance.config import NodeConfig
-from appliance.log.config import LogConfig
-from ipc.control import ConfigCommand, NodeOptionsCommand
+from appliance.config import NodeConfig, topic_log_config
+from appliance.coordinator import TopicInfo
 from ipc.errors import SluiceError
-
-if TYPE_CHECKING:
-    from appliance.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -80,36 +77,28 @@ def plan_reload(old: NodeConfig, new: NodeConfig) -> ReloadPlan:
     return ReloadPlan(config, live, restart)
 
 
-def worker_node_options(cfg: NodeConfig) -> NodeOptionsCommand:
-    """The node options a worker takes live (control command ``node_options``)."""
-    return NodeOptionsCommand(
-        log_level=cfg.log_level,
-        retention_check_ms=cfg.retention_check_interval_ms,
-        cleaner_interval_ms=cfg.cleaner_interval_ms,
-        heartbeat_timeout_ms=cfg.heartbeat_timeout_ms,
-    )
-
-
-def _check_topic_defaults(node: Supervisor, defaults: Mapping[str, Any]) -> str | None:
+def _check_topic_defaults(defaults: Mapping[str, Any], topics: Mapping[str, TopicInfo]) -> str | None:
     """New topic defaults must give a valid configuration for every existing topic."""
-    for info in node.coordinator.topics().values():
+    for info in topics.values():
         try:
-            LogConfig.from_options({**defaults, **info.config})
+            topic_log_config(defaults, info.config)
         except SluiceError as exc:
             return f"topic_defaults not applied: with the overrides of topic {info.name!r}: {exc}"
     return None
 
 
-def apply_reload(node: Supervisor, new: NodeConfig) -> ReloadPlan:
-    """Apply the live part of ``new`` to the running node; report the rest. Returns the plan."""
-    plan = plan_reload(node.config, new)
+def apply_reload(running: NodeConfig, new: NodeConfig, topics: Mapping[str, TopicInfo]) -> ReloadPlan:
+    """What of ``new`` the running node takes: the plan, its decisions logged. The node
+    then runs ``plan.config`` and reconciles; the reconciler sends the workers what
+    changed for them (``ConfigCommand``, ``NodeOptionsCommand``)."""
+    plan = plan_reload(running, new)
     if "topic_defaults" in plan.live:
-        problem = _check_topic_defaults(node, plan.live["topic_defaults"][1])
+        problem = _check_topic_defaults(plan.live["topic_defaults"][1], topics)
         if problem is not None:
             log.error("reload: %s", problem)
             live = {k: v for k, v in plan.live.items() if k != "topic_defaults"}
             plan = ReloadPlan(
-                dataclasses.replace(plan.config, topic_defaults=node.config.topic_defaults), live, plan.restart
+                dataclasses.replace(plan.config, topic_defaults=running.topic_defaults), live, plan.restart
             )
     for name, (before, after) in plan.live.items():
         log.info("reload: %s %r -> %r", name, before, after)
@@ -117,29 +106,4 @@ def apply_reload(node: Supervisor, new: NodeConfig) -> ReloadPlan:
         log.warning("reload: %s %r -> %r needs a restart; still running with %r", name, before, after, before)
     if not plan.live and not plan.restart:
         log.info("reload: configuration unchanged")
-    node.config = plan.config
-    node.controller.topic_defaults = dict(plan.config.topic_defaults)  # unclean.leader.election.enable
-    if "log_level" in plan.live:
-        logging.getLogger().setLevel(plan.config.log_level.upper())
-    to_workers = set(plan.live) & {
-        "log_level",
-        "retention_check_interval_ms",
-        "cleaner_interval_ms",
-        "heartbeat_timeout_ms",
-    }
-    if "heartbeat_timeout_ms" in plan.live:
-        # an idle worker beats every timeout/4 of the timeout it knows: under a shorter
-        # one each gets a full new timeout from now to hear of it and beat
-        now = node.clock()
-        for r in node.replicas.values():
-            r.last_beat = max(r.last_beat, now)
-    topics = node.coordinator.topics()
-    for r in list(node.replicas.values()):
-        if r.state.value != "serving":
-            continue  # a starting worker gets both messages when it says ready
-        if to_workers:
-            node.send_control(r, worker_node_options(plan.config))
-        info = topics.get(r.topic)
-        if "topic_defaults" in plan.live and info is not None:
-            node.send_control(r, ConfigCommand({**plan.config.topic_defaults, **info.config}))
     return plan

@@ -36,13 +36,14 @@ again, which is the one recovery left: a node restart resets the crash loop.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import logging
 import os
 import socket
 import time
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import Protocol
+
+from appliance.children import ChildState
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ class ReplicaView(Protocol):
     def name(self) -> str: ...
 
     @property
-    def state(self) -> enum.Enum: ...  # a ReplicaState; compared by its ``value``
+    def state(self) -> ChildState: ...
 
     @property
     def pid(self) -> int: ...
@@ -160,16 +161,16 @@ def assess(replicas: Iterable[ReplicaView], now: float, kill_grace_s: float = KI
     stuck: list[str] = []
     for r in replicas:
         total += 1
-        state = r.state.value
-        if state == "serving":
+        state = r.state
+        if state is ChildState.SERVING:
             serving += 1
-        elif state == "starting":
+        elif state is ChildState.STARTING:
             starting += 1
-        elif state == "backoff":
+        elif state is ChildState.BACKOFF:
             restarting += 1
-        elif state == "stopping":
+        elif state is ChildState.STOPPING:
             stopping += 1
-        elif state == "offline":
+        elif state is ChildState.OFFLINE:
             offline.append(r.name)
         if r.killed_at and r.pid and now - r.killed_at > kill_grace_s:
             stuck.append(f"{r.name} (worker {r.pid} alive {now - r.killed_at:.1f} s after SIGKILL)")

@@ -8,7 +8,6 @@ import time
 from typing import TYPE_CHECKING
 
 from appliance.nodeview import NodeState
-from appliance.systemd import assess
 from ipc.errors import InvalidConfigError
 from metrics.exporter import MetricsServer, NodeCollector, NodeSnapshot, ReplicaSnap, build_registry
 from metrics.multiproc import MULTIPROC_ENV
@@ -64,7 +63,7 @@ class NodeMetrics:
         groups = node.group_summaries()
         # the watchdog's rule (appliance/systemd.py): no partition offline, no worker that
         # outlives its SIGKILL; /healthz and sluice_node_healthy say what systemd acts on
-        health = assess(node.replica_views(), now)
+        health = node.health(now)
         running = node.state is NodeState.RUNNING
         if not health.healthy:
             note = health.problems()

@@ -4,23 +4,16 @@ real datagram socket for the transport, and fake replicas."""
 from __future__ import annotations
 
 import dataclasses
-import enum
 import socket
 import uuid
 from pathlib import Path
 
 import pytest
 
+from appliance.children import ChildState as State
 from appliance.config import NodeConfig
 from appliance.reload import LIVE, RESTART, plan_reload
 from appliance.systemd import KILL_GRACE_S, Notifier, ServiceNotifier, assess, watchdog_usec
-
-
-class State(enum.Enum):
-    STARTING = "starting"
-    SERVING = "serving"
-    BACKOFF = "backoff"
-    OFFLINE = "offline"
 
 
 @dataclasses.dataclass
