@@ -1,24 +1,36 @@
-"""The front endpoint's APIs: metadata, topic administration and node status.
+"""The front endpoint: metadata, topic administration, node status, the cluster APIs,
+and (through the group coordinator) the consumer-group APIs.
 
-Served by the supervisor's loop (see ``Supervisor._handle_front``). A handler returns
-the reply frames, or None when the reply is deferred: ``create_topic`` (and an
-``alter_topic`` that adds partitions) answers once every new partition's worker is
-serving, or with REQUEST_TIMED_OUT after ``ADMIN_TIMEOUT_S``.
+The supervisor hands every message of its front socket to ``FrontApi.serve``; the
+request pipeline (``ipc/server.py``) parses it and calls the API's handler, one per
+API in ``ipc.protocol.FRONT_APIS``: the topic and cluster APIs here, the group APIs in
+``appliance/groups/apis.py``. Replies go out on the node's front socket, and only while
+the node is running (a stopping node drops what is still pending).
+
+A handler returns its reply, or None when it is deferred and answered later through
+``request.responder``: ``create_topic`` (and an ``alter_topic`` that adds partitions)
+answers once every partition's leader worker is serving, or with REQUEST_TIMED_OUT
+after ``ADMIN_TIMEOUT_S`` (``tick`` and ``on_replica_ready`` check).
+
+The front depends on the node's read-only view (``appliance/nodeview.py``), never on
+the supervisor, and on the group coordinator, which never depends on it; what both
+need of topics is in ``appliance/topics.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import time
-import zlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from appliance.controller import initial_states
+from appliance.children import ChildState
 from appliance.coordinator import NO_LEADER, PartitionState, TopicInfo
+from appliance.groups.apis import GroupApis
 from appliance.groups.coordinator import GroupCoordinator
 from appliance.log.config import LogConfig
+from appliance.nodeview import NodeState, NodeView
 from appliance.status import table_status
+from appliance.topics import create_topic, is_internal, leader_endpoint, new_partition_states
 from ipc import sockets
 from ipc.errors import (
     InvalidConfigError,
@@ -28,32 +40,21 @@ from ipc.errors import (
     SluiceError,
     UnknownTopicOrPartitionError,
 )
-from ipc.protocol import (
-    FRONT_APIS,
-    GROUP_APIS,
-    Request,
-    error_reply,
-    ok_reply,
-    parse_request,
-    peek_id,
-    valid_topic_name,
-)
+from ipc.protocol import FRONT_APIS, Request, Responder, Response, valid_topic_name
+from ipc.server import Handler, RequestPipeline, ok
 from ipc.shm import WorkerStatus
 from metrics.exporter import GroupSnap
-
-if TYPE_CHECKING:
-    from appliance.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
 ADMIN_TIMEOUT_S = 25.0  # below the Admin client's default 30 s, so the node answers first
-INTERNAL_PREFIX = "__"
 
 
 @dataclasses.dataclass
 class PendingAdmin:
-    identity: bytes
-    cid: int
+    """A create_topic / alter_topic waiting for its partitions' leaders to serve."""
+
+    responder: Responder
     topic: str
     partitions: range
     deadline: float
@@ -64,34 +65,79 @@ def _id(n: Any) -> int:
 
 
 def _error_obj(err: SluiceError) -> dict[str, Any]:
+    """An error inside a reply (one topic of ``metadata``), in the wire's error shape."""
     return {"code": err.code, "message": err.message, "retriable": err.retriable}
 
 
 class FrontApi:
-    def __init__(self, node: Supervisor) -> None:
+    def __init__(self, node: NodeView) -> None:
         self.node = node
         self.pending: list[PendingAdmin] = []
-        self.groups = GroupCoordinator(self)
+        self.groups = GroupCoordinator(node)
+        self.group_apis = GroupApis(self.groups)
+        self._pipeline: RequestPipeline | None = None
 
-    def handle(self, identity: bytes, req: Request) -> list[bytes] | None:
-        if req.api in GROUP_APIS:
-            return self.groups.handle(identity, req)
-        handler = getattr(self, "api_" + req.api)
-        result: list[bytes] | None = handler(identity, req)
-        return result
+    # ---- the node's calls ---------------------------------------------------------------------
+    def serve(self, frames: list[Any]) -> None:
+        """One message from the front socket: ``[identity, header, *data]``."""
+        if self._pipeline is None:
+            self._pipeline = RequestPipeline("front", self.send, self.handlers())
+        self._pipeline.handle(frames)
 
-    # ---- helpers ---------------------------------------------------------------------------
+    def handlers(self) -> dict[str, Handler]:
+        """Every front API (ipc.protocol.FRONT_APIS) -> its handler."""
+        handlers: dict[str, Handler] = {
+            "metadata": self.metadata,
+            "list_topics": self.list_topics,
+            "create_topic": self.create_topic,
+            "delete_topic": self.delete_topic,
+            "describe_topic": self.describe_topic,
+            "alter_topic": self.alter_topic,
+            "status": self.status,
+            "init_producer_id": self.init_producer_id,
+            "cluster_status": self.cluster_status,
+            "alter_isr": self.alter_isr,
+            "reassign": self.reassign,
+            **self.group_apis.handlers(),
+        }
+        assert frozenset(handlers) == FRONT_APIS, sorted(frozenset(handlers) ^ FRONT_APIS)
+        return handlers
+
+    def send(self, peer: bytes, frames: list[Any]) -> None:
+        """Put a reply on the front socket; dropped once the node is no longer running."""
+        if self.node.state is NodeState.RUNNING:
+            sockets.send_reply(self.node.front, peer, frames)
+
+    def tick(self, now: float) -> None:
+        self.groups.tick(now)
+        still = []
+        for p in self.pending:
+            if self._ready(p):
+                p.responder.ok(topic=p.topic)
+            elif now > p.deadline:
+                err = RequestTimedOutError(f"partitions of {p.topic!r} not serving after {ADMIN_TIMEOUT_S:.0f} s")
+                p.responder.fail(err)
+            else:
+                still.append(p)
+        self.pending = still
+
+    def on_events(self, events: dict[Any, int]) -> None:
+        """Replies on the sockets the front's components opened (offset commits)."""
+        self.groups.on_events(events)
+
+    def on_replica_ready(self) -> None:
+        self.tick(self.node.clock())
+
+    def group_summaries(self) -> list[GroupSnap]:
+        """Each group this node coordinates (or holds offsets of), for the metrics."""
+        return self.groups.summaries()
+
+    # ---- helpers ---------------------------------------------------------------------------------
     def _topic_info(self, name: str) -> TopicInfo:
         info = self.node.coordinator.topics().get(name)
         if info is None:
             raise UnknownTopicOrPartitionError(f"topic {name!r} does not exist")
         return info
-
-    def leader_endpoint(self, topic: str, partition: int, state: PartitionState) -> str | None:
-        """The leader worker's endpoint (published by the leader's node), if known."""
-        if state.leader == NO_LEADER:
-            return None
-        return self.node.coordinator.endpoints().get(state.leader, {}).get(f"{topic}/{partition}")
 
     def _partition_md(self, topic: str, partition: int, state: PartitionState) -> dict[str, Any]:
         md: dict[str, Any] = {
@@ -100,53 +146,25 @@ class FrontApi:
             "leader_epoch": state.leader_epoch,
             "replicas": state.replicas,
             "isr": state.isr,
-            "endpoint": self.leader_endpoint(topic, partition, state),
+            "endpoint": leader_endpoint(self.node.coordinator, topic, partition, state),
             "error": None,
         }
         if md["endpoint"] is None:
-            r = self.node.replicas.get((topic, partition))
+            r = self.node.replica(topic, partition)
             if state.leader == NO_LEADER:
                 why = f"no in-sync replica is alive (isr {state.isr})"
-            elif r is not None and r.state.value == "offline":
+            elif r is not None and r.state is ChildState.OFFLINE:
                 why = "offline after repeated crashes"
             else:
                 why = f"node {state.leader} is starting it"
             md["error"] = _error_obj(LeaderNotAvailableError(f"{topic}-{partition} has no serving leader ({why})"))
         return md
 
-    def _new_states(self, topic: str, partitions: range, replication_factor: int) -> list[PartitionState]:
-        """Replica assignment for new partitions; the first leader rotates by topic name."""
-        if not partitions:
-            return []
-        live = self.node.coordinator.nodes()
-        states = initial_states(partitions, replication_factor, live, start=zlib.crc32(topic.encode()))
-        mine = sum(self.node.config.node_id in st.replicas for st in states)
-        free = self.node.free_slots()
-        if mine > free:
-            raise PolicyViolationError(
-                f"{mine} new partition replica(s) do not fit: this node has room for {free} more "
-                f"(max_partitions={self.node.config.max_partitions})"
-            )
-        return states
-
-    def _create(self, topic: str, partitions: int, replication_factor: int, config: dict[str, Any]) -> None:
-        self.node.config.topic_log_config(config)  # validate before anything is written
-        states = self._new_states(topic, range(partitions), replication_factor)
-        info = TopicInfo(topic, states, replication_factor, dict(config), int(time.time() * 1000))
-        self.node.coordinator.create_topic(info)
-        self.node.reconcile()
-        log.info(
-            "created topic %s with %d partition(s), replication factor %d, config %s",
-            topic,
-            partitions,
-            replication_factor,
-            config,
-        )
-
-    def _defer(self, identity: bytes, req: Request, topic: str, partitions: range) -> list[bytes] | None:
-        pending = PendingAdmin(identity, req.id, topic, partitions, self.node.clock() + ADMIN_TIMEOUT_S)
+    def _defer(self, req: Request, topic: str, partitions: range) -> Response | None:
+        """Answer now if every partition's leader serves, else once they do (or time out)."""
+        pending = PendingAdmin(req.responder, topic, partitions, self.node.clock() + ADMIN_TIMEOUT_S)
         if self._ready(pending):
-            return [ok_reply(req.id, topic=topic)]
+            return ok(topic=topic)
         self.pending.append(pending)
         return None
 
@@ -155,109 +173,29 @@ class FrontApi:
         info = self.node.coordinator.topics().get(p.topic)
         if info is None or len(info.partitions) < p.partitions.stop:
             return False
-        return all(self.leader_endpoint(p.topic, i, info.partitions[i]) for i in p.partitions)
+        coord = self.node.coordinator
+        return all(leader_endpoint(coord, p.topic, i, info.partitions[i]) for i in p.partitions)
 
-    def on_replica_ready(self) -> None:
-        self.tick(self.node.clock())
+    def _effective_config(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        return self.node.config.topic_log_config(overrides).to_options()
 
-    def group_summaries(self) -> list[GroupSnap]:
-        """Each group this node coordinates (or holds offsets of), for the metrics."""
-        coordinator = self.groups
-        out = []
-        for name in sorted(set(coordinator.groups) | set(coordinator.store.cache)):
-            g = coordinator.groups.get(name)
-            cached = coordinator.store.cache.get(name, {})
-            out.append(
-                GroupSnap(
-                    group=name,
-                    state=g.state.value if g else "empty",
-                    members=len(g.members) if g else 0,
-                    rebalances=g.rebalances if g else 0,
-                    committed={tp: c.offset for tp, c in cached.items()},
-                    oldest_unconsumed=coordinator.oldest_unconsumed(name),
-                )
-            )
-        return out
-
-    def serve(self, frames: list[Any]) -> None:
-        """One message from the front socket: ``[identity, header, *data]``."""
-        identity = frames[0].bytes
-        body = frames[1:]
-        try:
-            req = parse_request(body, FRONT_APIS)
-        except SluiceError as exc:
-            self.send(identity, [error_reply(peek_id(body[0]) if body else 0, exc)])
-            return
-        try:
-            reply = self.handle(identity, req)
-        except SluiceError as exc:
-            reply = [error_reply(req.id, exc)]
-        except Exception as exc:  # noqa: BLE001 - one bad request must not stop the node
-            log.exception("unexpected error handling %s", req.api)
-            reply = [error_reply(req.id, SluiceError(f"unexpected error in {req.api}: {exc}"))]
-        if reply is not None:
-            self.send(identity, reply)
-
-    def on_events(self, events: dict[Any, int]) -> None:
-        """Replies on the sockets the front's components opened (offset commits)."""
-        self.groups.on_events(events)
-
-    def create_topic(self, topic: str, partitions: int, replication_factor: int, config: dict[str, Any]) -> None:
-        """Create a topic from inside the node (e.g. __consumer_offsets)."""
-        self._create(topic, partitions, replication_factor, config)
-
-    def leads(self, topic: str, partition: int) -> bool:
-        """This node's replica of the partition is its serving leader."""
-        r = self.node.replicas.get((topic, partition))
-        return r is not None and r.state.value == "serving" and r.role is not None and r.role.is_leader
-
-    def partition_end(self, topic: str, partition: int) -> int:
-        """The partition's high watermark: this node's own when it leads it, else the one
-        its leader answered the last lag probe with, else this node's replica's (-1 if
-        unknown)."""
-        r = self.node.replicas.get((topic, partition))
-        st = self.node.table.read_status_or_none(r.slot) if r is not None else None
-        if st is not None and self.leads(topic, partition):
-            return st.high_watermark
-        learned = self.groups.store.leader_ends.get((topic, partition))
-        if learned is not None:
-            return learned
-        return st.high_watermark if st is not None else -1
-
-    def tick(self, now: float) -> None:
-        self.groups.tick(now)
-        still = []
-        for p in self.pending:
-            if self._ready(p):
-                self.send(p.identity, [ok_reply(p.cid, topic=p.topic)])
-            elif now > p.deadline:
-                err = RequestTimedOutError(f"partitions of {p.topic!r} not serving after {ADMIN_TIMEOUT_S:.0f} s")
-                self.send(p.identity, [error_reply(p.cid, err)])
-            else:
-                still.append(p)
-        self.pending = still
-
-    def send(self, identity: bytes, frames: list[bytes]) -> None:
-        if self.node.state.value == "running":
-            sockets.send_reply(self.node.front, identity, frames)
-
-    # ---- APIs -----------------------------------------------------------------------------
-    def api_metadata(self, identity: bytes, req: Request) -> list[bytes]:
+    # ---- topics ----------------------------------------------------------------------------------
+    def metadata(self, req: Request) -> Response:
         cfg = self.node.config
         wanted = req.fields["topics"]
         topics = self.node.coordinator.topics()
         out: list[dict[str, Any]] = []
         # no list: every topic but the internal ones (ask for those by name)
-        names = wanted if wanted is not None else sorted(n for n in topics if not n.startswith(INTERNAL_PREFIX))
+        names = wanted if wanted is not None else sorted(n for n in topics if not is_internal(n))
         for name in names:
             why = valid_topic_name(name)
             if why is not None:
                 out.append({"topic": name, "error": _error_obj(InvalidConfigError(why)), "partitions": []})
                 continue
-            if name not in topics and cfg.auto_create_topics and not name.startswith(INTERNAL_PREFIX):
+            if name not in topics and cfg.auto_create_topics and not is_internal(name):
                 try:
                     rf = min(cfg.default_replication_factor, len(self.node.coordinator.nodes()))
-                    self._create(name, cfg.default_partitions, rf, {})
+                    create_topic(self.node, name, cfg.default_partitions, rf, {})
                     topics = self.node.coordinator.topics()
                 except SluiceError as exc:
                     out.append({"topic": name, "error": _error_obj(exc), "partitions": []})
@@ -271,38 +209,35 @@ class FrontApi:
             out.append({"topic": name, "error": None, "partitions": parts})
         coord = self.node.coordinator
         brokers = [{"node_id": n.node_id, "endpoint": n.endpoint} for n in sorted(coord.nodes().values(), key=_id)]
-        return [ok_reply(req.id, node_id=cfg.node_id, controller=coord.controller(), brokers=brokers, topics=out)]
+        return ok(node_id=cfg.node_id, controller=coord.controller(), brokers=brokers, topics=out)
 
-    def api_list_topics(self, identity: bytes, req: Request) -> list[bytes]:
+    def list_topics(self, req: Request) -> Response:
         internal = req.fields["internal"]
-        names = sorted(n for n in self.node.coordinator.topics() if internal or not n.startswith(INTERNAL_PREFIX))
-        return [ok_reply(req.id, topics=names)]
+        names = sorted(n for n in self.node.coordinator.topics() if internal or not is_internal(n))
+        return ok(topics=names)
 
-    def api_create_topic(self, identity: bytes, req: Request) -> list[bytes] | None:
+    def create_topic(self, req: Request) -> Response | None:
         f = req.fields
-        self._create(f["topic"], f["partitions"], f["replication_factor"], f["config"])
-        return self._defer(identity, req, f["topic"], range(f["partitions"]))
+        create_topic(self.node, f["topic"], f["partitions"], f["replication_factor"], f["config"])
+        return self._defer(req, f["topic"], range(f["partitions"]))
 
-    def api_delete_topic(self, identity: bytes, req: Request) -> list[bytes]:
+    def delete_topic(self, req: Request) -> Response:
         name = req.fields["topic"]
-        if name.startswith(INTERNAL_PREFIX):
+        if is_internal(name):
             raise PolicyViolationError(f"topic {name!r} is internal to the node and cannot be deleted")
         self._topic_info(name)
         self.node.coordinator.delete_topic(name)
         self.node.reconcile()  # every node stops its replicas and removes their files
         log.info("deleted topic %s", name)
-        return [ok_reply(req.id, topic=name)]
+        return ok(topic=name)
 
-    def _effective_config(self, overrides: dict[str, Any]) -> dict[str, Any]:
-        return self.node.config.topic_log_config(overrides).to_options()
-
-    def api_describe_topic(self, identity: bytes, req: Request) -> list[bytes]:
+    def describe_topic(self, req: Request) -> Response:
         name = req.fields["topic"]
         info = self._topic_info(name)
         parts = []
         for i, st in enumerate(info.partitions):
             md = self._partition_md(name, i, st)
-            r = self.node.replicas.get((name, i))
+            r = self.node.replica(name, i)
             if r is not None:
                 status = self.node.table.read_status_or_none(r.slot) or WorkerStatus()
                 md.update(
@@ -315,18 +250,15 @@ class FrontApi:
                     size_bytes=status.log_size_bytes,
                 )
             parts.append(md)
-        return [
-            ok_reply(
-                req.id,
-                topic=name,
-                replication_factor=info.current_replication_factor,
-                config=self._effective_config(info.config),
-                overrides=info.config,
-                partitions=parts,
-            )
-        ]
+        return ok(
+            topic=name,
+            replication_factor=info.current_replication_factor,
+            config=self._effective_config(info.config),
+            overrides=info.config,
+            partitions=parts,
+        )
 
-    def api_alter_topic(self, identity: bytes, req: Request) -> list[bytes] | None:
+    def alter_topic(self, req: Request) -> Response | None:
         name = req.fields["topic"]
         info = self._topic_info(name)
         changes = req.fields["config"]
@@ -345,7 +277,8 @@ class FrontApi:
                 f"partitions={count}: topic {name!r} has {old_count}; partitions can only be added"
             )
         # new partitions get as many replicas as partition 0 has now (Kafka's rule)
-        states = self._new_states(name, range(old_count, count or old_count), info.current_replication_factor)
+        new = range(old_count, count or old_count)
+        states = new_partition_states(self.node, name, new, info.current_replication_factor)
         coord = self.node.coordinator
         if new_config != info.config:
             coord.set_topic_config(name, new_config)  # every node sends it to its replicas
@@ -354,10 +287,25 @@ class FrontApi:
         self.node.reconcile()
         count = count or old_count
         log.info("altered topic %s: config %s, %d partition(s)", name, new_config, count)
-        return self._defer(identity, req, name, range(count))
+        return self._defer(req, name, range(count))
 
-    # ---- cluster ---------------------------------------------------------------------------
-    def api_cluster_status(self, identity: bytes, req: Request) -> list[bytes]:
+    # ---- the node and the cluster ----------------------------------------------------------------
+    def status(self, req: Request) -> Response:
+        return ok(**self.node_status())
+
+    def node_status(self) -> dict[str, Any]:
+        cfg = self.node.config
+        return {
+            **table_status(self.node.table),
+            "state": self.node.state.value,
+            "listen": cfg.advertised,
+            "data_dir": cfg.data_dir,
+        }
+
+    def init_producer_id(self, req: Request) -> Response:
+        return ok(producer_id=self.node.coordinator.next_producer_id(), producer_epoch=0)
+
+    def cluster_status(self, req: Request) -> Response:
         coord = self.node.coordinator
         nodes = coord.nodes()
         partitions = []
@@ -376,40 +324,22 @@ class FrontApi:
                         "offline": st.leader == NO_LEADER or st.leader not in nodes,
                     }
                 )
-        return [
-            ok_reply(
-                req.id,
-                node_id=self.node.config.node_id,
-                controller=coord.controller(),
-                nodes=[{"node_id": n.node_id, "endpoint": n.endpoint, "epoch": n.epoch} for n in nodes.values()],
-                partitions=partitions,
-            )
-        ]
+        return ok(
+            node_id=self.node.config.node_id,
+            controller=coord.controller(),
+            nodes=[{"node_id": n.node_id, "endpoint": n.endpoint, "epoch": n.epoch} for n in nodes.values()],
+            partitions=partitions,
+        )
 
-    def api_alter_isr(self, identity: bytes, req: Request) -> list[bytes]:
+    def alter_isr(self, req: Request) -> Response:
         f = req.fields
         isr = {int(k): v for k, v in f["isr"].items()}
         st = self.node.controller.alter_isr(
             f["topic"], f["partition"], f["leader"], f["leader_epoch"], isr, f["resign"]
         )
-        return [ok_reply(req.id, isr=st.isr, leader_epoch=st.leader_epoch)]
+        return ok(isr=st.isr, leader_epoch=st.leader_epoch)
 
-    def api_reassign(self, identity: bytes, req: Request) -> list[bytes]:
+    def reassign(self, req: Request) -> Response:
         f = req.fields
         st = self.node.controller.reassign(f["topic"], f["partition"], f["replicas"])
-        return [ok_reply(req.id, replicas=st.replicas, target_replicas=st.target_replicas)]
-
-    def api_init_producer_id(self, identity: bytes, req: Request) -> list[bytes]:
-        return [ok_reply(req.id, producer_id=self.node.coordinator.next_producer_id(), producer_epoch=0)]
-
-    def api_status(self, identity: bytes, req: Request) -> list[bytes]:
-        return [ok_reply(req.id, **self.node_status())]
-
-    def node_status(self) -> dict[str, Any]:
-        cfg = self.node.config
-        return {
-            **table_status(self.node.table),
-            "state": self.node.state.value,
-            "listen": cfg.advertised,
-            "data_dir": cfg.data_dir,
-        }
+        return ok(replicas=st.replicas, target_replicas=st.target_replicas)

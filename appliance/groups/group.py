@@ -9,7 +9,8 @@ coordinator, and every parked join is answered. ``sync`` then hands each member 
 assignment for that generation.
 
 Methods return "completions": (waiter, reply fields or an error) pairs the caller
-sends; the group never touches a socket.
+answers. A waiter is the ``Responder`` of a parked join request (ipc/protocol.py): the
+group keeps it and hands it back, and never calls it, so it never touches a socket.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ from ipc.errors import (
     SluiceError,
     UnknownMemberIdError,
 )
-from ipc.protocol import ASSIGNORS
+from ipc.protocol import ASSIGNORS, Responder
 
 log = logging.getLogger(__name__)
 
-Completion = tuple[Any, dict[str, Any] | SluiceError]
+Completion = tuple[Responder, dict[str, Any] | SluiceError]
 
 
 class GroupState(enum.Enum):
@@ -63,7 +64,7 @@ class Member:
     assignors: list[str]
     owned: list[TP]
     last_seen: float
-    waiter: Any = None  # a parked join, answered when the rebalance completes
+    waiter: Responder | None = None  # a parked join, answered when the rebalance completes
     assignment: list[TP] = dataclasses.field(default_factory=list)
 
 
@@ -102,7 +103,7 @@ class Group:
         topics: Sequence[str],
         assignors: Sequence[str],
         owned: Sequence[TP],
-        waiter: Any,
+        waiter: Responder,
         counts: Callable[[Sequence[str]], Mapping[str, int]],
     ) -> list[Completion]:
         now = self.clock()
@@ -219,6 +220,7 @@ class Group:
         for m in self.members.values():
             m.assignment = assignment.get(m.member_id, [])
             m.owned = list(m.assignment)
+            assert m.waiter is not None  # the members without one were removed above
             done.append((m.waiter, self._join_reply(m)))
             m.waiter = None
         self._set_state(GroupState.STABLE)

@@ -25,22 +25,30 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
+from appliance.children import ChildState
+from appliance.nodeview import NodeView
+from appliance.topics import leader_endpoint
 from ipc.client.partitioner import partition_for_key
 from ipc.client.transport import Channel, ChannelPool
 from ipc.errors import (
     CoordinatorNotAvailableError,
+    FencedLeaderEpochError,
+    LeaderNotAvailableError,
     NotCoordinatorError,
+    NotEnoughReplicasError,
+    NotLeaderError,
+    OffsetOutOfRangeError,
     RequestTimedOutError,
     SluiceError,
+    StorageError,
+    UnknownLeaderEpochError,
+    UnknownTopicOrPartitionError,
 )
 from ipc.records import decode_batches, encode_batch
-
-if TYPE_CHECKING:
-    from appliance.front import FrontApi
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +63,8 @@ TP = tuple[str, int]
 # A write refused by the partition's worker, as the group's client must see it (Kafka's
 # GroupMetadataManager maps produce errors the same way): the partition moved, or it
 # cannot take the commit now; the client finds the coordinator again and retries.
-_NOT_COORDINATOR = frozenset({"NOT_LEADER", "FENCED_LEADER_EPOCH", "UNKNOWN_LEADER_EPOCH", "STORAGE_ERROR"})
-_NOT_AVAILABLE = frozenset({"NOT_ENOUGH_REPLICAS", "UNKNOWN_TOPIC_OR_PARTITION", "LEADER_NOT_AVAILABLE"})
+_NOT_COORDINATOR = (NotLeaderError, FencedLeaderEpochError, UnknownLeaderEpochError, StorageError)
+_NOT_AVAILABLE = (NotEnoughReplicasError, UnknownTopicOrPartitionError, LeaderNotAvailableError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,17 +92,16 @@ class _Pending:
 
 
 def _map_write_error(err: SluiceError, partition: int) -> SluiceError:
-    if err.code in _NOT_COORDINATOR:
+    if isinstance(err, _NOT_COORDINATOR):
         return NotCoordinatorError(f"{OFFSETS_TOPIC}-{partition} is no longer led here ({err.message})")
-    if err.code in _NOT_AVAILABLE:
+    if isinstance(err, _NOT_AVAILABLE):
         return CoordinatorNotAvailableError(f"{OFFSETS_TOPIC}-{partition} cannot take the commit now ({err.message})")
     return err
 
 
 class OffsetStore:
-    def __init__(self, front: FrontApi, partitions: int) -> None:
-        self.front = front
-        self.node = front.node
+    def __init__(self, node: NodeView, partitions: int) -> None:
+        self.node = node
         self.partitions = partitions  # of __consumer_offsets: from the topic once it exists
         self.cache: dict[str, dict[TP, CommittedOffset]] = {}  # groups of the partitions led here
         self.channels: ChannelPool | None = None  # made on first use: the supervisor's context and poller
@@ -141,13 +148,15 @@ class OffsetStore:
 
     # ---- sockets ------------------------------------------------------------------------------
     def _own_leader_endpoint(self, partition: int) -> str | None:
-        """This node's serving worker of a __consumer_offsets partition this node leads."""
+        """This node's serving worker of a __consumer_offsets partition this node leads
+        (its endpoint as this node published it)."""
         if partition not in self.led:
             return None
-        r = self.node.replicas.get((OFFSETS_TOPIC, partition))
-        if r is None or r.state.value != "serving" or not r.endpoint:
+        r = self.node.replica(OFFSETS_TOPIC, partition)
+        if r is None or r.state is not ChildState.SERVING:
             return None
-        return r.endpoint
+        mine = self.node.coordinator.endpoints().get(self.node.config.node_id, {})
+        return mine.get(f"{OFFSETS_TOPIC}/{partition}") or None
 
     def _channel(self, endpoint: str) -> Channel:
         if self.channels is None:
@@ -198,7 +207,7 @@ class OffsetStore:
         self.pending[cid] = _Pending(
             "write",
             partition,
-            time.monotonic() + WRITE_TIMEOUT_S,
+            self.node.clock() + WRITE_TIMEOUT_S,
             ch,
             done,
             entries=[(group, tp, e) for tp, e in entries],
@@ -220,7 +229,7 @@ class OffsetStore:
         ``done(timestamp ms | None)``."""
         info = self.node.coordinator.topics().get(topic)
         state = info.partitions[partition] if info is not None and partition < len(info.partitions) else None
-        endpoint = self.front.leader_endpoint(topic, partition, state) if state is not None else None
+        endpoint = leader_endpoint(self.node.coordinator, topic, partition, state) if state is not None else None
         if endpoint is None:
             done(None)
             return
@@ -229,7 +238,7 @@ class OffsetStore:
         self.pending[cid] = _Pending(
             "probe",
             partition,
-            time.monotonic() + WRITE_TIMEOUT_S,
+            self.node.clock() + WRITE_TIMEOUT_S,
             ch,
             probe=done,
             probe_offset=offset,
@@ -279,10 +288,11 @@ class OffsetStore:
 
     def _on_load_reply(self, partition: int, reply: Any) -> None:
         if reply.error is not None:
-            if reply.error.code == "OFFSET_OUT_OF_RANGE":
+            if isinstance(reply.error, OffsetOutOfRangeError):
                 self._load_next[partition] = 0
             # NOT_LEADER: the worker has not taken its leader role yet; the next tick asks again
-            level = logging.DEBUG if reply.error.code in ("NOT_LEADER", "LEADER_NOT_AVAILABLE") else logging.WARNING
+            quiet = isinstance(reply.error, (NotLeaderError, LeaderNotAvailableError))
+            level = logging.DEBUG if quiet else logging.WARNING
             log.log(level, "loading %s-%d: %s", OFFSETS_TOPIC, partition, reply.error)
             return
         hw = int(reply.fields.get("high_watermark", 0))

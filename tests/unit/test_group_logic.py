@@ -374,7 +374,7 @@ class FakeClock:
 
 
 class Waiter:
-    """Stands for a parked join request (the coordinator uses (identity, request id))."""
+    """Stands for a parked join request (the coordinator passes the request's Responder)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
