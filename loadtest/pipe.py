@@ -38,8 +38,9 @@ from typing import Any
 
 import zmq
 
+from ipc.client.accumulator import MAX_REQUEST_BYTES
+from ipc.client.batch import RECORD_OVERHEAD
 from ipc.client.consumer import ConsumerRecord
-from ipc.client.producer import MAX_REQUEST_BYTES, RECORD_OVERHEAD
 from ipc.client.transport import Channel
 from ipc.records import Headers, decode_batches, encode_batch, iter_headers, read_header
 from loadtest.perfclient import PerfError, _args, make_values, start_children, stop_children

@@ -5,8 +5,9 @@ docs/client.md.
 """
 
 from ipc.client.admin import Admin
+from ipc.client.batch import RecordMetadata
 from ipc.client.consumer import Consumer, ConsumerClosedError, ConsumerRecord
-from ipc.client.producer import FutureRecordMetadata, Producer, ProducerClosedError, RecordMetadata
+from ipc.client.producer import FutureRecordMetadata, Producer, ProducerClosedError
 from ipc.client.transport import DEFAULT_BOOTSTRAP, parse_bootstrap
 
 __all__ = [

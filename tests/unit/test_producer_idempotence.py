@@ -21,7 +21,9 @@ import zmq
 
 from appliance.log.producers import ProducerStateTable
 from ipc import sockets
-from ipc.client.producer import SEQUENCE_SPACE, Producer, ProducerBatch, ProducerIdState, resolve_idempotence
+from ipc.client.batch import ProducerBatch
+from ipc.client.idempotence import SEQUENCE_SPACE, ProducerIdState, resolve_idempotence
+from ipc.client.producer import Producer
 from ipc.errors import (
     InvalidProducerEpochError,
     InvalidRequestError,
