@@ -1,8 +1,9 @@
 """The partition log: an ordered list of segments with one writer.
 
 ``Log.open`` recovers the directory (see ``docs/storage.md``); ``append`` validates a
-producer's batch, stamps base offset and leader epoch and writes it; ``read`` returns
-whole batches sliced from the segment files. Durability follows ``LogConfig.fsync``.
+producer's batch (unless its caller did and passes the header), stamps base offset and
+leader epoch and writes it; ``read`` returns whole batches sliced from the segment
+files. Durability follows ``LogConfig.fsync``.
 """
 
 from __future__ import annotations
@@ -226,11 +227,22 @@ class Log:
         *,
         validate: bool = True,
         max_uncompressed: int = DEFAULT_MAX_UNCOMPRESSED,
+        header: BatchHeader | None = None,
     ) -> AppendResult:
         """Append a producer's batch as leader: check it, assign offsets, write it.
 
         Raises CorruptRecordError / MessageTooLargeError without writing anything.
+        ``header``: the batch was checked already (``validate_batch``,
+        ``check_producible`` and ``max.message.bytes``, as the partition worker's produce
+        handler does) and this is the header that returned; nothing is checked again.
         """
+        h = header if header is not None else self._check(batch, validate, max_uncompressed)
+        base = self.log_end_offset
+        prefix = stamp_prefix(batch, h, base, leader_epoch)
+        return self._write(prefix, memoryview(batch)[len(prefix) :], h, base, leader_epoch)
+
+    def _check(self, batch: bytes | bytearray | memoryview, validate: bool, max_uncompressed: int) -> BatchHeader:
+        """``append``'s checks of a batch its caller did not check."""
         if len(batch) > self.config.max_message_bytes:
             raise MessageTooLargeError(
                 f"batch of {len(batch)} bytes exceeds max.message.bytes={self.config.max_message_bytes}"
@@ -238,10 +250,7 @@ class Log:
         h = validate_batch(batch, max_uncompressed=max_uncompressed) if validate else check_batch(batch)
         if h.size != len(batch):
             raise CorruptRecordError(f"frame holds {len(batch)} bytes but the batch is {h.size}")
-        check_producible(h)
-        base = self.log_end_offset
-        prefix = stamp_prefix(batch, h, base, leader_epoch)
-        return self._write(prefix, memoryview(batch)[len(prefix) :], h, base, leader_epoch)
+        return check_producible(h)
 
     def append_replica(self, batch: bytes | bytearray | memoryview) -> AppendResult:
         """Append a batch that already carries its offsets (a follower copying its leader)."""
