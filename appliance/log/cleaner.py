@@ -18,6 +18,11 @@ Compaction runs off the append path in two phases:
    point), delete the old indexes, rename ``.swap`` -> ``.log``, fsync the directory,
    rebuild the indexes. On open, ``Log`` deletes leftover ``.cleaned`` files and
    completes any ``.swap``, so a crash at any step leaves a consistent log.
+
+``LogCleaner`` schedules this for the log's owner (the partition worker ticks it): once
+per ``cleaner_interval_ms`` when a segment was sealed since the last run, phase 1 in a
+helper thread ("cleaner-<topic>-<partition>"), phase 2 at the first tick after it
+finished. While a plan is being built, the owner must not delete segments (retention).
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 
 from appliance.log.checkpoint import fsync_dir, write_durably
 from appliance.log.log import Log
@@ -197,3 +204,66 @@ def compact(log_: Log, now_ms: int | None = None) -> int:
     """Both phases in the caller's thread; returns the number of records removed."""
     now = int(log_.clock() * 1000) if now_ms is None else now_ms
     return apply_plan(log_, build_plan(log_, now, ProducerStateTable.rebuild(log_).last_offsets()))
+
+
+class LogCleaner:
+    """When to compact a ``cleanup.policy=compact`` log, driven by its owner's ``tick``.
+
+    ``tick`` starts ``build_plan`` in a helper thread when ``interval_ms`` has passed
+    and a segment was sealed beyond what was cleaned last; a later ``tick`` (on the
+    owner's thread) applies the plan once the thread is done. ``wall_clock`` gives the
+    ``delete.retention.ms`` horizon of tombstones.
+    """
+
+    def __init__(self, name: str, interval_ms: int, now: float, wall_clock: Callable[[], float] = time.time) -> None:
+        self.name = name
+        self.interval_ms = interval_ms
+        self.next_run = now + interval_ms / 1000
+        self.wall_clock = wall_clock
+        self.cleaned_upto = -1  # the plan last applied covered offsets below this
+        self._thread: threading.Thread | None = None
+        self._result: CleanPlan | BaseException | None = None
+
+    @property
+    def running(self) -> bool:
+        """A plan is being built, or built and not applied yet."""
+        return self._thread is not None
+
+    def set_interval(self, interval_ms: int, now: float) -> None:
+        """A new interval; a shorter one applies from now, not after the old one ran out."""
+        self.interval_ms = interval_ms
+        self.next_run = min(self.next_run, now + interval_ms / 1000)
+
+    def tick(self, log_: Log, producers: ProducerStateTable, now: float) -> None:
+        if self._thread is not None:
+            if self._thread.is_alive():
+                return
+            self._thread = None
+            result, self._result = self._result, None
+            if isinstance(result, BaseException):
+                log.error("%s: compaction failed: %s", self.name, result)
+            elif result is not None:
+                removed = apply_plan(log_, result)
+                self.cleaned_upto = result.map_end_offset
+                log.info("%s: compaction removed %d records", self.name, removed)
+            return
+        sealed_end = log_.segments[-2].next_offset if len(log_.segments) > 1 else -1
+        if now < self.next_run or sealed_end <= self.cleaned_upto:
+            return
+        self.next_run = now + self.interval_ms / 1000
+        now_ms = int(self.wall_clock() * 1000)
+        keep_last_of = producers.last_offsets()  # taken here: the table is the owner thread's
+
+        def clean() -> None:
+            try:
+                self._result = build_plan(log_, now_ms, keep_last_of)
+            except Exception as exc:  # noqa: BLE001 - reported on the owner's thread
+                self._result = exc
+
+        self._thread = threading.Thread(target=clean, name=f"cleaner-{self.name}", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        """Wait for a plan being built (at shutdown); it is not applied."""
+        if self._thread is not None:
+            self._thread.join(timeout=timeout)
