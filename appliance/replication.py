@@ -17,6 +17,15 @@ leader's log diverges (the follower holds records of an epoch the leader ended
 earlier, or never had), the leader answers ``diverging`` = (epoch, end offset) instead
 of data and the follower truncates there before fetching again (KIP-101 / KIP-279 /
 KIP-595's fetch-time validation), so logs never diverge after a double failover.
+
+Follower's log (``apply_fetch_reply``): what the follower does with each reply. Data:
+append the batches as the leader wrote them (``Log.append_replica``: offsets, epochs and
+CRC kept) and take the leader's high watermark. ``diverging``: truncate to where its
+own log ends that epoch (or the latest before it) and rebuild the producer state.
+``OFFSET_OUT_OF_RANGE`` while its log ends below the leader's log start (retention
+removed what it lacks): start over, empty, at the leader's log start offset. It
+changes only the replica's log, producer state and follower high watermark
+(``FollowerReplica``), so it is tested without sockets.
 """
 
 from __future__ import annotations
@@ -25,12 +34,16 @@ import dataclasses
 import itertools
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import zmq
 
+from appliance.log.log import Log
+from appliance.log.producers import ProducerStateTable
 from ipc import sockets
-from ipc.protocol import encode_request, parse_reply
+from ipc.errors import OffsetOutOfRangeError, SluiceError
+from ipc.protocol import Reply, encode_request, parse_reply
+from ipc.records import iter_headers
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +51,7 @@ FETCH_MAX_BYTES = 8 * 1024 * 1024
 FETCH_MAX_WAIT_MS = 500
 REPLY_TIMEOUT_S = 5.0  # no reply this long after a fetch: reconnect and fetch again
 RETRY_S = 0.1  # after an error reply
+STUCK_RETRY_S = 1.0  # after a reply the follower could not apply (no progress, a bad transfer, a full disk)
 ALTER_ISR_RETRY_S = 1.0  # ask the controller again if its answer has not arrived
 
 
@@ -229,3 +243,84 @@ class Fetcher:
             self.in_flight = 0
             self.next_at = now
             handle(reply)
+
+
+# ---- the follower's log ----------------------------------------------------------------------
+class FollowerReplica(Protocol):
+    """What the follower's code reads and changes in its replica
+    (``appliance/partition/replica.py``)."""
+
+    name: str  # topic-partition, for the log
+    log: Log
+    producers: ProducerStateTable
+    follower_hw: int  # the leader's high watermark in its last reply
+
+    def rebuild_producers(self) -> None: ...
+
+
+def apply_fetch_reply(
+    replica: FollowerReplica, reply: Reply, leader: str, on_append: Callable[[], None]
+) -> float | None:
+    """Apply the leader's answer to the follower's fetch (see the module docstring).
+
+    ``leader`` is its endpoint (for the log); ``on_append`` runs after each data frame
+    (fetches parked here before the replica stopped leading may now be answered).
+    Returns how long to wait before the next fetch when it must wait (an error, or a
+    reply it could not apply), None to fetch again at once.
+    """
+    lg = replica.log
+    if reply.error is not None:
+        err = reply.error
+        if isinstance(err, OffsetOutOfRangeError):
+            start = int(reply.fields.get("log_start_offset", 0))
+            if lg.log_end_offset < start:
+                log.info("%s: behind the leader's log start %d: starting over there", replica.name, start)
+                lg.truncate_fully_and_start_at(start)
+                replica.rebuild_producers()
+                return None
+        log.info("%s: fetch from %s failed: %s", replica.name, leader, err)
+        return RETRY_S
+    div = reply.fields.get("diverging")
+    if div is not None:
+        return _truncate_diverging(replica, div)
+    try:
+        for frame in reply.frames:
+            if _append_replicated(replica, frame.buffer if hasattr(frame, "buffer") else memoryview(frame)):
+                on_append()
+    except (SluiceError, OSError) as exc:  # a damaged transfer or a full disk: fetch again later
+        log.error("%s: cannot append what the leader sent: %s", replica.name, exc)
+        return STUCK_RETRY_S
+    replica.follower_hw = int(reply.fields.get("high_watermark", 0))
+    return None
+
+
+def _truncate_diverging(replica: FollowerReplica, div: dict[str, Any]) -> float | None:
+    """The leader's log diverges from ours at ``div`` = (epoch, end offset): truncate."""
+    lg = replica.log
+    epoch, end = int(div["epoch"]), int(div["end_offset"])
+    assert lg.leader_epochs is not None
+    # KIP-279: where our own log ends that epoch (or the latest one before it)
+    _, own_end = lg.leader_epochs.end_offset_for(epoch, lg.log_end_offset)
+    target = max(min(end, own_end), 0)
+    before = (lg.log_end_offset, lg.leader_epochs.latest_epoch)
+    log.warning("%s: log diverges from the leader at epoch %d: truncating to %d", replica.name, epoch, target)
+    lg.truncate_to(target)  # and the epochs that hold no record here
+    replica.rebuild_producers()
+    if (lg.log_end_offset, lg.leader_epochs.latest_epoch) == before:  # no progress: do not spin
+        log.error("%s: cannot reconcile with the leader (diverging %s); retrying in 1 s", replica.name, div)
+        return STUCK_RETRY_S
+    return None
+
+
+def _append_replicated(replica: FollowerReplica, data: memoryview) -> bool:
+    """Append the batches of one data frame that are not here yet (a reply crossing a
+    reconnect may repeat some). True if the frame held any batch."""
+    lg = replica.log
+    pos = 0
+    for h in iter_headers(data, verify_crc=True):
+        size = h.size
+        if h.base_offset >= lg.log_end_offset:
+            lg.append_replica(data[pos : pos + size])
+            replica.producers.update(h, h.base_offset)
+        pos += size
+    return pos > 0

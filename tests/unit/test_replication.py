@@ -1,4 +1,6 @@
-"""The leader's view of its followers (``LeaderState`` in appliance/replication.py).
+"""Replication (appliance/replication.py): the leader's view of its followers
+(``LeaderState``) and the follower's side, what it does with its leader's fetch
+replies (``apply_fetch_reply``, at the end).
 
 Driven with explicit clocks and offsets: the leader is node 1 (node epoch 10) with
 followers 2 and 3 (node epochs 20 and 30 in the ISR). ``on_fetch`` is a follower's
@@ -9,9 +11,19 @@ ISR to ask the controller for; ``update_assignment`` is the controller's state a
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
-from appliance.replication import ALTER_ISR_RETRY_S, LeaderState
+from appliance.log.log import Log
+from appliance.partition.replica import Replica
+from appliance.replication import ALTER_ISR_RETRY_S, RETRY_S, STUCK_RETRY_S, LeaderState, apply_fetch_reply
+from ipc.control import RoleCommand
+from ipc.errors import NotLeaderError, OffsetOutOfRangeError, SluiceError
+from ipc.protocol import Reply
+from ipc.records import decode_batches, encode_batch
+from ipc.shm import Role
 
 LAG = 10.0  # replica.lag.time.max.ms, in seconds
 FULL_ISR = {1: 10, 2: 20, 3: 30}
@@ -248,3 +260,122 @@ def test_a_proposed_follower_that_dies_does_not_hold_the_hw_forever(answered: bo
         lead.isr_change(300, LAG, float(t))
         lead.advance_high_watermark(300)
     assert lead.high_watermark == 300
+
+
+# ---- the follower's side: apply_fetch_reply ------------------------------------------------
+# A follower replica of t-0 over a real Log in tmp_path; the leader's replies are built
+# as the leader sends them (batches stamped with their offsets and leader epochs).
+
+LEADER = "tcp://leader:1"
+
+
+def follower(tmp_path: Path) -> Replica:
+    replica = Replica("t", 0, 2, Log.open(str(tmp_path / "t-0")))
+    replica.take_role(RoleCommand(Role.FOLLOWER, 2, LEADER), hw=0, now=0.0)
+    return replica
+
+
+def stamped(base_offset: int, epoch: int, *values: bytes, **kw: Any) -> bytes:
+    return encode_batch(list(values), base_offset=base_offset, leader_epoch=epoch, **kw)
+
+
+def data_reply(*batches: bytes, hw: int = 0) -> Reply:
+    return Reply(1, {"high_watermark": hw, "log_start_offset": 0}, [b"".join(batches)] if batches else [], None)
+
+
+def apply(replica: Replica, reply: Reply) -> tuple[float | None, int]:
+    """apply_fetch_reply's answer and how often it said records arrived."""
+    appended: list[int] = []
+    wait = apply_fetch_reply(replica, reply, LEADER, lambda: appended.append(1))
+    return wait, len(appended)
+
+
+def offsets_and_values(replica: Replica) -> list[tuple[int, bytes | None]]:
+    return [
+        (o, v)
+        for b in decode_batches(replica.log.read(replica.log.log_start_offset))
+        for o, v in zip(b.offsets, b.values, strict=True)
+    ]
+
+
+def test_the_follower_appends_the_leaders_batches_and_takes_its_hw(tmp_path: Path) -> None:
+    r = follower(tmp_path)
+    idem = {"producer_id": 7, "producer_epoch": 0, "base_sequence": 0}
+    assert apply(r, data_reply(stamped(0, 1, b"a", b"b", **idem), stamped(2, 2, b"c"), hw=2)) == (None, 1)
+    assert offsets_and_values(r) == [(0, b"a"), (1, b"b"), (2, b"c")]
+    assert r.follower_hw == 2 and r.high_watermark == 2
+    assert r.log.leader_epochs is not None and r.log.leader_epochs.latest_epoch == 2
+    entry = r.producers.get(7)
+    assert entry is not None and entry.last_offset == 1  # the producer state follows the log
+
+
+def test_the_follower_hw_is_capped_at_its_log_end(tmp_path: Path) -> None:
+    r = follower(tmp_path)
+    apply(r, data_reply(stamped(0, 1, b"a"), hw=10))
+    assert r.follower_hw == 10 and r.high_watermark == 1
+
+
+def test_batches_the_follower_has_already_are_skipped(tmp_path: Path) -> None:
+    r = follower(tmp_path)
+    apply(r, data_reply(stamped(0, 1, b"a")))
+    # a reply crossing a reconnect repeats offset 0
+    assert apply(r, data_reply(stamped(0, 1, b"a"), stamped(1, 1, b"b"), hw=2)) == (None, 1)
+    assert offsets_and_values(r) == [(0, b"a"), (1, b"b")]
+
+
+def test_an_empty_reply_only_moves_the_hw(tmp_path: Path) -> None:
+    r = follower(tmp_path)
+    apply(r, data_reply(stamped(0, 1, b"a")))
+    assert apply(r, data_reply(hw=1)) == (None, 0)
+    assert r.follower_hw == 1
+
+
+def test_a_diverging_reply_truncates_to_where_the_epoch_ends_here(tmp_path: Path) -> None:
+    r = follower(tmp_path)
+    idem = {"producer_id": 7, "producer_epoch": 0, "base_sequence": 0}
+    apply(r, data_reply(stamped(0, 1, b"a", b"b"), stamped(2, 2, b"x", b"y", b"z", **idem), hw=1))
+    # the leader never had epoch 2 here: its epoch 1 ended at offset 4 (after other records)
+    div = Reply(1, {"diverging": {"epoch": 1, "end_offset": 4}, "high_watermark": 1}, [], None)
+    assert apply(r, div) == (None, 0)
+    assert r.log.log_end_offset == 2  # where our own epoch 1 ends
+    assert r.log.leader_epochs is not None and r.log.leader_epochs.latest_epoch == 1
+    assert r.producers.get(7) is None  # rebuilt: its batch is gone
+    assert r.follower_hw == 1  # a divergence does not move the hw
+
+
+def test_a_diverging_reply_that_changes_nothing_waits_before_the_next_fetch(tmp_path: Path) -> None:
+    r = follower(tmp_path)
+    apply(r, data_reply(stamped(0, 1, b"a", b"b")))
+    div = Reply(1, {"diverging": {"epoch": 1, "end_offset": 5}}, [], None)
+    assert apply(r, div) == (STUCK_RETRY_S, 0)
+    assert r.log.log_end_offset == 2
+
+
+def test_behind_the_leaders_log_start_the_follower_starts_over_there(tmp_path: Path) -> None:
+    r = follower(tmp_path)
+    apply(r, data_reply(stamped(0, 1, b"a", b"b")))
+    gone = Reply(1, {"log_start_offset": 50}, [], OffsetOutOfRangeError("offset 2 is outside the log [50, 80]"))
+    assert apply(r, gone) == (None, 0)
+    assert (r.log.log_start_offset, r.log.log_end_offset) == (50, 50)
+
+
+def test_out_of_range_above_the_leaders_log_start_is_retried(tmp_path: Path) -> None:
+    r = follower(tmp_path)
+    apply(r, data_reply(stamped(0, 1, b"a", b"b")))
+    err = Reply(1, {"log_start_offset": 1}, [], OffsetOutOfRangeError("offset 2 is outside the log [1, 1]"))
+    assert apply(r, err) == (RETRY_S, 0)
+    assert r.log.log_end_offset == 2
+
+
+@pytest.mark.parametrize("error", [NotLeaderError("t-0: not the leader"), SluiceError("boom")])
+def test_an_error_reply_is_retried_soon(tmp_path: Path, error: SluiceError) -> None:
+    r = follower(tmp_path)
+    assert apply(r, Reply(1, {}, [], error)) == (RETRY_S, 0)
+
+
+def test_a_damaged_transfer_is_not_appended_and_waits(tmp_path: Path) -> None:
+    r = follower(tmp_path)
+    bad = bytearray(stamped(0, 1, b"a"))
+    bad[-1] ^= 0xFF
+    assert apply(r, data_reply(bytes(bad), hw=1)) == (STUCK_RETRY_S, 0)
+    assert r.log.log_end_offset == 0 and r.follower_hw == 0
