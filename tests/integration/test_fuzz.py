@@ -48,6 +48,7 @@ import zmq
 import zstandard
 
 from appliance.log.log import RECOVERY_POINT_FILE
+from appliance.partition.replica import HW_CHECKPOINT_FILE
 from ipc.errors import (
     CorruptRecordError,
     InvalidConfigError,
@@ -964,10 +965,12 @@ def wait_status(node: Node, topic: str, partition: int, log_end_offset: int) -> 
 
 
 def partition_files(node: Node, topic: str, partition: int) -> dict[str, bytes]:
-    """Every file of the partition but the recovery-point checkpoint, which the worker
-    rewrites every 10 s with how far the log is flushed (not what it holds)."""
+    """Every file of the partition but the two checkpoints the worker rewrites on its own
+    schedule: the recovery point (every 10 s, how far the log is flushed) and the high
+    watermark (every 5 s once it moved); neither is what the log holds."""
     directory = Path(node.data_dir) / f"{topic}-{partition}"
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.name != RECOVERY_POINT_FILE}
+    skip = (RECOVERY_POINT_FILE, HW_CHECKPOINT_FILE)
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.name not in skip}
 
 
 def processes(node: Node) -> dict[str, Any]:
