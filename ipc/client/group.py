@@ -55,9 +55,9 @@ class CommitFailedError(SluiceError):
 
 
 # answers after which the coordinator must be found again
-COORDINATOR_MOVED = frozenset({NotCoordinatorError.code, CoordinatorNotAvailableError.code})
+COORDINATOR_MOVED: tuple[type[SluiceError], ...] = (NotCoordinatorError, CoordinatorNotAvailableError)
 # answers after which the same coordinator is asked again
-COORDINATOR_BUSY = frozenset({CoordinatorLoadInProgressError.code})
+COORDINATOR_BUSY: tuple[type[SluiceError], ...] = (CoordinatorLoadInProgressError,)
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 1.0
 FIND_TIMEOUT_S = 5.0  # one find_coordinator (through the bootstrap nodes, failing over between them)
@@ -139,30 +139,13 @@ class CoordinatorLink:
             self._on_forget()
 
     def _channel(self, endpoint: str) -> Channel:
+        """The coordinator's channel, watched from the start (an event is reported once)
+        for drops and failed connection attempts (``Channel.watch_disconnects``)."""
         ch = self.channels.get(endpoint)
         if ch is None:
             ch = self.channels[endpoint] = Channel(self.ctx, endpoint, self.zmq)
-            self._watch(ch)
+            ch.watch_disconnects()
         return ch
-
-    def _watch(self, ch: Channel) -> None:
-        """Monitor the channel from the start (an event is reported once): drops, and failed
-        connection attempts (``Channel.watch_disconnects`` watches drops only)."""
-        if ch.monitor is None:
-            ch.monitor = ch.sock.get_monitor_socket(self.zmq.EVENT_DISCONNECTED | self.zmq.EVENT_CONNECT_RETRIED)
-
-    def _unreachable(self, ch: Channel) -> bool:
-        """Drain the monitor; True if the connection dropped or an attempt to connect failed."""
-        mask = self.zmq.EVENT_DISCONNECTED | self.zmq.EVENT_CONNECT_RETRIED
-        seen = False
-        for _ in range(1000):
-            try:
-                frames = ch.monitor.recv_multipart(flags=self.zmq.NOBLOCK)
-            except self.zmq.Again:
-                break
-            if frames and len(frames[0]) >= 2 and int.from_bytes(frames[0][:2], "little") & mask:
-                seen = True
-        return seen
 
     def _backoff(self, delay: float, until: float) -> bool:
         """Wait ``delay`` (with jitter) if that ends before ``until``; False to stop retrying."""
@@ -198,10 +181,10 @@ class CoordinatorLink:
                 self.forget(group)
                 raise
             err = reply.error
-            if err is None or err.code not in COORDINATOR_MOVED | COORDINATOR_BUSY:
+            if err is None or not isinstance(err, COORDINATOR_MOVED + COORDINATOR_BUSY):
                 return reply
             last = reply
-            if err.code in COORDINATOR_MOVED:
+            if isinstance(err, COORDINATOR_MOVED):
                 log.info("group %s: %s from %s; finding the coordinator again", group, err.code, endpoint)
                 self.forget(group)
             if not self._backoff(delay, retry_until):
@@ -212,7 +195,7 @@ class CoordinatorLink:
         return last
 
     def _exchange(self, ch: Channel, api: str, deadline: float, **fields: Any) -> Reply:
-        if self._unreachable(ch):  # since the last request: the node may be gone
+        if ch.disconnected():  # since the last request: the node may be gone
             raise _Disconnected()
         cid = ch.send(api, **fields)
         poller = self.zmq.Poller()
@@ -222,14 +205,14 @@ class CoordinatorLink:
             left = deadline - time.monotonic()
             if left <= 0:
                 ch.reset()  # drop the queued request so it is not delivered late
-                self._watch(ch)
+                ch.watch_disconnects()
                 raise RequestTimedOutError(f"no reply to {api} from {ch.endpoint} in time")
             events = dict(poller.poll(left * 1000 + 1))
             if ch.sock in events:
                 for reply in ch.replies():
                     if reply.id == cid:
                         return reply
-            if ch.monitor in events and self._unreachable(ch):
+            if ch.monitor in events and ch.disconnected():
                 raise _Disconnected()  # the caller forgets the coordinator (and closes the channel)
 
     def close(self) -> None:

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from ipc.client.transport import BootstrapChannel
-from ipc.errors import SluiceError, error_for_code
+from ipc.errors import SluiceError, UnknownTopicOrPartitionError, error_for_code
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +81,7 @@ class ClusterMetadata:
             md = self.refresh([topic], max(0.1, deadline - time.monotonic())).get(topic)
             err: SluiceError | None = None
             if md is None:
-                err = error_for_code("UNKNOWN_TOPIC_OR_PARTITION", f"no metadata for topic {topic!r}")
+                err = UnknownTopicOrPartitionError(f"no metadata for topic {topic!r}")
             elif md.error is not None:
                 err = md.error
             elif need_leaders:
