@@ -93,10 +93,10 @@ class NodeView(Protocol):
     def ctx(self) -> zmq.Context[Any]: ...  # for the sockets a component opens (never across a fork)
 
     @property
-    def poller(self) -> zmq.Poller: ...
+    def poller(self) -> zmq.Poller: ...  # the node loop's poller: a component's sockets are polled with it
 
     @property
-    def front(self) -> zmq.Socket[Any]: ...  # the front endpoint's ROUTER: the front answers on it  # the node loop's poller: a component's sockets are polled with it
+    def front(self) -> zmq.Socket[Any]: ...  # the front endpoint's ROUTER: the front answers on it
 
     @property
     def isr_shrinks(self) -> int: ...

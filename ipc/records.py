@@ -38,6 +38,10 @@ The body (compressed as a whole when bits 0-2 are not 0) is a set of int32 colum
 A header block is a sequence of ``u16 key length, key (UTF-8), i32 value length (-1 for
 None), value``. Encoding and decoding work on whole columns (``array``, ``memoryview``,
 ``bytes.join``, ``itertools.accumulate``); nothing loops per byte in Python.
+
+Why one module of about 630 lines: the header layout, the columnar body, the CRC and
+compression are one byte format used on the wire, on disk and by the client; encode,
+decode and validate must agree byte for byte, so they live beside the layout they implement.
 """
 
 from __future__ import annotations

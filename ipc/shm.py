@@ -95,6 +95,10 @@ it owns that slot's status block again and may :meth:`StatusTable.reset_status` 
 
 The status block is only meaningful while ``status.pid == control.worker_pid``; a
 different pid means it still holds what the previous worker of the slot wrote.
+
+Why one module of about 620 lines: the byte layout, the single-writer rule and the
+seqlock protocol are one contract, read and written only here; the table, its writer
+and its readers must agree byte for byte, so they stay together.
 """
 
 from __future__ import annotations

@@ -3,7 +3,14 @@
 ``Log.open`` recovers the directory (see ``docs/storage.md``); ``append`` validates a
 producer's batch (unless its caller did and passes the header), stamps base offset and
 leader epoch and writes it; ``read`` returns whole batches sliced from the segment
-files. Durability follows ``LogConfig.fsync``.
+files. Durability follows ``LogConfig.fsync``; ``reconfigure`` takes a live change of
+the topic's configuration.
+
+At about 530 lines this module is longer than the house's 500: it is the one class
+behind a partition's storage, and every method keeps the same invariants (the segment
+list and its base offsets, the log start offset, the recovery point); retention and
+truncation are a few lines each on top of those, and splitting them out would spread
+the invariants over modules.
 """
 
 from __future__ import annotations
@@ -205,6 +212,11 @@ class Log:
         for seg in self.segments:
             seg.close()
         self.segments = []
+
+    def reconfigure(self, config: LogConfig) -> None:
+        """A live change of the topic's configuration: later appends, rolls, flushes,
+        retention and compaction follow it."""
+        self.config = config
 
     # ---- offsets --------------------------------------------------------------------
     @property

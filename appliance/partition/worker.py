@@ -398,7 +398,7 @@ class PartitionWorker:
                 return
             elif isinstance(cmd, ConfigCommand):
                 try:
-                    self.log.config = LogConfig.from_options(cmd.options)
+                    self.log.reconfigure(LogConfig.from_options(cmd.options))
                     log.info("%s: topic configuration now %s", self.name, cmd.options)
                 except SluiceError as exc:
                     log.error("%s: refused configuration: %s", self.name, exc)
