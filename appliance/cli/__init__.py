@@ -1,0 +1,88 @@
+"""The ``sluice`` command line.
+
+    sluice serve [--config FILE] [--data-dir DIR] [--listen tcp://HOST:PORT]
+                 [--metrics-listen HOST:PORT] [--node-id N] [--advertised-listen tcp://HOST:PORT]
+                 [--coordinator local|zookeeper://HOST:PORT[,...]/PATH]
+    sluice topics create|list|describe|alter|delete ...
+    sluice produce TOPIC [--key-separator SEP] [--acks 0|1|all]
+    sluice consume TOPIC [--from-beginning] [--partition P] [--offset N] [--max-messages N]
+                         [--timeout-ms MS] [--print-key] [--print-offset]
+    sluice status [--config FILE] [--data-dir DIR] [--json]
+    sluice cluster status [--json] | reassign TOPIC --replicas 1,2,3 [--partition P]
+    sluice perf produce|consume|e2e|pipe|memory ...   (loadtest/perf.py)
+
+``--bootstrap`` (or ``$SLUICE_BOOTSTRAP``) names the node for client commands. Errors
+are one line on stderr and a non-zero exit status, never a traceback.
+
+This module is the entry point (``python -m appliance.cli`` and the ``sluice`` console
+script): it parses the arguments (``parser.py``), runs the command and turns its errors
+into exit statuses. Each command group lives in a module of its own:
+
+- ``node.py``: ``serve`` and ``status``, the node on this host (no network client);
+- ``topics.py``, ``groups.py``, ``cluster.py``: the admin commands (an ``Admin`` client);
+- ``records.py``: ``produce`` and ``consume``, records through stdin and stdout;
+- ``common.py``: ``CliError`` and what the commands share;
+- ``perf`` is ``loadtest/perf.py``.
+
+Importing this package (or building the parser) loads only argparse and the command
+modules, which import the client, zmq and the node only when their command runs: ``serve``
+must prepare prometheus_client's multiprocess directory before anything imports it
+(``appliance/cli/node.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from appliance.cli.cluster import cmd_cluster
+from appliance.cli.common import EXIT_ERROR, CliError
+from appliance.cli.groups import cmd_groups
+from appliance.cli.node import cmd_serve, cmd_status
+from appliance.cli.parser import build_parser
+from appliance.cli.records import cmd_consume, cmd_produce
+from appliance.cli.topics import cmd_topics
+
+__all__ = ["COMMANDS", "main"]
+
+
+def cmd_perf(a: argparse.Namespace) -> int:
+    from loadtest.perf import run
+
+    return run(a)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "serve": cmd_serve,
+    "topics": cmd_topics,
+    "produce": cmd_produce,
+    "consume": cmd_consume,
+    "status": cmd_status,
+    "groups": cmd_groups,
+    "cluster": cmd_cluster,
+    "perf": cmd_perf,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    import zmq
+
+    from ipc.errors import SluiceError
+
+    try:
+        return COMMANDS[a.command](a)
+    except (CliError, SluiceError, ValueError, TypeError) as exc:
+        print(f"sluice {a.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # e.g. `sluice consume ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
+    except (OSError, zmq.ZMQError) as exc:  # an address in use, a directory not writable
+        print(f"sluice {a.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
