@@ -120,6 +120,14 @@ class PartitionWorker:
         log.info("%s: %s -> %s", self.name, self.state.value, new.value)
         self.state = new
 
+    def on_signals(self, signums: list[int]) -> None:
+        """SIGTERM stops a serving worker. A second one (its process group's and then its
+        supervisor's, both during one shutdown) changes nothing."""
+        for signum in signums:
+            if signum == signal.SIGTERM and self.state is WorkerState.SERVING:
+                log.info("%s: SIGTERM", self.name)
+                self._set_state(WorkerState.STOPPING)
+
     # ---- start-up -------------------------------------------------------------------
     def _bind(self) -> None:
         host = self.spec.listen_host
@@ -185,10 +193,7 @@ class PartitionWorker:
             if events:
                 next_tick = min(next_tick, self.clock() + tick_s)  # busy again: the short tick
             if signals.fileno() in events or signals.pending:
-                for signum in signals.drain():
-                    if signum == signal.SIGTERM:
-                        log.info("%s: SIGTERM", self.name)
-                        self._set_state(WorkerState.STOPPING)
+                self.on_signals(signals.drain())
             if self.state is not WorkerState.SERVING:
                 self._answer_queued()
                 break
