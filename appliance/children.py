@@ -43,6 +43,11 @@ import zmq
 
 log = logging.getLogger(__name__)
 
+# A gap this long between two checks means the node's own loop was not scheduled (the
+# node paused with SIGSTOP, a long VM steal): its children were paused with it, so their
+# heartbeats are as old as the gap. Judging them then would kill every one as hung.
+PAUSE_S = 1.0
+
 
 class ChildState(enum.Enum):
     STARTING = "starting"  # forked, not ready yet (a worker recovering its log)
@@ -127,6 +132,7 @@ class Children:
         self.clock = clock
         self.kill = kill
         self._sentinels: dict[int, Child] = {}
+        self._last_check: float | None = None
 
     # ---- state ------------------------------------------------------------------------
     def set_state(self, child: Child, new: ChildState) -> None:
@@ -213,7 +219,16 @@ class Children:
     # ---- the tick -------------------------------------------------------------------------
     def check(self, children: list[Child], now: float, restart: bool, stop_deadline: float | None) -> None:
         """Restart due children (if ``restart``); kill hung ones (no heartbeat, not ready
-        in time) so they are restarted; kill those still stopping after ``stop_deadline``."""
+        in time) so they are restarted; kill those still stopping after ``stop_deadline``.
+        After a pause of the node itself (``PAUSE_S`` between two checks) every child first
+        gets a full new heartbeat timeout (pitfalls.md, item 15)."""
+        if self._last_check is not None and now - self._last_check > PAUSE_S:
+            log.warning(
+                "the node's loop was not scheduled for %.1f s (paused?): its children get a full heartbeat timeout",
+                now - self._last_check,
+            )
+            self.grant_beat(children, now)
+        self._last_check = now
         for child in children:
             settings = child.spec.settings()
             if child.state is ChildState.BACKOFF and now >= child.next_start and restart:

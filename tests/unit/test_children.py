@@ -198,3 +198,20 @@ def test_stopping_a_child_that_does_not_run_forgets_it_at_once(keeper: Any) -> N
     _exit(children, poller, 1)
     children.stop(child)  # in backoff: nothing to signal
     assert kills == [] and owner.log[-1] == ("stopped", "c")
+
+
+def test_a_pause_of_the_node_itself_is_not_taken_for_hung_children(keeper: Any) -> None:
+    """SIGSTOP/SIGCONT of the whole node: its loop's clock jumps, the children's last
+    heartbeats are as old as the pause; they get a full new timeout, then are judged."""
+    children, child, clock, owner, kills, beats, _, _ = keeper
+    children.start(child)
+    children.serving(child)
+    beats["beat"] = clock.now
+    children.check([child], clock.now + 0.1, restart=True, stop_deadline=None)
+    children.check([child], clock.now + 30.0, restart=True, stop_deadline=None)  # paused 30 s
+    assert kills == []
+    children.check([child], clock.now + 31.0, restart=True, stop_deadline=None)
+    assert kills == []  # within the new timeout (2 s)
+    for t in (31.5, 32.0, 32.1):  # the loop runs again (no jump), and the child stays silent
+        children.check([child], clock.now + t, restart=True, stop_deadline=None)
+    assert kills == [(10_000, signal.SIGKILL)]
