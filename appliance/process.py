@@ -8,6 +8,8 @@ import os
 import signal
 import socket
 import sys
+import time
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +76,41 @@ class SignalPipe:
         self.wsock.close()
 
 
+class RepeatFilter(logging.Filter):
+    """Rate-limits identical log lines: the first goes out; the same line (same logger,
+    level and text) again within ``window_s`` is only counted, and the first one after
+    the window says how often it was held back: ``... (repeated 97 times in 20 s)``.
+    A node cut off from its peers would otherwise log the same warning every 200 ms."""
+
+    def __init__(self, window_s: float = 10.0, clock: Callable[[], float] = time.monotonic, max_lines: int = 1000):
+        super().__init__()
+        self.window_s = window_s
+        self.clock = clock
+        self.max_lines = max_lines
+        self._seen: dict[tuple[str, int, str], list[float]] = {}  # line -> [window start, held back]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        key = (record.name, record.levelno, text)
+        now = self.clock()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.window_s:
+            seen[1] += 1
+            return False
+        if seen is not None and seen[1]:
+            record.msg, record.args = f"{text} (repeated {int(seen[1])} times in {now - seen[0]:.0f} s)", None
+        if len(self._seen) >= self.max_lines:
+            self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.window_s}
+        self._seen[key] = [now, 0]
+        return True
+
+
 def setup_logging(level: str) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(RepeatFilter())
     root.addHandler(handler)
     root.setLevel(level.upper())
