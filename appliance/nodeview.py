@@ -50,6 +50,9 @@ class ReplicaView(Protocol):
     def slot(self) -> int: ...  # in the shared-memory status table
 
     @property
+    def endpoint(self) -> str: ...  # where its worker serves, once ready ("" before)
+
+    @property
     def state(self) -> ChildState: ...
 
     @property

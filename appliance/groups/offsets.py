@@ -148,15 +148,13 @@ class OffsetStore:
 
     # ---- sockets ------------------------------------------------------------------------------
     def _own_leader_endpoint(self, partition: int) -> str | None:
-        """This node's serving worker of a __consumer_offsets partition this node leads
-        (its endpoint as this node published it)."""
+        """This node's serving worker of a __consumer_offsets partition this node leads."""
         if partition not in self.led:
             return None
         r = self.node.replica(OFFSETS_TOPIC, partition)
-        if r is None or r.state is not ChildState.SERVING:
+        if r is None or r.state is not ChildState.SERVING or not r.endpoint:
             return None
-        mine = self.node.coordinator.endpoints().get(self.node.config.node_id, {})
-        return mine.get(f"{OFFSETS_TOPIC}/{partition}") or None
+        return r.endpoint
 
     def _channel(self, endpoint: str) -> Channel:
         if self.channels is None:

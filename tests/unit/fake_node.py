@@ -37,6 +37,7 @@ class FakeReplica:
     topic: str
     partition: int
     slot: int
+    endpoint: str = ""
     state: ChildState = ChildState.STARTING
     pid: int = 0
     restarts: int = 0
@@ -130,7 +131,7 @@ class FakeNode:
         st = self.coordinator.topics()[topic].partitions[partition]
         r.state = ChildState.SERVING
         r.role = RoleCommand(Role.LEADER, st.leader_epoch, replicas=tuple(st.replicas))
-        endpoint = f"tcp://127.0.0.1:{next(self._ports)}"
+        endpoint = r.endpoint = f"tcp://127.0.0.1:{next(self._ports)}"
         mine = self.coordinator.endpoints().get(self.config.node_id, {})
         self.coordinator.publish_endpoints({**mine, f"{topic}/{partition}": endpoint})
         return endpoint
