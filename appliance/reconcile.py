@@ -5,7 +5,9 @@ which configuration, and where their endpoints are.
 (topics, partition states, node registrations), runs the controller's pass, starts the
 replicas assigned to this node and stops the others (a deleted topic's, or one deleted
 and created again), sends each serving worker its role and its topic's configuration
-when they changed, and publishes this node's endpoints. It is the only sender of
+when they changed, and publishes this node's endpoints. A leader replica that cannot serve (its worker
+offline after a crash loop, or reporting a storage error such as a full disk) resigns
+its leadership when another in-sync replica can take it. It is the only sender of
 ``RoleCommand``, ``ConfigCommand`` and ``NodeOptionsCommand``: a reload changes the node's configuration and
 asks for a reconcile. A leader's request for a new ISR goes to the controller, here or
 on the node that holds it.
@@ -176,10 +178,12 @@ class Reconciler:
                     log.error("%s-%d: cannot start a replica: %s", topic, p, exc)
                 continue
             r = found
-            if r.state is ChildState.OFFLINE and st.leader == cfg.node_id and len(st.isr) > 1:
-                # it cannot serve until the node restarts: let an in-sync replica lead
+            if st.leader == cfg.node_id and len(st.isr) > 1 and (r.state is ChildState.OFFLINE or r.storage_error):
+                # it cannot serve (until the node restarts, or until its disk takes writes
+                # again): let an in-sync replica lead
                 others = {n: e for n, e in st.isr_epochs.items() if n != cfg.node_id and n in st.isr}
-                log.warning("%s: offline while leading; resigning the leadership", r.name)
+                why = "offline" if r.state is ChildState.OFFLINE else "storage error (disk full?)"
+                log.warning("%s: %s while leading; resigning the leadership", r.name, why)
                 self.alter_isr(r, st.leader_epoch, others, resign=True)
             if r.state is not ChildState.SERVING:
                 continue

@@ -57,7 +57,15 @@ _SLOT_STATE = {
 class Replica:
     """One partition replica on this node (implements ``nodeview.ReplicaView``)."""
 
-    def __init__(self, topic: str, partition: int, slot: int, spec: Callable[[Replica], ChildSpec]) -> None:
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        slot: int,
+        spec: Callable[[Replica], ChildSpec],
+        table: StatusTable | None = None,
+    ) -> None:
+        self.table = table  # to read its worker's status block (storage_error)
         self.topic = topic
         self.partition = partition
         self.slot = slot
@@ -90,6 +98,15 @@ class Replica:
     @property
     def killed_at(self) -> float:
         return self.child.killed_at
+
+    @property
+    def storage_error(self) -> bool:
+        """Its serving worker reports that the partition's directory refuses writes (a
+        full disk, an I/O error: ``appliance/partition/storage.py``)."""
+        if self.table is None or self.state is not ChildState.SERVING or not self.pid:
+            return False
+        st = self.table.read_status_or_none(self.slot)
+        return st is not None and st.pid == self.pid and st.storage_error
 
 
 class WorkerEvents(Protocol):
@@ -201,7 +218,7 @@ class PartitionWorkers:
             raise SluiceError(
                 f"no free slot for {topic}-{partition}: max_partitions={self.config.max_partitions} reached"
             )
-        r = Replica(topic, partition, slot, self._child_spec)
+        r = Replica(topic, partition, slot, self._child_spec, self.table)
         self.replicas[(topic, partition)] = r
         self._by_child[id(r.child)] = r
         try:

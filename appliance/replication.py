@@ -24,8 +24,10 @@ CRC kept) and take the leader's high watermark. ``diverging``: truncate to where
 own log ends that epoch (or the latest before it) and rebuild the producer state.
 ``OFFSET_OUT_OF_RANGE`` while its log ends below the leader's log start (retention
 removed what it lacks): start over, empty, at the leader's log start offset. It
-changes only the replica's log, producer state and follower high watermark
-(``FollowerReplica``), so it is tested without sockets.
+changes only the replica's log, producer state, follower high watermark and storage
+condition (``FollowerReplica``), so it is tested without sockets. An append that fails
+(a full disk) marks the storage condition failed and the fetch is retried after
+``STUCK_RETRY_S``; the first append that succeeds again clears it.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import zmq
 
 from appliance.log.log import Log
 from appliance.log.producers import ProducerStateTable
+from appliance.partition.storage import StorageCondition
 from ipc import sockets
 from ipc.errors import OffsetOutOfRangeError, SluiceError
 from ipc.protocol import Reply, encode_request, parse_reply
@@ -254,6 +257,7 @@ class FollowerReplica(Protocol):
     log: Log
     producers: ProducerStateTable
     follower_hw: int  # the leader's high watermark in its last reply
+    storage: StorageCondition  # whether its directory takes writes
 
     def rebuild_producers(self) -> None: ...
 
@@ -283,13 +287,21 @@ def apply_fetch_reply(
     div = reply.fields.get("diverging")
     if div is not None:
         return _truncate_diverging(replica, div)
+    appended = False
     try:
         for frame in reply.frames:
             if _append_replicated(replica, frame.buffer if hasattr(frame, "buffer") else memoryview(frame)):
+                appended = True
                 on_append()
-    except (SluiceError, OSError) as exc:  # a damaged transfer or a full disk: fetch again later
+    except OSError as exc:  # a full disk: its storage condition says so; fetch again later
+        replica.storage.fail(exc)
         log.error("%s: cannot append what the leader sent: %s", replica.name, exc)
         return STUCK_RETRY_S
+    except SluiceError as exc:  # a damaged transfer: fetch again later
+        log.error("%s: cannot append what the leader sent: %s", replica.name, exc)
+        return STUCK_RETRY_S
+    if appended:
+        replica.storage.ok()  # the disk takes writes again
     replica.follower_hw = int(reply.fields.get("high_watermark", 0))
     return None
 
@@ -304,8 +316,10 @@ def _truncate_diverging(replica: FollowerReplica, div: dict[str, Any]) -> float 
     target = max(min(end, own_end), 0)
     before = (lg.log_end_offset, lg.leader_epochs.latest_epoch)
     log.warning("%s: log diverges from the leader at epoch %d: truncating to %d", replica.name, epoch, target)
-    lg.truncate_to(target)  # and the epochs that hold no record here
-    replica.rebuild_producers()
+    try:
+        lg.truncate_to(target)  # and the epochs that hold no record here
+    finally:
+        replica.rebuild_producers()  # the batches now in the log, also after a failure
     if (lg.log_end_offset, lg.leader_epochs.latest_epoch) == before:  # no progress: do not spin
         log.error("%s: cannot reconcile with the leader (diverging %s); retrying in 1 s", replica.name, div)
         return STUCK_RETRY_S

@@ -2,6 +2,11 @@
 
 Used by ``sluice status`` (reading the table directly, so it works even when the
 supervisor is busy) and by the front endpoint's ``status`` API.
+
+A serving worker whose partition directory refuses writes (a full disk, an I/O error:
+``appliance/partition/storage.py``) shows the state ``disk_error`` instead of
+``serving``, with ``storage_errno`` (28: ENOSPC) and ``storage_error_since``; it still
+serves reads, and ``slot_state`` keeps the supervisor's view (``serving``).
 """
 
 from __future__ import annotations
@@ -21,12 +26,19 @@ def table_status(table: StatusTable) -> dict[str, Any]:
         if ctl.state is SlotState.FREE:
             continue
         st = table.read_status_or_none(slot) or WorkerStatus()
+        slot_state = ctl.state.name.lower()
+        # the status block is the running worker's only while it carries its pid
+        storage_error = st.storage_error and st.pid == ctl.worker_pid != 0
         parts.append(
             {
                 "topic": ctl.topic,
                 "partition": ctl.partition,
                 "slot": slot,
-                "state": ctl.state.name.lower(),
+                "state": "disk_error" if storage_error and ctl.state is SlotState.SERVING else slot_state,
+                "slot_state": slot_state,
+                "storage_error": storage_error,
+                "storage_errno": st.storage_errno if storage_error else 0,
+                "storage_error_since": st.storage_error_since if storage_error else None,
                 "role": ctl.role.name.lower(),
                 "pid": ctl.worker_pid,
                 "restarts": ctl.restarts,

@@ -31,6 +31,12 @@ A partition is stuck beyond recovery when
 A crash that is being recovered (``backoff``, ``starting``) is healthy. When the pings
 stop, systemd kills the node after ``WatchdogSec`` and ``Restart=on-failure`` starts it
 again, which is the one recovery left: a node restart resets the crash loop.
+
+A partition whose directory refuses writes (a full disk, an I/O error; the worker's
+``storage_error``, ``appliance/partition/storage.py``) makes the node *unhealthy* for
+``/healthz`` (503, with the partitions named) and ``sluice_node_healthy``, but not for
+the watchdog (``Health.restart_would_help`` is what READY=1 and the pings follow): a
+restart frees no disk space, and the worker recovers by itself once there is some.
 """
 
 from __future__ import annotations
@@ -126,6 +132,9 @@ class ReplicaView(Protocol):
     @property
     def killed_at(self) -> float: ...
 
+    # optional: ``storage_error`` (bool), true while the worker reports that its
+    # directory refuses writes (``appliance.replicas.Replica.storage_error``)
+
 
 @dataclasses.dataclass(frozen=True)
 class Health:
@@ -136,9 +145,17 @@ class Health:
     stopping: int = 0
     offline: tuple[str, ...] = ()
     stuck: tuple[str, ...] = ()  # "t-0 (worker 123 alive 7.0 s after SIGKILL)"
+    storage_errors: tuple[str, ...] = ()  # serving, but their directory refuses writes
 
     @property
     def healthy(self) -> bool:
+        """What ``/healthz`` and ``sluice_node_healthy`` say: nothing needs an operator."""
+        return self.restart_would_help and not self.storage_errors
+
+    @property
+    def restart_would_help(self) -> bool:
+        """What the watchdog acts on: no partition stuck beyond what a node restart fixes
+        (a full disk is not: the partition recovers by itself once there is space)."""
         return not self.offline and not self.stuck
 
     @property
@@ -151,6 +168,8 @@ class Health:
             parts.append("offline after repeated crashes: " + ", ".join(self.offline))
         if self.stuck:
             parts.append("not dying after SIGKILL: " + ", ".join(self.stuck))
+        if self.storage_errors:
+            parts.append("storage errors (disk full?), writes refused: " + ", ".join(self.storage_errors))
         return "; ".join(parts)
 
 
@@ -159,11 +178,14 @@ def assess(replicas: Iterable[ReplicaView], now: float, kill_grace_s: float = KI
     total = serving = starting = restarting = stopping = 0
     offline: list[str] = []
     stuck: list[str] = []
+    storage: list[str] = []
     for r in replicas:
         total += 1
         state = r.state
         if state is ChildState.SERVING:
             serving += 1
+            if getattr(r, "storage_error", False):
+                storage.append(r.name)
         elif state is ChildState.STARTING:
             starting += 1
         elif state is ChildState.BACKOFF:
@@ -174,7 +196,9 @@ def assess(replicas: Iterable[ReplicaView], now: float, kill_grace_s: float = KI
             offline.append(r.name)
         if r.killed_at and r.pid and now - r.killed_at > kill_grace_s:
             stuck.append(f"{r.name} (worker {r.pid} alive {now - r.killed_at:.1f} s after SIGKILL)")
-    return Health(total, serving, starting, restarting, stopping, tuple(sorted(offline)), tuple(stuck))
+    return Health(
+        total, serving, starting, restarting, stopping, tuple(sorted(offline)), tuple(stuck), tuple(sorted(storage))
+    )
 
 
 def status_line(health: Health, ready: bool, stopping: bool, listen: str) -> str:
@@ -189,6 +213,8 @@ def status_line(health: Health, ready: bool, stopping: bool, listen: str) -> str
         extra.append(f"{h.restarting} restarting")
     if h.offline:
         extra.append(f"{len(h.offline)} offline")
+    if h.storage_errors:
+        extra.append(f"{len(h.storage_errors)} with storage errors")
     detail = f" ({', '.join(extra)})" if extra else ""
     if not ready:
         text = f"recovering {h.total - h.serving} of {h.total} partitions{detail}"
@@ -196,8 +222,10 @@ def status_line(health: Health, ready: bool, stopping: bool, listen: str) -> str
         text = f"serving {h.total} partitions on {listen}"
     else:
         text = f"serving {h.serving} of {h.total} partitions on {listen}{detail}"
-    if not h.healthy:
+    if not h.restart_would_help:
         text = f"UNHEALTHY, watchdog pings stopped: {h.problems()}; {text}"
+    elif not h.healthy:
+        text = f"DEGRADED: {h.problems()}; {text}"
     return text
 
 
@@ -278,9 +306,9 @@ class ServiceNotifier:
         if stopping:
             self.status(status_line(health, self.ready, True, listen))
             return health
-        if health.healthy != self._pinging:
-            self._pinging = health.healthy
-            if not health.healthy:
+        if health.restart_would_help != self._pinging:
+            self._pinging = health.restart_would_help
+            if not health.restart_would_help:
                 log.error(
                     "node unhealthy: %s; %s",
                     health.problems(),
@@ -290,7 +318,7 @@ class ServiceNotifier:
                 )
             else:
                 log.info("node healthy again; watchdog pings resume")
-        if not self.ready and health.all_serving and health.healthy:
+        if not self.ready and health.all_serving and health.restart_would_help:
             self.ready = True
             text = status_line(health, True, False, listen)
             self._last_status = "; ".join([text, *self.notes.values()])
@@ -298,7 +326,7 @@ class ServiceNotifier:
             log.info("ready: %s", text)
         else:
             self.status(status_line(health, self.ready, False, listen))
-        if not health.healthy:
+        if not health.restart_would_help:
             return health
         if self.watchdog_interval and now >= self._next_ping:
             self.notifier.send(WATCHDOG=1)

@@ -55,7 +55,7 @@ supervisor:
     41      249   bytes  topic             ASCII [a-zA-Z0-9._-], zero-padded
     290     30    pad    -
 
-Status block (STATUS_OFFSET = 320, STATUS_BLOCK_SIZE = 88), written only by the worker
+Status block (STATUS_OFFSET = 320, STATUS_BLOCK_SIZE = 104), written only by the worker
 running in the slot:
 
     offset  size  type   field
@@ -71,7 +71,18 @@ running in the slot:
     384     8     u64    records_out
     392     8     u64    bytes_out
     400     8     u64    log_size_bytes
-    408     40    pad    -
+    408     1     u8     storage_error     1 while the partition's directory refuses writes
+                                           (a full disk, an I/O error), else 0
+    409     3     pad    -
+    412     4     i32    storage_errno     the errno of the last failed write (28: ENOSPC), or 0
+    416     8     f64    storage_error_since  time.time() when writes began to fail, or 0
+    424     24    pad    -
+
+Version: the three ``storage_*`` fields (added later) sit in what were pad bytes, which
+are always zero in a table written by a build that does not know them; zero means
+"writes work", the old meaning. Old and new builds therefore read each other's tables
+correctly and ``FORMAT_VERSION`` stays 1. A change that gives existing bytes a new
+meaning must bump it.
 
 Seqlock protocol
 ----------------
@@ -96,7 +107,7 @@ it owns that slot's status block again and may :meth:`StatusTable.reset_status` 
 The status block is only meaningful while ``status.pid == control.worker_pid``; a
 different pid means it still holds what the previous worker of the slot wrote.
 
-Why one module of about 620 lines: the byte layout, the single-writer rule and the
+Why one module of about 640 lines: the byte layout, the single-writer rule and the
 seqlock protocol are one contract, read and written only here; the table, its writer
 and its readers must agree byte for byte, so they stay together.
 """
@@ -138,8 +149,8 @@ CONTROL_OFFSET = 0
 CONTROL = struct.Struct("<BB2xiIii4xdB249s")  # payload after the control block's seq
 CONTROL_BLOCK_SIZE = SEQ_SIZE + CONTROL.size  # 290
 STATUS_OFFSET = 320
-STATUS = struct.Struct("<iiqqqdQQQQQ")  # payload after the status block's seq
-STATUS_BLOCK_SIZE = SEQ_SIZE + STATUS.size  # 88
+STATUS = struct.Struct("<iiqqqdQQQQQB3xid")  # payload after the status block's seq
+STATUS_BLOCK_SIZE = SEQ_SIZE + STATUS.size  # 104
 
 TOPIC_MAX_LEN = 249
 SPIN_TRIES = 100  # read attempts that only yield the CPU before sleeping between attempts
@@ -150,7 +161,7 @@ MAX_SLOTS = 65536
 
 assert HEADER.size == HEADER_SIZE
 assert CONTROL_BLOCK_SIZE == 290
-assert STATUS_BLOCK_SIZE == 88
+assert STATUS_BLOCK_SIZE == 104
 assert CONTROL_OFFSET + CONTROL_BLOCK_SIZE <= STATUS_OFFSET
 assert STATUS_OFFSET + STATUS_BLOCK_SIZE <= SLOT_SIZE
 assert HEADER_SIZE % 64 == 0 and SLOT_SIZE % 64 == 0 and STATUS_OFFSET % 64 == 0
@@ -233,6 +244,9 @@ class WorkerStatus:
     records_out: int = 0
     bytes_out: int = 0
     log_size_bytes: int = 0
+    storage_error: bool = False  # the partition's directory refuses writes (appliance/partition/storage.py)
+    storage_errno: int = 0
+    storage_error_since: float = 0.0
 
 
 _CONTROL_RANGES: dict[str, tuple[int, int]] = {
@@ -252,6 +266,7 @@ _STATUS_RANGES: dict[str, tuple[int, int]] = {
     "records_out": _U64,
     "bytes_out": _U64,
     "log_size_bytes": _U64,
+    "storage_errno": _I32,
 }
 
 
@@ -335,11 +350,19 @@ def pack_status(status: WorkerStatus) -> bytes:
         status.records_out,
         status.bytes_out,
         status.log_size_bytes,
+        1 if status.storage_error else 0,
+        status.storage_errno,
+        float(status.storage_error_since),
     )
 
 
 def unpack_status(payload: bytes) -> WorkerStatus:
-    return WorkerStatus(*STATUS.unpack(payload))
+    (pid, epoch, start, end, hw, beat, r_in, b_in, r_out, b_out, size, storage_error, storage_errno, since) = (
+        STATUS.unpack(payload)
+    )
+    return WorkerStatus(
+        pid, epoch, start, end, hw, beat, r_in, b_in, r_out, b_out, size, bool(storage_error), storage_errno, since
+    )
 
 
 class StatusTable:

@@ -124,6 +124,11 @@ class NodeCollector(Collector):
             "leo": GaugeMetricFamily("sluice_log_end_offset", "Next offset to be written.", labels=PL),
             "hw": GaugeMetricFamily("sluice_high_watermark", "First offset not visible to consumers.", labels=PL),
             "size": GaugeMetricFamily("sluice_log_size_bytes", "Bytes of the partition's segments.", labels=PL),
+            "storage": GaugeMetricFamily(
+                "sluice_log_storage_error",
+                "1 while the partition's directory refuses writes (disk full, I/O error): produce gets STORAGE_ERROR.",
+                labels=PL,
+            ),
             "up": GaugeMetricFamily("sluice_worker_up", "1 if the partition's worker is serving.", labels=PL),
             "restarts": CounterMetricFamily(
                 "sluice_worker_restarts", "Times the partition's worker was restarted.", labels=PL
@@ -136,7 +141,7 @@ class NodeCollector(Collector):
             ),
         }
         hw_by_tp: dict[TP, int] = {}
-        offline = 0
+        offline = storage_errors = 0
         for r in snap.replicas:
             tp = (r.topic, r.partition)
             labels = [r.topic, str(r.partition)]
@@ -157,6 +162,8 @@ class NodeCollector(Collector):
             fams["leo"].add_metric(labels, st.log_end_offset)
             fams["hw"].add_metric(labels, st.high_watermark)
             fams["size"].add_metric(labels, st.log_size_bytes)
+            fams["storage"].add_metric(labels, 1.0 if st.storage_error else 0.0)
+            storage_errors += st.storage_error
             # the pid the worker wrote itself (the slot is cleared when it is reaped), not the
             # snapshot's, which lags a restart by up to a second
             try:
@@ -171,11 +178,20 @@ class NodeCollector(Collector):
         self._forget_gone({(r.topic, r.partition) for r in snap.replicas})
         yield from fams.values()
         healthy, _ = health(snap, time.monotonic())
-        g = GaugeMetricFamily("sluice_node_healthy", "1 if /healthz answers 200 (no partition offline, node running).")
+        g = GaugeMetricFamily(
+            "sluice_node_healthy",
+            "1 if /healthz answers 200 (no partition offline or with a storage error, node running).",
+        )
         g.add_metric([], 1.0 if healthy else 0.0)
         yield g
         g = GaugeMetricFamily("sluice_partitions_offline", "Partitions whose worker crash-looped and stopped.")
         g.add_metric([], offline)
+        yield g
+        g = GaugeMetricFamily(
+            "sluice_partitions_storage_error",
+            "Partitions whose directory refuses writes (disk full, I/O error); they recover by themselves.",
+        )
+        g.add_metric([], storage_errors)
         yield g
         g = GaugeMetricFamily(
             "sluice_under_replicated_partitions", "Partitions with fewer in-sync replicas than replicas."

@@ -1,12 +1,17 @@
 """Crash-safe small files: the recovery point and the leader-epoch checkpoint.
 
 Every write goes tmp file -> fsync -> ``os.replace`` -> fsync of the directory, so a
-crash leaves either the old or the new content, never a mix.
+crash leaves either the old or the new content, never a mix. A write that fails (a
+full disk: ``ENOSPC``; ``EIO``) removes its temp file and raises ``OSError`` with the
+errno and the checkpoint's path; the previous checkpoint stays in place, and the caller
+decides (the partition worker reports a storage error and retries, see
+``appliance/partition/storage.py``).
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
 import os
 
@@ -22,22 +27,37 @@ def fsync_dir(path: str) -> None:
 
 
 def write_durably(path: str, data: bytes) -> None:
-    """Create (or truncate) ``path``, write all of ``data`` and fsync it."""
+    """Create (or truncate) ``path``, write all of ``data`` and fsync it.
+
+    On failure (a full disk, an I/O error) the file is removed, not left half written,
+    and ``OSError`` is raised with its errno and ``path``."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
         os.fsync(fd)
-    finally:
+    except OSError as exc:
         os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}", path) from exc
+    os.close(fd)
 
 
 def atomic_write(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data`` durably (tmp, fsync, rename, fsync dir)."""
+    """Replace ``path`` with ``data`` durably (tmp, fsync, rename, fsync dir).
+
+    If it fails before the rename, ``path`` keeps its previous content and no temp file
+    is left behind; ``OSError`` names the file."""
     tmp = path + ".tmp"
     write_durably(tmp, data)
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise OSError(exc.errno, f"cannot replace {path}: {exc.strerror}", path) from exc
     fsync_dir(os.path.dirname(path) or ".")
 
 
@@ -79,6 +99,7 @@ class LeaderEpochCache:
         self.path = path
         self.epochs: list[int] = []
         self.starts: list[int] = []
+        self.unsaved = False  # a truncation not yet on disk (see truncate_from_end)
         self._load()
 
     def _load(self) -> None:
@@ -103,6 +124,13 @@ class LeaderEpochCache:
     def _persist(self) -> None:
         body = "".join(f"{e} {s}\n" for e, s in zip(self.epochs, self.starts, strict=True))
         atomic_write(self.path, f"0\n{len(self.epochs)}\n{body}".encode())
+        self.unsaved = False
+
+    def save_unsaved(self) -> None:
+        """Write a truncation that could not be written when it happened; OSError if
+        it still cannot be."""
+        if self.unsaved:
+            self._persist()
 
     @property
     def latest_epoch(self) -> int:
@@ -117,7 +145,13 @@ class LeaderEpochCache:
             return
         self.epochs.append(epoch)
         self.starts.append(start_offset)
-        self._persist()
+        try:
+            self._persist()
+        except OSError:
+            # not on disk, so not known: the next append in this epoch assigns it again
+            self.epochs.pop()
+            self.starts.pop()
+            raise
 
     def end_offset_for(self, epoch: int, log_end_offset: int) -> tuple[int, int]:
         """(largest epoch <= ``epoch``, the offset where it ended) as in KIP-101.
@@ -132,8 +166,17 @@ class LeaderEpochCache:
         return found, end
 
     def truncate_from_end(self, end_offset: int) -> None:
-        """Forget epochs that start at or after ``end_offset`` (after a log truncation)."""
+        """Forget epochs that start at or after ``end_offset`` (after a log truncation).
+
+        If the file cannot be written (a full disk) the cache forgets them anyway and
+        keeps ``unsaved``: the file then still lists epochs that start at or past the
+        truncated log's end, which is harmless, because opening the log drops exactly
+        those (``Log._load``); the next write of the file includes the truncation."""
         keep = bisect.bisect_left(self.starts, end_offset)
         if keep != len(self.starts):
             del self.epochs[keep:], self.starts[keep:]
-            self._persist()
+            try:
+                self._persist()
+            except OSError as exc:
+                self.unsaved = True
+                log.warning("leader epoch checkpoint not updated after a truncation (kept in memory): %s", exc)

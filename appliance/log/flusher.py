@@ -29,6 +29,12 @@ log = logging.getLogger(__name__)
 JOIN_TIMEOUT_S = 30.0
 
 
+class FlushFailedError(OSError):
+    """A background ``fdatasync`` failed: fatal for the log (see the module docstring),
+    unlike a write refused by a full disk, which the partition worker answers and
+    retries (``appliance/partition/storage.py``)."""
+
+
 class BackgroundFlusher:
     def __init__(self, name: str) -> None:
         self.name = name
@@ -58,7 +64,7 @@ class BackgroundFlusher:
         with self._cv:
             err = self._error
         if err is not None:
-            raise OSError(err.errno, f"background fdatasync of {self.name} failed earlier: {err.strerror}")
+            raise FlushFailedError(err.errno, f"background fdatasync of {self.name} failed earlier: {err.strerror}")
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until no flush is running or waiting; False on timeout."""

@@ -99,6 +99,8 @@ class Log:
         except BaseException:
             if self._flusher is not None:
                 self._flusher.close()
+            for seg in self.segments:  # the caller may try again (a full disk): no leak
+                seg.close()
             raise
         return self
 
@@ -280,9 +282,13 @@ class Log:
         size = len(prefix) + len(rest)
         if self._should_roll(size, h.max_timestamp):
             self.roll()
-        assert self.leader_epochs is not None
-        if leader_epoch > self.leader_epochs.latest_epoch:
-            self.leader_epochs.assign(leader_epoch, base)
+        epochs = self.leader_epochs
+        assert epochs is not None
+        # a truncation the epoch file does not show yet must be on disk before the log
+        # grows past it again (OSError, nothing written, if it still cannot be)
+        epochs.save_unsaved()
+        if leader_epoch > epochs.latest_epoch:
+            epochs.assign(leader_epoch, base)
         self.active.append(prefix, rest, h, base)
         now = self.clock()
         policy = self.config.fsync
@@ -431,7 +437,13 @@ class Log:
         assert self.leader_epochs is not None
         self.leader_epochs.truncate_from_end(self.log_end_offset)
         self.recovery_point = min(self.recovery_point, self.log_end_offset)
-        self._recovery_ckpt.write(self.recovery_point)
+        try:
+            self._recovery_ckpt.write(self.recovery_point)
+        except OSError as exc:
+            # a full disk: the file keeps a recovery point past the new end, which is
+            # safe (recovery always verifies the last segment, and a roll, which seals
+            # one, writes the checkpoint first); the next checkpoint writes this one
+            log.warning("truncated %s, but the recovery point is not updated: %s", self.directory, exc)
         log.info("truncated %s to offset %d", self.directory, self.log_end_offset)
         return self.log_end_offset
 

@@ -7,6 +7,7 @@ whole (``os.pread``), never re-encoded.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Iterator
@@ -287,25 +288,49 @@ class LogSegment:
 
     # ---- writing -------------------------------------------------------------------
     def append(self, prefix: bytes, rest: memoryview | bytes, h: BatchHeader, base_offset: int) -> int:
-        """Write one batch (``prefix`` + ``rest``); return its position."""
+        """Write one batch (``prefix`` + ``rest``); return its position.
+
+        All or nothing: a write that fails (``ENOSPC``, ``EIO``), also a short one or one
+        of an index entry after the batch, is undone (``ftruncate`` of the log and the
+        index files back to where they were) and raised as ``OSError``; the segment is
+        then exactly as before."""
         position = self.size
         size = len(prefix) + len(rest)
         written = os.writev(self.fd, [prefix, rest])
         if written != size:  # short write (disk full): undo the partial batch
             os.ftruncate(self.fd, position)
-            raise OSError(f"short write to {self.path}: {written} of {size} bytes")
+            raise OSError(errno.ENOSPC, f"short write to {self.path}: {written} of {size} bytes", self.path)
+        max_timestamp = max(self.max_timestamp, h.max_timestamp)
+        if self._bytes_since_entry >= self.index_interval_bytes or position == 0:
+            # (running max timestamp, this batch): every record up to here is <= it
+            try:
+                self.index.append(base_offset, position)
+                self.time_index.append(max_timestamp, base_offset)
+            except OSError:
+                self._undo_append(position, base_offset)
+                raise
+            self._bytes_since_entry = 0
         self.size += size
         if position == 0:
             self.first_timestamp = h.max_timestamp
-        self.max_timestamp = max(self.max_timestamp, h.max_timestamp)
-        if self._bytes_since_entry >= self.index_interval_bytes or position == 0:
-            # (running max timestamp, this batch): every record up to here is <= it
-            self.index.append(base_offset, position)
-            self.time_index.append(self.max_timestamp, base_offset)
-            self._bytes_since_entry = 0
+        self.max_timestamp = max_timestamp
         self._bytes_since_entry += size
         self.next_offset = base_offset + h.last_offset_delta + 1
         return position
+
+    def _undo_append(self, position: int, base_offset: int) -> None:
+        """An index entry for the batch at ``position`` could not be written: take the
+        batch and its entries back (in memory and on disk; each index file holds exactly
+        its entries in memory, appended in order)."""
+        os.ftruncate(self.fd, position)
+        index, times = self.index, self.time_index
+        if len(index) and index.positions[-1] == position:
+            del index.rel_offsets[-1], index.positions[-1]
+        if len(times) and times.rel_offsets[-1] == base_offset - self.base_offset:
+            del times.timestamps[-1], times.rel_offsets[-1]
+        for f, size in ((index.file, 8 * len(index)), (times.file, 12 * len(times))):
+            if f.fd >= 0:
+                os.ftruncate(f.fd, size)
 
     def seal(self) -> None:
         """Called when the segment stops being active: final time entry, fsync all."""

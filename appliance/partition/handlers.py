@@ -21,7 +21,9 @@ first is written; then the idempotent producers' duplicates and sequences
 (``ProducerStateTable.check_all``); then each new batch is appended with the header
 the validation returned (``Log.append(..., header=h)`` stamps offset and epoch without
 checking again). A failed write takes back the request's earlier batches: all or
-nothing.
+nothing, answered with the retriable ``STORAGE_ERROR``, and the replica's storage
+condition goes to failed (``storage.py``): later produces are refused with
+``STORAGE_ERROR`` before anything is tried, until the worker's probe succeeds.
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ def produce(replica: Replica, purgatory: Purgatory, req: Request, started: float
         raise NotEnoughReplicasError(
             f"{replica.name}: {len(lead.isr)} in-sync replica(s) {sorted(lead.isr)}, min.insync.replicas={min_insync}"
         )
+    storage = replica.storage
+    if storage.failed:  # nothing is tried until the worker's probe finds the disk usable again
+        raise StorageError(f"{replica.name}: {storage.describe()}")
     headers, buffers = validate_batches(replica.name, req.frames, lg.config.max_message_bytes)
     base_offsets = []
     start = lg.log_end_offset
@@ -101,10 +106,14 @@ def produce(replica: Replica, purgatory: Purgatory, req: Request, started: float
         try:
             result = lg.append(buf, replica.leader_epoch, header=h)
         except OSError as exc:
+            storage.fail(exc)  # refuse produce until the worker's probe succeeds
             # all or nothing: take back this request's earlier batches, so a retry
             # does not write them twice
             if lg.log_end_offset > start:
-                lg.truncate_to(start)
+                try:
+                    lg.truncate_to(start)
+                except OSError as undo:  # they stay; their producer's retry is a duplicate
+                    log.error("%s: cannot take back offsets %d+: %s", replica.name, start, undo)
                 replica.rebuild_producers()
             raise StorageError(f"{replica.name}: cannot append: {exc}") from exc
         replica.producers.update(h, result.base_offset)

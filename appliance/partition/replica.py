@@ -22,6 +22,9 @@ one its leader sent, ``follower_hw``, capped at its own log end offset. It is sa
 restarted replica does not start from 0 (Kafka's replication-offset-checkpoint, every
 5 s as there). The checkpoint is a hint, not data: a failed write is logged and the
 replica keeps serving.
+
+Storage (``storage``, a ``StorageCondition``, see ``storage.py``): whether the
+directory takes writes; while it does not, produce is refused with ``STORAGE_ERROR``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from collections.abc import Callable
 from appliance.log.checkpoint import OffsetCheckpoint
 from appliance.log.log import Log
 from appliance.log.producers import ProducerStateTable
+from appliance.partition.storage import StorageCondition
 from appliance.replication import LeaderState
 from ipc.control import RoleCommand
 from ipc.errors import NotLeaderError
@@ -60,6 +64,7 @@ class Replica:
         log_: Log,
         clock: Clock = time.monotonic,
         counters: tuple[int, int, int, int] = (0, 0, 0, 0),
+        storage: StorageCondition | None = None,
     ) -> None:
         self.topic = topic
         self.partition = partition
@@ -67,6 +72,7 @@ class Replica:
         self.node_id = node_id
         self.log = log_
         self.clock = clock
+        self.storage = storage if storage is not None else StorageCondition(self.name, clock)
         self.producers = ProducerStateTable.rebuild(log_)
         self.role = Role.NONE
         self.leader_epoch = -1
@@ -124,7 +130,10 @@ class Replica:
         lg = self.log
         if cmd.role is Role.LEADER:
             assert lg.leader_epochs is not None
-            lg.leader_epochs.assign(cmd.leader_epoch, lg.log_end_offset)
+            try:
+                lg.leader_epochs.assign(cmd.leader_epoch, lg.log_end_offset)
+            except OSError as exc:  # a full disk: the first append of the epoch assigns it
+                self.storage.fail(exc)
             self.leading = LeaderState(
                 self.node_id, self.node_epoch, list(cmd.replicas), dict(cmd.isr), hw, lg.log_end_offset, now
             )
@@ -133,7 +142,10 @@ class Replica:
             self.follower_hw = hw
             # an epoch this replica led without writing holds no record: it must not be
             # what the follower's fetches call its last epoch (truncate_to forgets it)
-            lg.truncate_to(lg.log_end_offset)
+            try:
+                lg.truncate_to(lg.log_end_offset)
+            except OSError as exc:
+                self.storage.fail(exc)
 
     # ---- the producer-state table ---------------------------------------------------
     def rebuild_producers(self) -> None:

@@ -12,6 +12,8 @@ status publishing and shutdown. What it serves lives beside it:
 - ``handlers.py``: produce, fetch and list_offsets, answered through the request
   pipeline (``ipc/server.py``) this worker feeds with its data socket's messages;
 - ``purgatory.py``: produces waiting for ``acks=all`` and parked fetches;
+- ``storage.py``: the storage condition (a full disk is answered with
+  ``STORAGE_ERROR`` and probed until it takes writes again, never crashed on);
 - ``appliance/replication.py``: the leader's view of its followers (``LeaderState``),
   the follower's ``Fetcher`` and what it does with the leader's replies;
 - ``appliance/log/cleaner.py``: compaction (``LogCleaner``, ticked here).
@@ -21,10 +23,17 @@ follower's fetch socket) with a timeout set by the next deadline (tick, fsync in
 parked fetches and waiting produces, the follower's next fetch), handle what arrived,
 then ``tick``. Compaction builds its cleaned files in a helper thread and the swap
 happens back on the loop.
+
+A log that cannot be opened because its filesystem refuses writes (``ENOSPC``, ``EIO``)
+does not crash the worker: it goes to ``storage_unavailable``, reports ready (so the
+supervisor does not restart it) with ``storage_error`` in its status block, answers
+every request with ``STORAGE_ERROR``, keeps the role and configuration it is sent, and
+tries to open the log again every ``PROBE_S`` (``_await_storage``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import gc
 import logging
@@ -37,13 +46,15 @@ import zmq
 
 from appliance.log.cleaner import LogCleaner
 from appliance.log.config import CleanupPolicy, LogConfig
+from appliance.log.flusher import FlushFailedError
 from appliance.log.log import Log
 from appliance.partition.handlers import partition_pipeline
 from appliance.partition.purgatory import Purgatory
 from appliance.partition.replica import Replica
 from appliance.partition.spec import WorkerSpec
+from appliance.partition.storage import PROBE_S, StorageCondition, is_storage_error, probe
 from appliance.process import SignalPipe, die_with_parent, pid_alive, setup_logging
-from appliance.replication import Fetcher, apply_fetch_reply
+from appliance.replication import STUCK_RETRY_S, Fetcher, apply_fetch_reply
 from ipc import sockets
 from ipc.control import (
     AlterIsrEvent,
@@ -58,8 +69,8 @@ from ipc.control import (
     decode_command,
 )
 from ipc.control import encode as encode_control
-from ipc.errors import NotLeaderError, SluiceError
-from ipc.protocol import Reply
+from ipc.errors import NotLeaderError, SluiceError, StorageError
+from ipc.protocol import Reply, Request
 from ipc.server import RequestPipeline
 from ipc.shm import Role, StatusTable, StatusWriter
 from metrics.definitions import FETCH_LATENCY, PRODUCE_LATENCY
@@ -71,13 +82,15 @@ IDLE_TICK_MAX_S = 1.0
 
 class WorkerState(enum.Enum):
     STARTING = "starting"
+    STORAGE_UNAVAILABLE = "storage_unavailable"  # the log cannot be opened: a full disk, an I/O error
     SERVING = "serving"
     STOPPING = "stopping"
     STOPPED = "stopped"
 
 
 _TRANSITIONS = {
-    WorkerState.STARTING: {WorkerState.SERVING, WorkerState.STOPPING},
+    WorkerState.STARTING: {WorkerState.SERVING, WorkerState.STORAGE_UNAVAILABLE, WorkerState.STOPPING},
+    WorkerState.STORAGE_UNAVAILABLE: {WorkerState.SERVING, WorkerState.STOPPING},
     WorkerState.SERVING: {WorkerState.STOPPING},
     WorkerState.STOPPING: {WorkerState.STOPPED},
     WorkerState.STOPPED: set(),
@@ -105,6 +118,10 @@ class PartitionWorker:
         self._next_retention = 0.0
         self.retention_check_ms = spec.retention_check_ms  # live: control command node_options
         self.heartbeat_timeout_ms = spec.heartbeat_timeout_ms  # live, too
+        self.storage = StorageCondition(self.name, clock)
+        # while the log cannot be opened: the newest role and node options sent
+        self._role_cmd: RoleCommand | None = spec.role
+        self._options_cmd: NodeOptionsCommand | None = None
 
     @property
     def name(self) -> str:
@@ -121,10 +138,11 @@ class PartitionWorker:
         self.state = new
 
     def on_signals(self, signums: list[int]) -> None:
-        """SIGTERM stops a serving worker. A second one (its process group's and then its
-        supervisor's, both during one shutdown) changes nothing."""
+        """SIGTERM stops a serving worker (or one waiting for its storage). A second one
+        (its process group's and then its supervisor's, both during one shutdown)
+        changes nothing."""
         for signum in signums:
-            if signum == signal.SIGTERM and self.state is WorkerState.SERVING:
+            if signum == signal.SIGTERM and self.state in (WorkerState.SERVING, WorkerState.STORAGE_UNAVAILABLE):
                 log.info("%s: SIGTERM", self.name)
                 self._set_state(WorkerState.STOPPING)
 
@@ -141,29 +159,117 @@ class PartitionWorker:
                 log.warning("%s: port %d unavailable (%s); taking a new one", self.name, self.spec.preferred_port, exc)
         self.data, self.endpoint = sockets.bind_router(self.ctx, f"tcp://{host}:0", self.spec.max_request_bytes)
 
-    def start(self) -> None:
+    def start(self, signals: SignalPipe | None = None) -> bool:
+        """Open the log and get ready to serve; False if told to stop while waiting for
+        storage (``signals``: SIGTERM then counts, see ``_await_storage``)."""
         spec = self.spec
-        lg = Log.open(spec.directory, spec.log_config, background_flush=True)
-        self.replica = Replica(spec.topic, spec.partition, spec.node_id, lg, self.clock, spec.initial_counters)
-        labels = (spec.topic, str(spec.partition))
-        self.purgatory = Purgatory(
-            self.replica, PRODUCE_LATENCY.labels(*labels).observe, FETCH_LATENCY.labels(*labels).observe
-        )
         table = StatusTable.attach(spec.status_path, writable=True)
         self.status = StatusWriter(table, spec.slot)
         self.ctx = zmq.Context()
         self._bind()
-        self.pipeline = partition_pipeline(self.replica, self.purgatory, self._reply)
         self.control = sockets.dealer(self.ctx, spec.control_endpoint, identity=f"slot-{spec.slot}".encode())
-        self.apply_role(spec.role or self.replica.single_node_role())
-        self._publish_status()
+        self._role_cmd = spec.role
+        try:
+            lg = self._open_log()
+        except OSError as exc:
+            if not is_storage_error(exc):
+                raise
+            self.storage.fail(exc)
+            opened = self._await_storage(signals)
+            if opened is None:
+                return False
+            lg = opened
+        self.replica = Replica(
+            spec.topic, spec.partition, spec.node_id, lg, self.clock, spec.initial_counters, self.storage
+        )
+        labels = (spec.topic, str(spec.partition))
+        self.purgatory = Purgatory(
+            self.replica, PRODUCE_LATENCY.labels(*labels).observe, FETCH_LATENCY.labels(*labels).observe
+        )
+        self.pipeline = partition_pipeline(self.replica, self.purgatory, self._reply)
         now = self.clock()
         self._next_retention = now + self.retention_check_ms / 1000
         self.cleaner = LogCleaner(self.name, spec.cleaner_interval_ms, now)
+        self.apply_role(self._role_cmd or self.replica.single_node_role())
+        if self._options_cmd is not None:
+            self._apply_node_options(self._options_cmd)
+        self._publish_status()
+        waited = self.state is WorkerState.STORAGE_UNAVAILABLE
         self._set_state(WorkerState.SERVING)
-        self._send_control(ReadyEvent(spec.slot, os.getpid(), self.endpoint, lg.log_end_offset))
+        if not waited:  # after a wait the supervisor has had its ready (and its endpoint)
+            self._send_control(ReadyEvent(spec.slot, os.getpid(), self.endpoint, lg.log_end_offset))
         gc.collect()
         gc.freeze()
+        return True
+
+    def _open_log(self) -> Log:
+        spec = self.spec
+        return Log.open(spec.directory, spec.log_config, background_flush=True)
+
+    def _await_storage(self, signals: SignalPipe | None) -> Log | None:
+        """The log cannot be opened (a full disk): say ready, serve ``STORAGE_ERROR`` to
+        every request, keep the commands sent meanwhile, and try to open the log every
+        ``PROBE_S``. Returns the log once it opens, None if told to stop first."""
+        spec = self.spec
+        self._set_state(WorkerState.STORAGE_UNAVAILABLE)
+        self._send_control(ReadyEvent(spec.slot, os.getpid(), self.endpoint, 0))
+
+        def refuse(req: Request) -> None:
+            raise StorageError(f"{self.name}: {self.storage.describe()}")
+
+        pipeline = RequestPipeline(self.name, self._reply, dict.fromkeys(("produce", "fetch", "list_offsets"), refuse))
+        poller = zmq.Poller()
+        for sock in (self.data, self.control):
+            poller.register(sock, zmq.POLLIN)
+        if signals is not None:
+            poller.register(signals.fileno(), zmq.POLLIN)
+        next_open = self.clock() + PROBE_S
+        while self.state is WorkerState.STORAGE_UNAVAILABLE:
+            self._publish_waiting_status()
+            timeout = max(0.0, min(next_open, self.clock() + self._idle_tick_s()) - self.clock())
+            events = dict(poller.poll(int(timeout * 1000) + 1))
+            if signals is not None and (signals.fileno() in events or signals.pending):
+                self.on_signals(signals.drain())
+            if not pid_alive(spec.supervisor_pid):
+                log.error("%s: supervisor %d is gone; stopping", self.name, spec.supervisor_pid)
+                self._set_state(WorkerState.STOPPING)
+            if self.control in events:
+                self._handle_control(waiting=True)
+            if self.data in events:
+                for _ in range(256):
+                    try:
+                        frames = self.data.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    pipeline.handle(frames)
+            if self.state is not WorkerState.STORAGE_UNAVAILABLE or self.clock() < next_open:
+                continue
+            next_open = self.clock() + PROBE_S
+            try:
+                lg = self._open_log()
+            except OSError as exc:
+                if not is_storage_error(exc):
+                    raise
+                self.storage.fail(exc)
+                continue
+            self.storage.ok()
+            return lg
+        self._send_control(StoppedEvent(spec.slot, os.getpid()))
+        self.data.close(0)
+        self.control.close(0)
+        self.ctx.term()
+        self._set_state(WorkerState.STOPPED)
+        return None
+
+    def _publish_waiting_status(self) -> None:
+        """The status block while no log is open: the heartbeat and the storage error."""
+        self.status.update(
+            pid=os.getpid(),
+            heartbeat=time.monotonic(),
+            storage_error=True,
+            storage_errno=self.storage.errno,
+            storage_error_since=self.storage.since,
+        )
 
     def _reply(self, peer: bytes, frames: list[Any]) -> None:
         """The request pipeline's send: a reply through the data socket (dropped if the
@@ -178,7 +284,8 @@ class PartitionWorker:
 
     # ---- the loop ---------------------------------------------------------------------
     def run(self, signals: SignalPipe) -> int:
-        self.start()
+        if not self.start(signals):
+            return 0
         poller = self.poller
         poller.register(self.data, zmq.POLLIN)
         poller.register(self.control, zmq.POLLIN)
@@ -268,18 +375,36 @@ class PartitionWorker:
             return
         r = self.replica
         lg = r.log
-        lg.maybe_flush()
-        if r.leading is not None:
-            self._check_isr(now)
-        r.maybe_save_high_watermark(now)
-        cfg = lg.config
-        if now >= self._next_retention and not self.cleaner.running:
-            self._next_retention = now + self.retention_check_ms / 1000
-            if cfg.cleanup_policy is CleanupPolicy.DELETE and lg.apply_retention():
-                r.producers.evict_below(lg.log_start_offset)
-        if cfg.cleanup_policy is CleanupPolicy.COMPACT:
-            self.cleaner.tick(lg, r.producers, now)
+        try:
+            lg.maybe_flush()
+            if r.leading is not None:
+                self._check_isr(now)
+            r.maybe_save_high_watermark(now)
+            cfg = lg.config
+            if now >= self._next_retention and not self.cleaner.running:
+                self._next_retention = now + self.retention_check_ms / 1000
+                if cfg.cleanup_policy is CleanupPolicy.DELETE and lg.apply_retention():
+                    r.producers.evict_below(lg.log_start_offset)
+            if cfg.cleanup_policy is CleanupPolicy.COMPACT:
+                self.cleaner.tick(lg, r.producers, now)
+        except FlushFailedError:
+            raise  # fatal for the log (appliance/log/flusher.py): exit, the restart verifies it
+        except OSError as exc:  # a full disk: answered, probed, not crashed on (storage.py)
+            self.storage.fail(exc)
+        if self.storage.probe_due(now):
+            self._probe_storage()
         self._publish_status()
+
+    def _probe_storage(self) -> None:
+        """Does the directory take writes again? (``storage.probe``)"""
+        try:
+            probe(self.log)
+        except FlushFailedError:
+            raise
+        except OSError as exc:
+            self.storage.fail(exc)  # the next probe in PROBE_S
+            return
+        self.storage.ok()
 
     def _publish_status(self) -> None:
         r = self.replica
@@ -296,6 +421,9 @@ class PartitionWorker:
             records_out=r.records_out,
             bytes_out=r.bytes_out,
             log_size_bytes=lg.size_bytes,
+            storage_error=self.storage.failed,
+            storage_errno=self.storage.errno,
+            storage_error_since=self.storage.since,
         )
 
     # ---- roles (appliance/replication.py) ---------------------------------------------
@@ -366,7 +494,10 @@ class PartitionWorker:
         f = self.fetcher
         assert f is not None
         f.check_timeout(now)
-        if not f.in_flight and now >= f.next_at:
+        # a follower whose disk refuses writes does not fetch (it could not append): it
+        # leaves the ISR as a lagging follower would, and fetches again once the tick's
+        # probe finds the disk usable (an idle partition would otherwise look caught up)
+        if not f.in_flight and now >= f.next_at and not self.storage.failed:
             lg = self.log
             assert lg.leader_epochs is not None
             f.send(lg.log_end_offset, lg.leader_epochs.latest_epoch, now)
@@ -374,7 +505,14 @@ class PartitionWorker:
     def _on_fetch_reply(self, reply: Reply) -> None:
         f = self.fetcher
         assert f is not None
-        wait = apply_fetch_reply(self.replica, reply, f.endpoint, self._on_replicated)
+        try:
+            wait = apply_fetch_reply(self.replica, reply, f.endpoint, self._on_replicated)
+        except FlushFailedError:
+            raise
+        except OSError as exc:  # a truncation or a restart at the leader's log start: retried
+            self.storage.fail(exc)
+            log.error("%s: cannot apply the leader's reply: %s", self.name, exc)
+            wait = STUCK_RETRY_S
         if wait is not None:
             f.next_at = self.clock() + wait
 
@@ -385,7 +523,9 @@ class PartitionWorker:
             self.purgatory.serve_parked(force=False)
 
     # ---- control ------------------------------------------------------------------------
-    def _handle_control(self) -> None:
+    def _handle_control(self, waiting: bool = False) -> None:
+        """Commands from the supervisor. ``waiting``: no log is open yet (storage
+        unavailable): roles, configuration and node options are kept for when it opens."""
         while True:
             try:
                 raw = self.control.recv(flags=zmq.NOBLOCK)
@@ -396,17 +536,26 @@ class PartitionWorker:
             except ControlMessageError as exc:
                 log.warning("%s: malformed control message %r: %s", self.name, raw[:200], exc)
                 continue
-            if isinstance(cmd, RoleCommand):
-                self.apply_role(cmd)
-            elif isinstance(cmd, StopCommand):
+            if isinstance(cmd, StopCommand):
                 self._set_state(WorkerState.STOPPING)
                 return
+            if isinstance(cmd, RoleCommand):
+                if not waiting:
+                    self.apply_role(cmd)
+                elif self._role_cmd is None or cmd.leader_epoch >= self._role_cmd.leader_epoch:
+                    self._role_cmd = cmd
             elif isinstance(cmd, ConfigCommand):
                 try:
-                    self.log.reconfigure(LogConfig.from_options(cmd.options))
+                    config = LogConfig.from_options(cmd.options)
+                    if waiting:
+                        self.spec = dataclasses.replace(self.spec, log_config=config)
+                    else:
+                        self.log.reconfigure(config)
                     log.info("%s: topic configuration now %s", self.name, cmd.options)
                 except SluiceError as exc:
                     log.error("%s: refused configuration: %s", self.name, exc)
+            elif waiting:
+                self._options_cmd = cmd
             else:
                 self._apply_node_options(cmd)
 

@@ -74,6 +74,9 @@ STATUS_SAMPLE = WorkerStatus(
     records_out=13,
     bytes_out=17,
     log_size_bytes=19,
+    storage_error=True,
+    storage_errno=28,
+    storage_error_since=1_700_000_000.25,
 )
 
 
@@ -162,6 +165,9 @@ def test_round_trip_extremes(table: StatusTable) -> None:
         records_out=2**64 - 1,
         bytes_out=1,
         log_size_bytes=2**64 - 1,
+        storage_error=False,
+        storage_errno=-(2**31),
+        storage_error_since=-1.0,
     )
     table.write_control(3, control)
     table.write_status(3, status)
@@ -169,6 +175,22 @@ def test_round_trip_extremes(table: StatusTable) -> None:
     assert table.read_status(3) == status
     table.write_control(3, ControlBlock(state=SlotState.SERVING, topic="t"))  # shorter topic: no leftover bytes
     assert table.read_control(3).topic == "t"
+
+
+def test_storage_error_flag_round_trips(table: StatusTable) -> None:
+    """The worker's storage condition (issue 20, item 2) through the table, as
+    ``sluice status`` reads it; a block written without it reads as "writes work"."""
+    writer = StatusWriter(table, 1, pid=77)
+    writer.update(log_end_offset=5)
+    assert table.read_status(1).storage_error is False
+    writer.update(storage_error=True, storage_errno=28, storage_error_since=1234.5)
+    st = table.read_status(1)
+    assert (st.storage_error, st.storage_errno, st.storage_error_since, st.log_end_offset) == (True, 28, 1234.5, 5)
+    writer.update(storage_error=False, storage_errno=0, storage_error_since=0.0)
+    assert table.read_status(1) == WorkerStatus(pid=77, log_end_offset=5)
+    # an older build's block: the storage bytes were pad, always zero
+    old = struct.Struct("<iiqqqdQQQQQ").pack(77, 1, 0, 5, 5, 1.0, 0, 0, 0, 0, 0)
+    assert shm.unpack_status(old + bytes(shm.STATUS.size - len(old))).storage_error is False
 
 
 def test_every_state_and_role_round_trips(table: StatusTable) -> None:
@@ -692,7 +714,7 @@ def _doc_table(heading: str) -> list[tuple[int, int, str, str]]:
 def test_layout_constants() -> None:
     assert HEADER.size == HEADER_SIZE == 64
     assert CONTROL.size == 282 and CONTROL_BLOCK_SIZE == 8 + CONTROL.size == 290
-    assert STATUS.size == 80 and STATUS_BLOCK_SIZE == 8 + STATUS.size == 88
+    assert STATUS.size == 96 and STATUS_BLOCK_SIZE == 8 + STATUS.size == 104
     assert (CONTROL_OFFSET, STATUS_OFFSET, SLOT_SIZE) == (0, 320, 448)
     assert CONTROL_OFFSET + CONTROL_BLOCK_SIZE <= STATUS_OFFSET
     assert STATUS_OFFSET + STATUS_BLOCK_SIZE <= SLOT_SIZE
