@@ -10,21 +10,30 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import zmq
 
 from appliance.children import ChildState
 from appliance.log.checkpoint import LeaderEpochCache, OffsetCheckpoint
+from appliance.log.config import LogConfig
 from appliance.log.log import Log
 from appliance.partition import storage
+from appliance.partition.spec import WorkerSpec
 from appliance.partition.storage import StorageCondition, probe
+from appliance.partition.worker import PartitionWorker, WorkerState
 from appliance.status import table_status
 from appliance.systemd import assess
+from ipc import sockets
+from ipc.control import ReadyEvent, decode_event
 from ipc.errors import StorageError
+from ipc.protocol import encode_request, parse_reply
 from ipc.shm import ControlBlock, SlotState, StatusTable, StatusWriter
+from tests.integration.conftest import wait_until
 from tests.unit.test_partition_handlers import T0_MS, Leader, batch, values_in
 
 TMPFS_BYTES = 1024 * 1024
@@ -217,3 +226,61 @@ def test_health_names_the_partitions_with_storage_errors_but_the_watchdog_keeps_
     assert not h.healthy and h.restart_would_help  # /healthz 503; a restart frees no disk space
     assert h.storage_errors == ("t-0",) and "t-0" in h.problems()
     assert assess([_View("t-0", False)], now=10.0).healthy
+
+
+# ---- a worker whose log cannot open ------------------------------------------------------------
+
+
+def test_a_worker_that_cannot_open_its_log_serves_storage_error_and_retries(tiny_fs: TinyFs, tmp_path: Path) -> None:
+    """Not a crash loop: ready at once, STORAGE_ERROR to requests, the open retried every
+    PROBE_S until the disk has space, then serving (one process: the worker's start in a
+    thread, the supervisor's side here)."""
+    table = StatusTable.create(tmp_path / "status", slots=1, node_id=1)
+    table.write_control(0, ControlBlock(state=SlotState.STARTING, topic="t", worker_pid=os.getpid()))
+    ctx = zmq.Context()
+    control, _ = sockets.bind_router(ctx, f"ipc://{tmp_path}/control.sock")
+    spec = WorkerSpec(
+        topic="t",
+        partition=0,
+        slot=0,
+        leader_epoch=0,
+        directory=str(tiny_fs.root / "t-0"),
+        log_config=LogConfig(),
+        listen_host="127.0.0.1",
+        preferred_port=0,
+        control_endpoint=f"ipc://{tmp_path}/control.sock",
+        status_path=str(tmp_path / "status"),
+        supervisor_pid=os.getpid(),
+    )
+    worker = PartitionWorker(spec)
+    tiny_fs.fill()
+    started: list[bool] = []
+    thread = threading.Thread(target=lambda: started.append(worker.start()), daemon=True)
+    thread.start()
+    dealer = None
+    try:
+        assert control.poll(10_000), "no ready event"
+        _, raw = control.recv_multipart()
+        ready = decode_event(raw)
+        assert isinstance(ready, ReadyEvent)
+        wait_until(lambda: table.read_status(0).storage_error, 5, "the storage error in the status table")
+        assert table.read_status(0).storage_errno == errno.ENOSPC
+        dealer = sockets.dealer(ctx, ready.endpoint)
+        dealer.send_multipart([encode_request("produce", 1, topic="t", partition=0, acks=1), batch(b"a")])
+        assert dealer.poll(5000), "no answer to produce"
+        reply = parse_reply(dealer.recv_multipart())
+        assert isinstance(reply.error, StorageError)
+        assert thread.is_alive() and worker.state is WorkerState.STORAGE_UNAVAILABLE
+        tiny_fs.free()
+        thread.join(storage.PROBE_S * 3)
+        assert started == [True] and worker.state is WorkerState.SERVING
+        assert not table.read_status(0).storage_error
+    finally:
+        if dealer is not None:
+            dealer.close(0)
+        thread.join(10)
+        if worker.state is WorkerState.SERVING:
+            worker.shutdown()
+        control.close(0)
+        ctx.term()
+        table.close()
