@@ -5,7 +5,7 @@ backends implement it:
 
 - ``local`` (``appliance/coordinator/local.py``): one node, state in its data directory,
   written atomically. The node is always registered and always the controller.
-- ``zookeeper`` (``appliance/coordinator/zookeeper.py``, kazoo): ephemeral znodes for
+- ``zookeeper`` (``appliance/coordinator/zookeeper/``, kazoo): ephemeral znodes for
   node liveness, kazoo's election recipe for the controller, one versioned znode per
   partition state updated with compare-and-set. ``coordinator =
   "zookeeper://host:2181,host:2181/sluice"``.
