@@ -13,8 +13,20 @@ position (``TopicPartitionState``, ``ipc/client/subscription.py``) past what it 
 A partition without a position gets one from ``list_offsets`` at the end the reset
 policy names. OFFSET_OUT_OF_RANGE drops the partition's buffer and position (reset
 again, or raised with ``auto_offset_reset='none'``); another retriable error forgets the
-partition's leader and backs off; anything else is raised from ``poll``. A fetch not
-answered in time, or whose connection drops, is sent again (after a reconnect).
+partition's leader and backs off; anything else is raised from ``poll``.
+
+Liveness, as Kafka's fetcher (issue 20): a fetch has one **deadline**, set when it is
+first sent (``request_timeout_ms`` + ``fetch_max_wait_ms``) and kept until it is
+answered, however often it is sent again. When the connection to a leader's worker is
+refused, fails or drops (its channel goes ``DOWN``, ``ipc/client/transport.py``), the
+leader of every partition fetched there is forgotten (its metadata is stale) and the
+fetch waits out a back-off (``retry_backoff_ms`` doubling per consecutive failure, at
+most 1 s); the next attempt refreshes metadata first and does not send to an endpoint
+that is still ``DOWN``. When the deadline passes (no reply, or no usable leader all that
+time) the fetch fails as REQUEST_TIMED_OUT: logged, the leader forgotten, the channel's
+queue dropped, and fetched again after the back-off with a new deadline. Nothing here
+is raised to the application: the consumer keeps retrying. A healthy fetch costs no
+extra call: the connection state changes only on monitor events.
 
 Runs in the application's thread (the consumer is not thread-safe); it owns the
 consumer's data sockets (one channel per leader's worker) and their poller.
@@ -32,7 +44,7 @@ from typing import Any, NamedTuple
 
 from ipc.client.metadata import ClusterMetadata
 from ipc.client.subscription import OffsetReset, SubscriptionState, TopicPartition, TopicPartitionState
-from ipc.client.transport import Channel, ChannelPool
+from ipc.client.transport import Channel, ChannelPool, Connection, backoff_s
 from ipc.errors import OffsetOutOfRangeError, RequestTimedOutError, SluiceError, UnknownTopicOrPartitionError
 from ipc.protocol import Reply
 from ipc.records import Headers, decode_batches
@@ -63,9 +75,10 @@ class PartitionFetch:
     fetch_offset: int | None = None  # next offset to fetch (ahead of the position)
     buffer: collections.deque[ConsumerRecord] = dataclasses.field(default_factory=collections.deque)
     inflight: int = 0  # correlation id of the fetch in flight, 0 if none
-    inflight_deadline: float = 0.0
+    deadline: float = 0.0  # of the fetch being tried: set when first sent, kept across re-sends; 0: none
     channel: Channel | None = None
     retry_at: float = 0.0
+    failures: int = 0  # consecutive failed attempts (connection lost, error, timeout): the back-off
     high_watermark: int = -1
 
     def add_records(self, reply: Reply) -> None:
@@ -178,9 +191,8 @@ class Fetcher:
         st = self.fetches[tp]
         st.assigned.position = st.fetch_offset = offset
         st.buffer.clear()
-        if st.inflight:
-            self._by_cid.pop(st.inflight, None)
-            st.inflight = 0
+        self._forget(st)
+        st.deadline = 0.0
 
     def reset_position(self, tp: TopicPartition) -> None:
         """Give ``tp`` a position by the reset policy (a ``list_offsets`` request)."""
@@ -207,14 +219,17 @@ class Fetcher:
                     raise md.error
                 continue
             for p in md.partitions:
-                if p.endpoint and p.error is None:
+                if p.endpoint and p.error is None and not self.channels.is_down(p.endpoint):
                     self.leaders[(name, p.partition)] = p.endpoint
-                else:
+                else:  # no leader, or one whose endpoint refuses: stale, try again later
                     self.leaders.pop((name, p.partition), None)
             if strict:
                 for t, part in self.fetches:
                     if t == name and part >= len(md.partitions):
                         raise UnknownTopicOrPartitionError(f"topic {name!r} has no partition {part}")
+        named = {p.endpoint for md in result.values() for p in md.partitions if p.endpoint}
+        for endpoint in self.channels.discard_down(named | set(self.leaders.values())):
+            log.info("closed the channel to %s: no longer named by metadata", endpoint)
 
     def _leader(self, tp: TopicPartition, timeout_s: float) -> str:
         deadline = time.monotonic() + timeout_s
@@ -234,12 +249,14 @@ class Fetcher:
     def list_offset(self, tp: TopicPartition, timestamp: int) -> int:
         """``list_offsets`` at ``tp``'s leader, retried while retriable (forgetting the leader)."""
         deadline = time.monotonic() + self.request_timeout_s
+        failures = 0
         while True:
             ch = self.channels.get(self._leader(tp, max(0.1, deadline - time.monotonic())))
             try:
                 reply = ch.request(
                     "list_offsets",
                     max(0.1, deadline - time.monotonic()),
+                    fail_fast=True,  # a refused connection: the leader moved, ask metadata
                     topic=tp[0],
                     partition=tp[1],
                     timestamp=timestamp,
@@ -250,33 +267,41 @@ class Fetcher:
             except SluiceError as exc:
                 if not exc.retriable or time.monotonic() >= deadline:
                     raise
+                if ch.connection is Connection.DOWN:  # the request saw it: so must the fetches
+                    self._on_connection_lost(ch, time.monotonic())
                 self.leaders.pop(tp, None)
-                time.sleep(self.retry_backoff_s)  # back-off before retrying another leader
+                failures += 1
+                time.sleep(backoff_s(self.retry_backoff_s, failures))  # before asking metadata again
 
     # ---- fetching ----------------------------------------------------------------------------
     def fill(self, now: float) -> None:
-        """Make sure every partition that can use data has a fetch in flight."""
+        """Make sure every partition that can use data has a fetch in flight (metadata is
+        asked at most once per topic per pass)."""
+        refreshed: set[str] = set()
         for st in self.fetches.values():
+            if st.deadline and now >= st.deadline:
+                self._timed_out(st, now)
             if st.inflight:
-                if now >= st.inflight_deadline and st.channel is not None:
-                    log.info("fetch for %s-%d timed out; reconnecting", st.topic, st.partition)
-                    self.leaders.pop((st.topic, st.partition), None)
-                    self._reset_channel(st.channel)
                 continue
             if now < st.retry_at or len(st.buffer) >= self.max_poll_records * 4:
                 continue
             if st.assigned.position is None:
                 self.reset_position((st.topic, st.partition))
-            self._send_fetch(st, now)
+            self._send_fetch(st, now, refreshed)
 
-    def _send_fetch(self, st: PartitionFetch, now: float) -> None:
+    def _send_fetch(self, st: PartitionFetch, now: float, refreshed: set[str] | None = None) -> None:
         tp = (st.topic, st.partition)
         endpoint = self.leaders.get(tp)
         if endpoint is None:
-            self.refresh_leaders({st.topic})
+            if refreshed is None or st.topic not in refreshed:
+                self.refresh_leaders({st.topic})
+                if refreshed is not None:
+                    refreshed.add(st.topic)
             endpoint = self.leaders.get(tp)
-            if endpoint is None:
-                st.retry_at = now + self.retry_backoff_s
+            if endpoint is None:  # no leader yet, or only one that refuses connections
+                if not st.deadline:
+                    st.deadline = now + self.request_timeout_s + self.fetch_max_wait_ms / 1000
+                self._back_off(st, now)
                 return
         ch = self.channels.get(endpoint)
         assert st.fetch_offset is not None
@@ -291,7 +316,8 @@ class Fetcher:
         )
         st.inflight = cid
         st.channel = ch
-        st.inflight_deadline = now + self.request_timeout_s + self.fetch_max_wait_ms / 1000
+        if not st.deadline:  # a re-send (after a lost connection) keeps the first deadline
+            st.deadline = now + self.request_timeout_s + self.fetch_max_wait_ms / 1000
         self._by_cid[cid] = st
 
     def take(self) -> list[ConsumerRecord]:
@@ -309,12 +335,16 @@ class Fetcher:
         for st in self.fetches.values():
             if not st.inflight and st.retry_at > now:
                 wait = min(wait, st.retry_at - now)
+            if st.deadline:
+                wait = min(wait, st.deadline - now)
         events = dict(self.poller.poll(int(max(wait, 0.0) * 1000) + 1))
         for ch in self.channels:
+            if ch.closed:
+                continue  # closed while handling an earlier channel (no longer in metadata)
             if ch.sock in events:
                 self._on_replies(ch)
             if ch.monitor is not None and ch.monitor in events and ch.disconnected():
-                self._forget_fetches(ch)  # the worker went away; they are resent (queued until it is back)
+                self._on_connection_lost(ch, time.monotonic())
 
     def _on_replies(self, ch: Channel) -> None:
         for reply in ch.replies():
@@ -322,16 +352,18 @@ class Fetcher:
             if st is None or st.inflight != reply.id:
                 continue  # a stale reply (after seek or reassignment)
             st.inflight = 0
+            st.deadline = 0.0
             now = time.monotonic()
             if reply.error is not None:
                 self.on_fetch_error(st, reply.error, now)
                 continue
+            st.failures = 0
             start = st.fetch_offset
             try:
                 st.add_records(reply)
             except SluiceError as exc:
                 log.error("corrupt data from %s-%d at offset %d: %s", st.topic, st.partition, start, exc)
-                st.retry_at = now + self.retry_backoff_s
+                self._back_off(st, now)
                 continue
             if reply.frames and len(st.buffer) < self.max_poll_records * 4:
                 self._send_fetch(st, now)  # fetch ahead while the application consumes
@@ -350,18 +382,52 @@ class Fetcher:
         if not err.retriable:
             raise err
         self.leaders.pop((st.topic, st.partition), None)
-        st.retry_at = now + self.retry_backoff_s
+        self._back_off(st, now)
 
-    def _reset_channel(self, ch: Channel) -> None:
-        self.channels.reset(ch)
-        self._forget_fetches(ch)
+    def _back_off(self, st: PartitionFetch, now: float) -> None:
+        st.failures += 1
+        st.retry_at = now + backoff_s(self.retry_backoff_s, st.failures)
 
-    def _forget_fetches(self, ch: Channel) -> None:
-        """Fetches in flight on ``ch`` will never be answered: send them again."""
+    def _forget(self, st: PartitionFetch) -> None:
+        """Stop waiting for ``st``'s fetch in flight (its deadline is kept)."""
+        if st.inflight:
+            self._by_cid.pop(st.inflight, None)
+            st.inflight = 0
+
+    def _on_connection_lost(self, ch: Channel, now: float) -> None:
+        """The connection to ``ch``'s endpoint was refused, failed or dropped: forget the
+        leader of every partition fetched there (its metadata is stale) and back off;
+        their fetches in flight will not be answered: they go again, to whichever
+        endpoint metadata names then, with the same deadline. Repeated connect-retried
+        events of a channel nothing uses any more change nothing."""
+        endpoint = ch.endpoint
         for st in self.fetches.values():
-            if st.channel is ch and st.inflight:
-                self._by_cid.pop(st.inflight, None)
-                st.inflight = 0
+            tp = (st.topic, st.partition)
+            if (st.inflight and st.channel is ch) or self.leaders.get(tp) == endpoint:
+                if self.leaders.pop(tp, None) is not None:
+                    log.info("%s-%d: connection to %s lost; refreshing metadata", st.topic, st.partition, endpoint)
+                self._forget(st)
+                self._back_off(st, now)
+
+    def _timed_out(self, st: PartitionFetch, now: float) -> None:
+        """The fetch's deadline passed: it fails as REQUEST_TIMED_OUT (the channel's queue
+        dropped, the leader forgotten) and is tried again after the back-off."""
+        ch = st.channel if st.inflight else None
+        log.warning(
+            "fetch for %s-%d at offset %s not answered by its deadline (%s); refreshing metadata",
+            st.topic,
+            st.partition,
+            st.fetch_offset,
+            ch.endpoint if ch is not None else "no reachable leader",
+        )
+        if ch is not None and not ch.closed:
+            for other in self.fetches.values():  # the queue is dropped: theirs too
+                if other.inflight and other.channel is ch:
+                    self._forget(other)
+            self.channels.reset(ch)
+        self._forget(st)
+        st.deadline = 0.0
+        self.on_fetch_error(st, RequestTimedOutError(f"fetch for {st.topic}-{st.partition} timed out"), now)
 
     def close(self) -> None:
         self.channels.close()

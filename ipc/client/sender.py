@@ -20,6 +20,16 @@ their queue (``RecordAccumulator.reenqueue``), after a back-off of
 the cached leader is forgotten first is the error's ``invalid_metadata`` flag (plus a
 lost reply: the worker may be gone); non-retriable errors fail the batches. A batch
 older than ``delivery_timeout_ms`` is not retried.
+
+Liveness (issue 20): when the connection to a partition's worker is refused, fails or
+drops (its channel goes ``DOWN``, ``ipc/client/transport.py``), the requests in flight
+there fail as above and the leader of every partition sent there is forgotten; a
+metadata refresh that still names a ``DOWN`` endpoint does not count as a leader, and
+the refresh is tried again after ``retry_backoff_ms`` doubling per consecutive
+incomplete refresh, at most 1 s. So nothing is sent to a dead worker's endpoint while
+the cluster elects another leader, and the batches go to the new one as soon as
+metadata names it. A request's deadline is set when it is sent; a retry is a new
+request, and every batch keeps its ``delivery_timeout_ms`` from its creation.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ from ipc.client.accumulator import TP, RecordAccumulator
 from ipc.client.batch import ProducerBatch, ProducerClosedError
 from ipc.client.idempotence import ProducerIdState, producer_id_from
 from ipc.client.metadata import ClusterMetadata
-from ipc.client.transport import BootstrapChannel, Channel, ChannelPool
+from ipc.client.transport import BootstrapChannel, Channel, ChannelPool, backoff_s
 from ipc.errors import RequestTimedOutError, SluiceError
 from ipc.records import Compression
 
@@ -128,6 +138,7 @@ class Sender:
         self.inflight: dict[int, _InFlight] = {}
         self.need_metadata: set[str] = set()
         self.next_metadata = 0.0
+        self.metadata_failures = 0  # consecutive incomplete refreshes: their back-off
         self.next_periodic_metadata = time.monotonic() + METADATA_MAX_AGE_S
         self.ids = ProducerIdState() if idempotent else None
         self.next_id_attempt = 0.0
@@ -170,6 +181,12 @@ class Sender:
     def on_disconnect(self, ch: Channel) -> None:
         """The worker behind ``ch`` went away: its in-flight requests are lost; retry them
         now (they queue until ZeroMQ reconnects) instead of waiting for the timeout."""
+        stale = [tp for tp, e in self.leaders.items() if e == ch.endpoint]
+        if stale:  # the metadata naming this endpoint is stale
+            log.info("connection to %s lost; refreshing the metadata of %s", ch.endpoint, stale)
+            for tp in stale:
+                del self.leaders[tp]
+                self.need_metadata.add(tp[0])
         lost = [f for f in self.inflight.values() if f.channel is ch]
         for f in lost:
             self.inflight.pop(f.cid, None)
@@ -227,9 +244,10 @@ class Sender:
             result = self.metadata.refresh(topics, min(self.request_timeout_s, 5.0))
         except SluiceError as exc:
             log.warning("metadata refresh for %s failed: %s", topics, exc)
-            self.next_metadata = now + max(self.retry_backoff_s, 0.05)
+            self._metadata_incomplete(now)
             return
         complete = True
+        channels = self.channels
         for name in topics:
             md = result.get(name)
             if md is None or md.error is not None:
@@ -237,15 +255,23 @@ class Sender:
                 continue
             acc.partitions_added(name, len(md.partitions))
             for part in md.partitions:
-                if part.endpoint is not None and part.error is None:
+                if part.endpoint is not None and part.error is None and not channels.is_down(part.endpoint):
                     self.leaders[(name, part.partition)] = part.endpoint
-                else:
+                else:  # no leader, or one whose endpoint refuses: ask again after the back-off
                     self.leaders.pop((name, part.partition), None)
                     complete = False
+        named = {p.endpoint for md in result.values() for p in md.partitions if p.endpoint}
+        for endpoint in channels.discard_down(named | set(self.leaders.values())):
+            log.info("closed the channel to %s: no longer named by metadata", endpoint)
         if complete:
             self.need_metadata.clear()
+            self.metadata_failures = 0
         else:
-            self.next_metadata = now + max(self.retry_backoff_s, 0.05)
+            self._metadata_incomplete(now)
+
+    def _metadata_incomplete(self, now: float) -> None:
+        self.metadata_failures += 1
+        self.next_metadata = now + backoff_s(max(self.retry_backoff_s, 0.05), self.metadata_failures)
 
     def send_ready(self, now: float) -> None:
         no_id = self.ids is not None and not self.ids.ready

@@ -4,10 +4,21 @@ A ``Channel`` is one DEALER connected to one endpoint, used by one thread. Reque
 carry a correlation id; replies are matched by it, so several requests may be in
 flight on one channel. The zmq module is injectable (``zmq.green`` under gevent, for
 locust) — everything else in the client gets its sockets through here.
+
+Liveness (issue 20): a watched channel keeps a ``Connection`` state from its socket
+monitor's events (``next_connection``): ``CONNECTING`` until ZeroMQ reports the TCP
+connection, ``UP`` once it does, ``DOWN`` after a drop (``EVENT_DISCONNECTED``) or a
+failed attempt (``EVENT_CONNECT_RETRIED``: refused, unreachable), ``UP`` again when a
+reconnect succeeds. ZeroMQ retries a dead endpoint about once a second forever, so a
+``DOWN`` channel is not one more failure each second: it means "the metadata naming
+this endpoint is stale". The fetcher and the sender do not send to a ``DOWN`` endpoint;
+they refresh metadata with ``backoff_s`` instead. The state costs nothing per request:
+it changes only on monitor events, which come per connection, not per message.
 """
 
 from __future__ import annotations
 
+import enum
 import itertools
 import logging
 import os
@@ -52,6 +63,36 @@ def check_ints(*options: tuple[str, Any, int]) -> None:
             raise ValueError(f"{name}={value!r}: must be an integer >= {lo}")
 
 
+RETRY_BACKOFF_MAX_S = 1.0  # as Kafka's retry.backoff.max.ms
+
+
+def backoff_s(base_s: float, failures: int, cap_s: float = RETRY_BACKOFF_MAX_S) -> float:
+    """The wait before the next attempt after ``failures`` consecutive failures:
+    ``base_s × 2^(failures−1)``, capped at ``cap_s`` (never below ``base_s``, never
+    negative; 0 failures: no wait)."""
+    if failures <= 0 or base_s <= 0:
+        return 0.0
+    return max(base_s, min(base_s * 2.0 ** min(failures - 1, 30), cap_s))
+
+
+class Connection(enum.Enum):
+    """A channel's connection, as its socket monitor reports it."""
+
+    CONNECTING = "connecting"  # a new (or reset) socket: connecting, requests are queued
+    UP = "up"  # connected
+    DOWN = "down"  # dropped, or the last connection attempt failed: metadata is stale
+
+
+def next_connection(state: Connection, event: int, zmq_module: ModuleType = _zmq) -> Connection:
+    """The state after one monitor event: a drop or a failed attempt means DOWN, a
+    connection UP; anything else changes nothing."""
+    if event & (zmq_module.EVENT_DISCONNECTED | zmq_module.EVENT_CONNECT_RETRIED):
+        return Connection.DOWN
+    if event & zmq_module.EVENT_CONNECTED:
+        return Connection.UP
+    return state
+
+
 _ids = itertools.count(1)
 
 
@@ -66,6 +107,8 @@ class Channel:
         self.zmq = zmq_module
         self.sock: Any = sockets.dealer(ctx, endpoint)
         self.monitor: Any = None
+        self.connection = Connection.CONNECTING
+        self.pool: ChannelPool | None = None  # keeps its poller right across a reset
 
     def send(self, api: str, frames: Sequence[Any] = (), **fields: Any) -> int:
         cid = next_id()
@@ -102,6 +145,9 @@ class Channel:
         or as soon as the connection is refused or drops when ``fail_fast``."""
         if fail_fast:
             self.watch_disconnects()
+            self.disconnected()  # events from before this request only update the state
+            if self.connection is Connection.DOWN:
+                raise RequestTimedOutError(f"{self.endpoint} refused or dropped the connection ({api})")
         cid = self.send(api, frames, **fields)
         deadline = time.monotonic() + timeout_s
         poller = self.zmq.Poller()
@@ -124,17 +170,28 @@ class Channel:
                 return reply
 
     def reset(self) -> None:
-        """Close and reconnect: queued requests are dropped, late replies never arrive."""
+        """Close and reconnect: queued requests are dropped, late replies never arrive.
+        A channel of a ``ChannelPool`` stays registered in the pool's poller."""
+        pool = self.pool
+        if pool is not None:
+            pool._unregister(self)
         self._close_monitor()
         self.sock.close(0)
         self.sock = sockets.dealer(self.ctx, self.endpoint)
+        self.connection = Connection.CONNECTING
+        if pool is not None:
+            pool._register(self)
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.sock.closed)
 
     def watch_disconnects(self) -> Any:
         """A PAIR socket that becomes readable when the connection drops or a connect is
         refused (the peer process died): requests in flight on it will never be answered, so callers need not wait
         for their timeout. Call ``disconnected()`` when it is readable."""
         if self.monitor is None:
-            self.monitor = self.sock.get_monitor_socket(self._gone_events)
+            self.monitor = self.sock.get_monitor_socket(self._gone_events | self.zmq.EVENT_CONNECTED)
         return self.monitor
 
     @property
@@ -144,15 +201,20 @@ class Channel:
         return int(self.zmq.EVENT_DISCONNECTED | self.zmq.EVENT_CONNECT_RETRIED)
 
     def disconnected(self) -> bool:
-        """Drain the monitor; True if a disconnect was reported."""
+        """Drain the monitor, following ``connection``; True if a disconnect or a failed
+        connection attempt was reported (not a connection: that only sets UP)."""
         seen = False
+        gone = self._gone_events
         while self.monitor is not None:
             try:
                 frames = self.monitor.recv_multipart(flags=self.zmq.NOBLOCK)
             except self.zmq.Again:
                 break
-            if frames and len(frames[0]) >= 2 and int.from_bytes(frames[0][:2], "little") & self._gone_events:
-                seen = True
+            if frames and len(frames[0]) >= 2:
+                event = int.from_bytes(frames[0][:2], "little")
+                self.connection = next_connection(self.connection, event, self.zmq)
+                if event & gone:
+                    seen = True
         return seen
 
     def _close_monitor(self) -> None:
@@ -184,21 +246,41 @@ class ChannelPool:
         ch = self.channels.get(endpoint)
         if ch is None:
             ch = self.channels[endpoint] = Channel(self.ctx, endpoint, self.zmq)
+            ch.pool = self
             self._register(ch)
         return ch
+
+    def is_down(self, endpoint: str) -> bool:
+        """Whether the channel to ``endpoint`` reported a drop or a failed connection
+        attempt since it last connected (False without a channel)."""
+        ch = self.channels.get(endpoint)
+        return ch is not None and ch.connection is Connection.DOWN
 
     def _register(self, ch: Channel) -> None:
         self.poller.register(ch.sock, self.zmq.POLLIN)
         if self.watch:
             self.poller.register(ch.watch_disconnects(), self.zmq.POLLIN)
 
-    def reset(self, ch: Channel) -> None:
-        """``Channel.reset`` keeping the poller registrations right."""
+    def _unregister(self, ch: Channel) -> None:
         self.poller.unregister(ch.sock)
         if ch.monitor is not None:
             self.poller.unregister(ch.monitor)
+
+    def reset(self, ch: Channel) -> None:
+        """``Channel.reset`` (which keeps the poller registrations right)."""
         ch.reset()
-        self._register(ch)
+
+    def discard_down(self, keep: set[str]) -> list[str]:
+        """Close the channels that are DOWN, except those to ``keep``: endpoints no
+        longer named by metadata (a restarted worker is on a new port). Each one is a
+        socket and a monitor, and ZeroMQ would retry it forever."""
+        gone = [e for e, ch in self.channels.items() if ch.connection is Connection.DOWN and e not in keep]
+        for e in gone:
+            ch = self.channels.pop(e)
+            self._unregister(ch)
+            ch.pool = None
+            ch.close()
+        return gone
 
     def __iter__(self) -> Iterator[Channel]:
         return iter(list(self.channels.values()))
