@@ -82,7 +82,8 @@ class CoordinatorLink:
     waits out the move); a request not answered in time forgets the
     coordinator (the next request finds it again) and raises RequestTimedOutError.
     ``sleep(seconds)`` waits out a back-off and returns True to give up (a closing
-    heartbeat thread); ``on_forget()`` is called whenever a coordinator is forgotten."""
+    heartbeat thread); ``on_forget()`` is called whenever a coordinator is forgotten, and
+    ``on_found(endpoint)`` whenever one is found."""
 
     def __init__(
         self,
@@ -91,6 +92,7 @@ class CoordinatorLink:
         zmq_module: ModuleType,
         sleep: Callable[[float], bool] | None = None,
         on_forget: Callable[[], None] | None = None,
+        on_found: Callable[[str], None] | None = None,
     ) -> None:
         self.ctx = ctx
         self.zmq = zmq_module
@@ -99,6 +101,7 @@ class CoordinatorLink:
         self.channels: dict[str, Channel] = {}  # endpoint -> channel
         self._sleep = sleep or _sleep
         self._on_forget = on_forget
+        self._on_found = on_found
 
     # ---- finding the coordinator --------------------------------------------------------------
     def find(self, group: str, retry_until: float) -> str:
@@ -116,6 +119,8 @@ class CoordinatorLink:
                 endpoint = str(reply.fields["endpoint"])
                 log.info("group %s: coordinator is node %s at %s", group, reply.fields.get("node_id"), endpoint)
                 self.coordinators[group] = endpoint
+                if self._on_found is not None:
+                    self._on_found(endpoint)
                 return endpoint
             except SluiceError as exc:
                 if not exc.retriable:
@@ -271,6 +276,9 @@ class GroupMembership:
         # that the group evicted the member, so its positions carry over (see ensure_active).
         self.coordinator_changes = 0
         self._joined_at_change = 0
+        # the coordinator this member last joined through: a link (the heartbeat thread's)
+        # that first finds another one counts as a change too, though it forgot nothing
+        self._joined_via: str | None = None
         self.fatal: SluiceError | None = None  # fenced: another consumer took our instance id
         self.last_poll = time.monotonic()
         self._stop = threading.Event()
@@ -279,11 +287,18 @@ class GroupMembership:
     # ---- requests --------------------------------------------------------------------------
     def new_link(self, sleep: Callable[[float], bool] | None = None) -> CoordinatorLink:
         """A way to the coordinator for one more thread (its own sockets)."""
-        return CoordinatorLink(self.ctx, self.endpoints, self.zmq, sleep, self._coordinator_forgotten)
+        return CoordinatorLink(
+            self.ctx, self.endpoints, self.zmq, sleep, self._coordinator_forgotten, self._coordinator_found
+        )
 
     def _coordinator_forgotten(self) -> None:
         with self._lock:
             self.coordinator_changes += 1
+
+    def _coordinator_found(self, endpoint: str) -> None:
+        with self._lock:
+            if self._joined_via is not None and endpoint != self._joined_via:
+                self.coordinator_changes += 1
 
     def _coordinator_changed(self) -> bool:
         """Has any link forgotten the coordinator since this member joined? (under _lock)"""
@@ -372,6 +387,7 @@ class GroupMembership:
                 synced = self._call("sync_group", member_id=self.member_id, generation=self.generation)
                 with self._lock:
                     self._joined_at_change = self.coordinator_changes
+                    self._joined_via = self.link.coordinators.get(self.group_id)
             except FencedInstanceIdError as exc:
                 self.fatal = exc
                 raise
