@@ -25,8 +25,8 @@ from appliance.children import Child, Children, ChildSpec, ChildState, Supervisi
 from appliance.config import NodeConfig
 from appliance.log.checkpoint import atomic_write
 from appliance.log.config import LogConfig
+from appliance.partition.process import run_worker
 from appliance.partition.spec import WorkerSpec
-from appliance.partition.worker import run_worker
 from ipc import sockets
 from ipc.control import (
     AlterIsrEvent,

@@ -154,7 +154,7 @@ class Supervisor:
         cfg = self.config
         # Fork server first: this process has no other thread and no socket yet.
         mp = multiprocessing.get_context("forkserver")
-        mp.set_forkserver_preload(["appliance.partition.worker"])
+        mp.set_forkserver_preload(["appliance.partition.process"])
         multiprocessing.forkserver.ensure_running()
         if self._lock_fd < 0:
             self._lock_fd = lock_data_dir(cfg.data_dir)

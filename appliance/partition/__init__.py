@@ -1,8 +1,11 @@
 """The partition worker: one process per partition replica on a node.
 
 - ``spec.py``: ``WorkerSpec``, what the supervisor gives a worker to start;
+- ``process.py``: ``run_worker``, the child's entry point;
 - ``worker.py``: the process (start-up, its loop, control commands and events, ticks,
-  status publishing, shutdown; ``run_worker`` is the child's entry point);
+  status publishing, shutdown);
+- ``follower.py``: a follower's link to its leader (the fetcher in the worker's loop);
+- ``storage.py``: the storage condition (a full disk answered, probed, recovered);
 - ``replica.py``: the replica's state (log, producer state, role and leader epoch, high
   watermark and its checkpoint, traffic counters);
 - ``handlers.py``: produce, fetch and list_offsets as functions that return a response,

@@ -29,6 +29,11 @@ does not crash the worker: it goes to ``storage_unavailable``, reports ready (so
 supervisor does not restart it) with ``storage_error`` in its status block, answers
 every request with ``STORAGE_ERROR``, keeps the role and configuration it is sent, and
 tries to open the log again every ``PROBE_S`` (``_await_storage``).
+
+At about 550 lines this module is over the house's 500: the process has two modes
+(serving, and waiting for a log its storage cannot open) that share its sockets, its
+state machine and its control handling; what it serves (handlers, purgatory, the
+follower's link in ``follower.py``) and its entry point (``process.py``) are apart.
 """
 
 from __future__ import annotations
@@ -48,13 +53,13 @@ from appliance.log.cleaner import LogCleaner
 from appliance.log.config import CleanupPolicy, LogConfig
 from appliance.log.flusher import FlushFailedError
 from appliance.log.log import Log
+from appliance.partition.follower import FollowerLink
 from appliance.partition.handlers import partition_pipeline
 from appliance.partition.purgatory import Purgatory
 from appliance.partition.replica import Replica
 from appliance.partition.spec import WorkerSpec
 from appliance.partition.storage import PROBE_S, StorageCondition, is_storage_error, probe
-from appliance.process import SignalPipe, die_with_parent, pid_alive, setup_logging
-from appliance.replication import STUCK_RETRY_S, Fetcher, apply_fetch_reply
+from appliance.process import SignalPipe, pid_alive
 from ipc import sockets
 from ipc.control import (
     AlterIsrEvent,
@@ -70,7 +75,7 @@ from ipc.control import (
 )
 from ipc.control import encode as encode_control
 from ipc.errors import NotLeaderError, SluiceError, StorageError
-from ipc.protocol import Reply, Request
+from ipc.protocol import Request
 from ipc.server import RequestPipeline
 from ipc.shm import Role, StatusTable, StatusWriter
 from metrics.definitions import FETCH_LATENCY, PRODUCE_LATENCY
@@ -102,9 +107,8 @@ class PartitionWorker:
         self.spec = spec
         self.clock = clock
         self.state = WorkerState.STARTING
-        self.fetcher: Fetcher | None = None
+        self.follower: FollowerLink
         self.poller = zmq.Poller()
-        self._polled_fetch: zmq.Socket[Any] | None = None
         # built after the fork, in start()
         self.replica: Replica
         self.purgatory: Purgatory
@@ -187,6 +191,7 @@ class PartitionWorker:
             self.replica, PRODUCE_LATENCY.labels(*labels).observe, FETCH_LATENCY.labels(*labels).observe
         )
         self.pipeline = partition_pipeline(self.replica, self.purgatory, self._reply)
+        self.follower = FollowerLink(self.replica, self.storage, self.poller, self.clock, self._on_replicated)
         now = self.clock()
         self._next_retention = now + self.retention_check_ms / 1000
         self.cleaner = LogCleaner(self.name, spec.cleaner_interval_ms, now)
@@ -294,7 +299,7 @@ class PartitionWorker:
         tick_s = self.spec.tick_ms / 1000
         handle = self.pipeline.handle
         while self.state is WorkerState.SERVING:
-            self._register_fetcher()
+            self.follower.register()
             timeout = max(0.0, min(self._next_deadline(), next_tick) - self.clock())
             events = dict(poller.poll(int(timeout * 1000) + 1))
             if events:
@@ -316,10 +321,7 @@ class PartitionWorker:
                     if self.state is not WorkerState.SERVING:
                         break
             now = self.clock()
-            if self.fetcher is not None:
-                if self.fetcher.sock in events:
-                    self.fetcher.receive(self._on_fetch_reply, now)
-                self._drive_fetcher(now)
+            self.follower.on_events(events, now)
             self.purgatory.expire(now)
             flush_due = self.log.next_flush_deadline()
             if flush_due is not None and time.time() >= flush_due:
@@ -338,7 +340,7 @@ class PartitionWorker:
         return bool(
             events
             or self.purgatory.waiting
-            or self.fetcher is not None
+            or self.follower.active
             or self.cleaner.running
             or self.log.next_flush_deadline() is not None
         )
@@ -360,8 +362,7 @@ class PartitionWorker:
 
     def _next_deadline(self) -> float:
         deadline = self.purgatory.next_deadline()
-        if self.fetcher is not None:
-            deadline = min(deadline, self.fetcher.due(self.clock()))
+        deadline = min(deadline, self.follower.due(self.clock()))
         flush = self.log.next_flush_deadline()
         if flush is not None:
             # Log's clock is wall time; convert to our monotonic clock
@@ -446,20 +447,19 @@ class PartitionWorker:
             self.purgatory.hw_moved(r.leading.advance_high_watermark(r.log.log_end_offset))
             return
         endpoint = cmd.leader_endpoint
-        if same and role is Role.FOLLOWER and self.fetcher is not None and self.fetcher.endpoint == endpoint:
-            self.fetcher.node_epoch = r.node_epoch
+        if same and role is Role.FOLLOWER and self.follower.follows(endpoint):
+            self.follower.set_node_epoch(r.node_epoch)
             return
         was_leading = r.leading is not None
         hw = r.high_watermark
-        self._stop_fetcher()
+        self.follower.stop()
         r.leading = None
         if was_leading:
             self.purgatory.fail_pending(NotLeaderError(f"{self.name}: no longer the leader (epoch {epoch})"))
             self.purgatory.serve_parked(force=True, replicas_only=True)
         r.take_role(cmd, hw, now)
         if role is Role.FOLLOWER and endpoint:
-            spec = self.spec
-            self.fetcher = Fetcher(self.ctx, endpoint, spec.topic, spec.partition, spec.node_id, r.node_epoch, epoch)
+            self.follower.follow(self.ctx, endpoint, self.spec.node_id, r.node_epoch, epoch)
         log.info("%s: %s at leader epoch %d (isr %s)", self.name, role.name.lower(), epoch, sorted(cmd.isr))
 
     def _check_isr(self, now: float) -> None:
@@ -472,50 +472,7 @@ class PartitionWorker:
             self._send_control(AlterIsrEvent(self.spec.slot, os.getpid(), r.leader_epoch, wanted))
         self.purgatory.hw_moved(lead.advance_high_watermark(r.log.log_end_offset))
 
-    # ---- the follower's fetcher ---------------------------------------------------------
-    def _stop_fetcher(self) -> None:
-        if self.fetcher is not None:
-            if self._polled_fetch is not None:
-                self.poller.unregister(self._polled_fetch)
-                self._polled_fetch = None
-            self.fetcher.close()
-            self.fetcher = None
-
-    def _register_fetcher(self) -> None:
-        sock = self.fetcher.sock if self.fetcher is not None else None
-        if sock is not self._polled_fetch:
-            if self._polled_fetch is not None:
-                self.poller.unregister(self._polled_fetch)
-            if sock is not None:
-                self.poller.register(sock, zmq.POLLIN)
-            self._polled_fetch = sock
-
-    def _drive_fetcher(self, now: float) -> None:
-        f = self.fetcher
-        assert f is not None
-        f.check_timeout(now)
-        # a follower whose disk refuses writes does not fetch (it could not append): it
-        # leaves the ISR as a lagging follower would, and fetches again once the tick's
-        # probe finds the disk usable (an idle partition would otherwise look caught up)
-        if not f.in_flight and now >= f.next_at and not self.storage.failed:
-            lg = self.log
-            assert lg.leader_epochs is not None
-            f.send(lg.log_end_offset, lg.leader_epochs.latest_epoch, now)
-
-    def _on_fetch_reply(self, reply: Reply) -> None:
-        f = self.fetcher
-        assert f is not None
-        try:
-            wait = apply_fetch_reply(self.replica, reply, f.endpoint, self._on_replicated)
-        except FlushFailedError:
-            raise
-        except OSError as exc:  # a truncation or a restart at the leader's log start: retried
-            self.storage.fail(exc)
-            log.error("%s: cannot apply the leader's reply: %s", self.name, exc)
-            wait = STUCK_RETRY_S
-        if wait is not None:
-            f.next_at = self.clock() + wait
-
+    # ---- the follower (follower.py) ------------------------------------------------------
     def _on_replicated(self) -> None:
         """Records came from the leader: fetches parked while this replica led may have
         enough now."""
@@ -586,7 +543,7 @@ class PartitionWorker:
             self._set_state(WorkerState.STOPPING)
         self.purgatory.serve_parked(force=True)
         self.purgatory.fail_pending(NotLeaderError(f"{self.name}: the replica is stopping"))
-        self._stop_fetcher()
+        self.follower.stop()
         self.cleaner.join(timeout=30)
         self._publish_status()  # the final offsets, before the log closes its segments
         self.replica.save_high_watermark()
@@ -596,32 +553,3 @@ class PartitionWorker:
         self.control.close(0)
         self.ctx.term()
         self._set_state(WorkerState.STOPPED)
-
-
-def _close_forkserver_alive_fd() -> None:
-    """The fork server exits when every holder of its "alive" pipe has closed it; a
-    forked child inherits one end, so close it here or the fork server (our parent,
-    whose death kills us) would outlive a SIGKILLed supervisor."""
-    import multiprocessing.forkserver as fs
-
-    server = getattr(fs, "_forkserver", None)
-    fd = getattr(server, "_forkserver_alive_fd", None)
-    if isinstance(fd, int):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-        server._forkserver_alive_fd = None  # type: ignore[union-attr]
-
-
-def run_worker(spec: WorkerSpec) -> None:
-    """Entry point in the forked child (multiprocessing target)."""
-    _close_forkserver_alive_fd()
-    die_with_parent(spec.supervisor_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the supervisor, which stops us
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is the supervisor's; it sends us node_options
-    setup_logging(spec.log_level)
-    signals = SignalPipe((signal.SIGTERM,))
-    worker = PartitionWorker(spec)
-    code = worker.run(signals)
-    raise SystemExit(code)
