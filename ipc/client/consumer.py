@@ -15,7 +15,8 @@ parts together, each in its own module:
 
 Group membership itself (join, sync, heartbeats, leave) is ``GroupMembership`` in
 ``ipc/client/group.py``; ``poll`` (re)joins through it and installs the assignments it
-brings.
+brings, and rejoins when the subscription's periodic look at the topics finds a pattern
+match or a subscribed topic's partition count changed.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ import zmq as _zmq
 from ipc.client.committer import Committer, commit_body
 from ipc.client.fetcher import ConsumerRecord, Fetcher
 from ipc.client.group import GroupMembership
-from ipc.client.metadata import ClusterMetadata, TopicMetadata
-from ipc.client.subscription import SubscriptionState, TopicPartition
+from ipc.client.metadata import ClusterMetadata
+from ipc.client.subscription import METADATA_REFRESH_S, SubscriptionState, TopicPartition
 from ipc.client.transport import Bootstrap, BootstrapChannel, check_ints, parse_bootstrap
 from ipc.errors import SluiceError
 from ipc.protocol import ASSIGNORS, EARLIEST, LATEST
@@ -170,8 +171,12 @@ class Consumer:
         self._subs.subscribe(topics)
         self._group.needs_rejoin = True
 
-    def _list_topics(self) -> dict[str, TopicMetadata]:
-        return self.metadata.refresh(None, self.request_timeout_s)
+    def _topic_partitions(self) -> dict[str, int | None]:
+        """Every topic's partition count (None: its metadata has an error), from one
+        metadata request for all topics (which creates none). Asked from ``poll`` every
+        ``METADATA_REFRESH_S``, so it waits at most that long for an answer."""
+        topics = self.metadata.refresh(None, min(self.request_timeout_s, METADATA_REFRESH_S))
+        return {name: None if md.error is not None else len(md.partitions) for name, md in topics.items()}
 
     def _apply_group_assignment(self, tps: list[TopicPartition], carry: bool = False) -> None:
         subs, fetcher = self._subs, self._fetcher
@@ -202,7 +207,7 @@ class Consumer:
         if g is None or self._subs.subscription is None:
             return
         now = time.monotonic()
-        topics, changed = self._subs.subscribed_topics(now, self._list_topics)
+        topics, changed = self._subs.subscribed_topics(now, self._topic_partitions)
         if changed:
             g.needs_rejoin = True
         if g.needs_rejoin:

@@ -14,9 +14,16 @@ When a group assignment replaces the previous one after the coordinator changed 
 over: if such a partition comes back in the next assignment, it resumes at the larger
 of its carried position and the group's committed offset (``start_offset``).
 
+Every ``METADATA_REFRESH_S`` a subscription looks at the cluster's topics and their
+partition counts (one metadata request, from a callable): a pattern is matched again,
+and the partition count of every subscribed topic is compared with the last look
+(``partition_counts_changed``). A topic that gained partitions, appeared or went away
+makes the member rejoin, so the group's next assignment covers the partitions as they
+are now (as Kafka's consumer does on a metadata change).
+
 Pure state: the fetcher (``ipc/client/fetcher.py``) moves positions as it hands out
 records, and asks the reset policy which end to start from; nothing here does I/O
-(the topic list a pattern is matched against comes from a callable).
+(the topics and their partition counts come from a callable).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import dataclasses
 import enum
 import logging
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ipc.errors import InvalidConfigError, OffsetOutOfRangeError, SluiceError
@@ -34,7 +41,10 @@ from ipc.protocol import EARLIEST, LATEST, valid_topic_name
 log = logging.getLogger(__name__)
 
 TopicPartition = tuple[str, int]
-PATTERN_REFRESH_S = 5.0  # how often a pattern subscription looks for new topics
+# how often a subscription looks at the topics and their partition counts (a pattern
+# for new topics, every subscription for partitions added): one metadata request
+METADATA_REFRESH_S = 5.0
+PATTERN_REFRESH_S = METADATA_REFRESH_S  # the older name
 
 
 class OffsetReset(enum.Enum):
@@ -67,6 +77,19 @@ def start_offset(committed: int | None, carried: int | None) -> int | None:
     return carried if committed is None else max(committed, carried)
 
 
+def partition_counts_changed(before: Mapping[str, int], now: Mapping[str, int | None], topics: Iterable[str]) -> bool:
+    """Whether the member must rejoin because the partitions of its subscribed
+    ``topics`` changed between two looks at the cluster: ``before`` and ``now`` map a
+    topic to its partition count (a topic missing does not exist; ``None`` in ``now``:
+    its metadata had an error this time, so it counts as unchanged)."""
+    for t in topics:
+        if t in now and now[t] is None:
+            continue  # unknown this time
+        if before.get(t) != now.get(t):
+            return True
+    return False
+
+
 class SubscriptionState:
     """The subscription (topics or a pattern), the assignment and its positions, and the
     reset policy. See the module docstring."""
@@ -77,8 +100,11 @@ class SubscriptionState:
         self.reset = OffsetReset(auto_offset_reset)
         self.assignment: dict[TopicPartition, TopicPartitionState] = {}
         self.subscription: list[str] | re.Pattern[str] | None = None
-        self.topics: list[str] = []  # the topics a pattern matched
-        self._next_pattern_check = 0.0
+        self.topics: list[str] = []  # the topics subscribed to (a pattern: those it matched)
+        self._next_check = 0.0
+        # the partition count of each subscribed topic at the last look (a topic missing
+        # did not exist); None before the first look after subscribing
+        self.partition_counts: dict[str, int] | None = None
         # positions of partitions dropped when the group coordinator changed: the next
         # assignment resumes them
         self.carried: dict[TopicPartition, int] = {}
@@ -98,28 +124,50 @@ class SubscriptionState:
                 if why:
                     raise InvalidConfigError(why)
             self.subscription = names
-        self.topics = []
-        self._next_pattern_check = 0.0
+        self.topics = sorted(set(self.subscription)) if isinstance(self.subscription, list) else []
+        self._next_check = 0.0
+        self.partition_counts = None
 
-    def subscribed_topics(self, now: float, list_topics: Callable[[], Iterable[str]]) -> tuple[list[str], bool]:
-        """The topics to join the group for, and whether they changed from an earlier
-        non-empty match (the member rejoins). A pattern is matched against
-        ``list_topics()`` every ``PATTERN_REFRESH_S``; if listing fails, the last match
-        stands."""
+    def subscribed_topics(
+        self, now: float, topic_partitions: Callable[[], Mapping[str, int | None]]
+    ) -> tuple[list[str], bool]:
+        """The topics to join the group for, and whether the member must rejoin. Every
+        ``METADATA_REFRESH_S`` (the first call at once) ``topic_partitions()`` gives every
+        topic's partition count (``None``: unknown, its metadata had an error); the
+        member rejoins when a pattern's match changed from an earlier non-empty one, or
+        when a subscribed topic's partition count changed since the previous look
+        (``partition_counts_changed``). If the call fails, nothing changes."""
         sub = self.subscription
-        if isinstance(sub, list):
-            return sorted(set(sub)), False
+        if sub is None or now < self._next_check:
+            return self.topics, False
+        self._next_check = now + METADATA_REFRESH_S
+        try:
+            counts = dict(topic_partitions())
+        except SluiceError as exc:
+            what = sub.pattern if isinstance(sub, re.Pattern) else ", ".join(self.topics)
+            log.warning("cannot read the topics' metadata for subscription %s: %s", what, exc)
+            return self.topics, False
         changed = False
-        if sub is not None and now >= self._next_pattern_check:
-            self._next_pattern_check = now + PATTERN_REFRESH_S
-            try:
-                names = sorted(list_topics())
-            except SluiceError as exc:
-                log.warning("cannot list topics for pattern %s: %s", sub.pattern, exc)
-                return self.topics, False
-            matched = [n for n in names if not n.startswith("__") and sub.fullmatch(n)]
+        if isinstance(sub, re.Pattern):
+            matched = sorted(n for n in counts if not n.startswith("__") and sub.fullmatch(n))
             changed = matched != self.topics and bool(self.topics)
             self.topics = matched
+        before = self.partition_counts
+        if before is not None and partition_counts_changed(before, counts, self.topics):
+            log.info(
+                "subscribed topics' partitions changed (%s -> %s); rejoining the group",
+                before,
+                {t: counts.get(t) for t in self.topics},
+            )
+            changed = True
+        kept = before or {}
+        self.partition_counts = {}
+        for t in self.topics:
+            n = counts.get(t)
+            if n is None and t in counts:
+                n = kept.get(t)  # unknown this time: keep the last count
+            if n is not None:
+                self.partition_counts[t] = n
         return self.topics, changed
 
     # ---- the assignment ---------------------------------------------------------------------

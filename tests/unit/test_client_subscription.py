@@ -9,10 +9,11 @@ import re
 import pytest
 
 from ipc.client.subscription import (
-    PATTERN_REFRESH_S,
+    METADATA_REFRESH_S,
     OffsetReset,
     SubscriptionState,
     TopicPartitionState,
+    partition_counts_changed,
     start_offset,
 )
 from ipc.errors import InvalidConfigError, OffsetOutOfRangeError, RequestTimedOutError
@@ -86,7 +87,7 @@ def test_a_topic_list_is_checked_and_joined_sorted_without_duplicates() -> None:
     with pytest.raises(InvalidConfigError, match="topics must be strings"):
         s.subscribe(["ok", 7])  # type: ignore[list-item]
     s.subscribe(["b", "a", "b"])
-    assert s.subscribed_topics(0.0, lambda: pytest.fail("a list needs no topic listing")) == (["a", "b"], False)
+    assert s.subscribed_topics(0.0, lambda: {"a": 1}) == (["a", "b"], False)
 
 
 def test_a_pattern_matches_whole_names_skips_internal_topics_and_is_rechecked() -> None:
@@ -95,38 +96,85 @@ def test_a_pattern_matches_whole_names_skips_internal_topics_and_is_rechecked() 
         s.subscribe("(")
     s.subscribe("orders-.*")
     assert isinstance(s.subscription, re.Pattern)
-    listed = ["orders-eu", "orders-us", "xorders-eu", "__orders-internal", "orders"]
+    listed: dict[str, int | None] = dict.fromkeys(
+        ["orders-eu", "orders-us", "xorders-eu", "__orders-internal", "orders"], 1
+    )
     calls: list[float] = []
 
-    def list_topics() -> list[str]:
+    def list_topics() -> dict[str, int | None]:
         calls.append(0)
         return listed
 
     assert s.subscribed_topics(10.0, list_topics) == (["orders-eu", "orders-us"], False)
-    listed.append("orders-ap")
-    assert s.subscribed_topics(10.0 + PATTERN_REFRESH_S / 2, list_topics) == (["orders-eu", "orders-us"], False)
-    assert len(calls) == 1  # not listed again before PATTERN_REFRESH_S
-    topics, changed = s.subscribed_topics(10.0 + PATTERN_REFRESH_S, list_topics)
+    listed["orders-ap"] = 1
+    assert s.subscribed_topics(10.0 + METADATA_REFRESH_S / 2, list_topics) == (["orders-eu", "orders-us"], False)
+    assert len(calls) == 1  # not listed again before METADATA_REFRESH_S
+    topics, changed = s.subscribed_topics(10.0 + METADATA_REFRESH_S, list_topics)
     assert topics == ["orders-ap", "orders-eu", "orders-us"] and changed  # the member rejoins
 
 
 def test_a_first_pattern_match_is_not_a_change_and_a_failed_listing_keeps_the_last_match() -> None:
     s = SubscriptionState("latest")
     s.subscribe("t.*")
-    assert s.subscribed_topics(0.0, lambda: ["t1"]) == (["t1"], False)
+    assert s.subscribed_topics(0.0, lambda: {"t1": 1}) == (["t1"], False)
 
-    def fail() -> list[str]:
+    def fail() -> dict[str, int | None]:
         raise RequestTimedOutError("no node")
 
-    assert s.subscribed_topics(PATTERN_REFRESH_S, fail) == (["t1"], False)
+    assert s.subscribed_topics(METADATA_REFRESH_S, fail) == (["t1"], False)
 
 
 def test_subscribing_again_forgets_the_earlier_match() -> None:
     s = SubscriptionState("latest")
     s.subscribe("t.*")
-    s.subscribed_topics(0.0, lambda: ["t1"])
+    s.subscribed_topics(0.0, lambda: {"t1": 1})
     s.subscribe("u.*")
-    assert s.subscribed_topics(1.0, lambda: ["t1", "u1"]) == (["u1"], False)
+    assert s.subscribed_topics(1.0, lambda: {"t1": 1, "u1": 1}) == (["u1"], False)
+
+
+def test_partition_counts_changed_when_a_subscribed_topic_gains_appears_or_goes() -> None:
+    before = {"a": 2, "b": 1}
+    assert not partition_counts_changed(before, {"a": 2, "b": 1, "other": 9}, ["a", "b"])
+    assert partition_counts_changed(before, {"a": 4, "b": 1}, ["a", "b"])  # partitions added
+    assert partition_counts_changed(before, {"a": 2}, ["a", "b"])  # b deleted
+    assert partition_counts_changed(before, {"a": 2, "b": 1, "c": 3}, ["a", "b", "c"])  # c created
+    assert not partition_counts_changed(before, {"a": None, "b": 1}, ["a", "b"])  # a unknown this time
+    assert not partition_counts_changed(before, {"a": 2, "b": 1, "x": 3}, ["a", "b"])  # x not subscribed
+
+
+def test_a_topic_list_rejoins_when_a_topic_gains_partitions_checked_every_refresh() -> None:
+    s = SubscriptionState("latest")
+    s.subscribe(["a", "b"])
+    counts: dict[str, int | None] = {"a": 2, "b": 1}
+    calls: list[int] = []
+
+    def topic_partitions() -> dict[str, int | None]:
+        calls.append(0)
+        return counts
+
+    assert s.subscribed_topics(0.0, topic_partitions) == (["a", "b"], False)  # the first look
+    counts["a"] = 4
+    assert s.subscribed_topics(METADATA_REFRESH_S / 2, topic_partitions) == (["a", "b"], False)
+    assert len(calls) == 1  # no metadata request before METADATA_REFRESH_S
+    assert s.subscribed_topics(METADATA_REFRESH_S, topic_partitions) == (["a", "b"], True)
+    assert s.partition_counts == {"a": 4, "b": 1}
+    counts["a"] = None  # an error this time: the last count stands, no rejoin
+    assert s.subscribed_topics(2 * METADATA_REFRESH_S, topic_partitions) == (["a", "b"], False)
+    assert s.partition_counts == {"a": 4, "b": 1}
+    counts["a"] = 4
+    assert s.subscribed_topics(3 * METADATA_REFRESH_S, topic_partitions) == (["a", "b"], False)
+
+
+def test_a_pattern_rejoins_when_a_matched_topic_gains_partitions_or_a_first_topic_appears() -> None:
+    s = SubscriptionState("latest")
+    s.subscribe("t.*")
+    counts: dict[str, int | None] = {}
+    assert s.subscribed_topics(0.0, lambda: counts) == ([], False)
+    counts["t1"] = 1  # the first match after joining with none
+    assert s.subscribed_topics(METADATA_REFRESH_S, lambda: counts) == (["t1"], True)
+    counts["t1"] = 3
+    assert s.subscribed_topics(2 * METADATA_REFRESH_S, lambda: counts) == (["t1"], True)
+    assert s.subscribed_topics(3 * METADATA_REFRESH_S, lambda: counts) == (["t1"], False)
 
 
 # ---------------------------------------------------------------------------- group assignments
