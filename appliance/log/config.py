@@ -15,6 +15,7 @@ from typing import Any
 from ipc.errors import InvalidConfigError
 
 DAY_MS = 24 * 3600 * 1000
+INT64_MAX = 2**63 - 1
 
 
 class FsyncPolicy(enum.Enum):
@@ -43,6 +44,9 @@ class LogConfig:
     # replication (appliance/replication.py): acks=all needs this many in-sync replicas
     min_insync_replicas: int = 1
     unclean_leader_election: bool = False  # elect an out-of-sync replica when no ISR member is alive
+    # idempotent producers (appliance/log/producers.py): a producer id whose newest batch's
+    # max timestamp is older than this is forgotten (Kafka's broker-level producer.id.expiration.ms)
+    producer_id_expiration_ms: int = DAY_MS
 
     def to_options(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -97,11 +101,16 @@ class _Option:
         if self.allow_minus_one and value == -1:
             return value
         if self.maximum is not None and value > self.maximum:
-            raise InvalidConfigError(f"{name}={raw!r}: must be <= {self.maximum:g}")
+            raise InvalidConfigError(f"{name}={raw!r}: must be <= {_number(self.maximum)}")
         if self.minimum is not None and value < self.minimum:
             extra = " (or -1 for no limit)" if self.allow_minus_one else ""
-            raise InvalidConfigError(f"{name}={raw!r}: must be >= {self.minimum:g}{extra}")
+            raise InvalidConfigError(f"{name}={raw!r}: must be >= {_number(self.minimum)}{extra}")
         return value
+
+
+def _number(bound: float) -> str:
+    """A bound as written in the docs: whole numbers in full (2147483647, not 2.14748e+09)."""
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
 
 
 _OPTIONS: dict[str, _Option] = {
@@ -117,5 +126,6 @@ _OPTIONS: dict[str, _Option] = {
     "delete.retention.ms": _Option("delete_retention_ms", int, 0),
     "min.insync.replicas": _Option("min_insync_replicas", int, 1, maximum=16),
     "unclean.leader.election.enable": _Option("unclean_leader_election", bool),
+    "producer.id.expiration.ms": _Option("producer_id_expiration_ms", int, 1000, maximum=INT64_MAX),
 }
 OPTION_NAMES = tuple(_OPTIONS)

@@ -20,6 +20,22 @@ its own ``ProducerStateTable``, as Kafka's ``ProducerStateManager`` does:
   exactly the batches in the log.
 * ``evict_below(log_start_offset)`` after retention forgets the producers whose last
   batch is gone, as ``rebuild`` would.
+* ``expire(now_ms, expiration_ms)`` at the worker's tick forgets the producers that
+  have been idle for ``producer.id.expiration.ms`` (below).
+
+Expiry, as Kafka's ``producer.id.expiration.ms``: a producer whose newest batch's max
+timestamp (``ProducerEntry.last_timestamp``, Kafka's ``lastTimestamp``) is older than
+``now_ms - expiration_ms`` is dropped, so a partition written by many short-lived
+producers does not keep each one's state for as long as its batches stay in the log.
+The rule reads record time, not the wall time a batch arrived, because record time is
+in the log: ``rebuild`` applies the same rule against the current time after its
+replay, so a restart (or a truncation) never brings an expired producer back, and the
+rebuilt table agrees with the live one. The price, as in Kafka: a producer that writes
+old timestamps (a replay of history with ``CreateTime``) looks idle and is expired at
+the next tick; it is not refused, it only loses its duplicate detection. A batch from
+an expired producer id is new, whatever its sequence (the entry starts afresh), so a
+retry of a batch written before the expiry is written a second time. ``expire`` keeps a
+lower bound of the entries' timestamps, so a tick with nothing to expire costs O(1).
 
 Batches without a producer id (``producer_id == -1``) are not tracked. The table holds
 no I/O of its own: ``rebuild`` reads batch headers through ``LogSegment.iter_batches``
@@ -30,6 +46,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import os
 from collections.abc import Iterator, Sequence
 
@@ -38,6 +55,8 @@ from appliance.log.log import Log
 from appliance.log.segment import TornBatch
 from ipc.errors import InvalidProducerEpochError, OutOfOrderSequenceError
 from ipc.records import BatchHeader
+
+log = logging.getLogger(__name__)
 
 NO_PRODUCER_ID = -1
 NO_SEQUENCE = -1
@@ -67,11 +86,13 @@ class BatchMetadata:
 
 @dataclasses.dataclass(slots=True)
 class ProducerEntry:
-    """A producer id's epoch and its last ``DUPLICATE_WINDOW`` batches, oldest first."""
+    """A producer id's epoch and its last ``DUPLICATE_WINDOW`` batches, oldest first;
+    ``last_timestamp``: the max timestamp of its newest batch (what expiry reads)."""
 
     producer_id: int
     epoch: int
     batches: collections.deque[BatchMetadata]
+    last_timestamp: int = -1
 
     @property
     def last_sequence(self) -> int:
@@ -82,7 +103,9 @@ class ProducerEntry:
         return self.batches[-1].last_offset
 
     def copy(self) -> ProducerEntry:
-        return ProducerEntry(self.producer_id, self.epoch, collections.deque(self.batches, DUPLICATE_WINDOW))
+        return ProducerEntry(
+            self.producer_id, self.epoch, collections.deque(self.batches, DUPLICATE_WINDOW), self.last_timestamp
+        )
 
 
 class ProducerStateTable:
@@ -92,6 +115,8 @@ class ProducerStateTable:
     def __init__(self, name: str = "") -> None:
         self.name = name  # topic-partition, for error messages
         self._producers: dict[int, ProducerEntry] = {}
+        # <= every entry's last_timestamp (None: no entry); lets ``expire`` skip the scan
+        self._oldest_timestamp: int | None = None
 
     # ---- the leader's check, before it appends ----------------------------------------
     def check(self, h: BatchHeader) -> int | None:
@@ -167,25 +192,43 @@ class ProducerStateTable:
     # ---- after an append (leader or follower) ----------------------------------------
     def update(self, h: BatchHeader, base_offset: int) -> None:
         """Record ``h``, just appended at ``base_offset``. The log is the truth: a batch
-        with another epoch than the stored one starts the producer's entry afresh."""
+        with another epoch than the stored one, or one that does not follow the stored
+        last sequence, starts the producer's entry afresh. The second happens when the
+        leader took the batch as a new producer's, its state having expired (or gone
+        with retention): a follower whose own table has not expired it yet, and a
+        ``rebuild`` replaying the batches from before the expiry, then forget those
+        older batches as the leader did, instead of taking a new sequence 1 for a retry
+        of the old one."""
         pid = h.producer_id
         if pid < 0 or h.base_sequence < 0:
             return
         meta = BatchMetadata(h.base_sequence, last_sequence(h), base_offset, base_offset + h.last_offset_delta)
         e = self._producers.get(pid)
-        if e is None or e.epoch != h.producer_epoch:
-            self._producers[pid] = ProducerEntry(pid, h.producer_epoch, collections.deque((meta,), DUPLICATE_WINDOW))
+        ts = h.max_timestamp
+        if e is None or e.epoch != h.producer_epoch or h.base_sequence != add_sequence(e.last_sequence, 1):
+            self._producers[pid] = ProducerEntry(
+                pid, h.producer_epoch, collections.deque((meta,), DUPLICATE_WINDOW), ts
+            )
         else:
             e.batches.append(meta)  # the deque's maxlen drops the oldest
+            e.last_timestamp = ts
+        if self._oldest_timestamp is None or ts < self._oldest_timestamp:
+            self._oldest_timestamp = ts
 
     # ---- rebuilding and forgetting ----------------------------------------------------
     @classmethod
-    def rebuild(cls, log: Log) -> ProducerStateTable:
+    def rebuild(cls, log: Log, now_ms: int | None = None) -> ProducerStateTable:
         """The table for exactly the batches now in ``log`` (headers only, no body is
-        decoded). Call it after ``Log.open`` and after every truncation."""
+        decoded), less the producers expired at ``now_ms`` (default: the log's wall
+        clock) under the log's ``producer.id.expiration.ms``, as the live table's
+        ``expire`` would have dropped them. Call it after ``Log.open`` and after every
+        truncation."""
         table = cls(os.path.basename(os.path.normpath(log.directory)))
         for h in _log_headers(log):
             table.update(h, h.base_offset)
+        if now_ms is None:
+            now_ms = int(log.clock() * 1000)
+        table.expire(now_ms, log.config.producer_id_expiration_ms)
         return table
 
     def evict_below(self, offset: int) -> int:
@@ -194,6 +237,27 @@ class ProducerStateTable:
         gone = [pid for pid, e in self._producers.items() if e.last_offset < offset]
         for pid in gone:
             del self._producers[pid]
+        return len(gone)
+
+    def expire(self, now_ms: int, expiration_ms: int) -> int:
+        """Forget producers whose newest batch's max timestamp is older than
+        ``now_ms - expiration_ms`` (Kafka's rule); return how many were removed. O(1)
+        while no entry can be that old."""
+        cutoff = now_ms - expiration_ms
+        if self._oldest_timestamp is None or self._oldest_timestamp >= cutoff:
+            return 0
+        gone = [pid for pid, e in self._producers.items() if e.last_timestamp < cutoff]
+        for pid in gone:
+            del self._producers[pid]
+        self._oldest_timestamp = min((e.last_timestamp for e in self._producers.values()), default=None)
+        if gone:
+            log.debug(
+                "%sexpired %d producer id(s) idle for more than %d ms (%d remain)",
+                self._prefix(),
+                len(gone),
+                expiration_ms,
+                len(self._producers),
+            )
         return len(gone)
 
     # ---- inspection -------------------------------------------------------------------

@@ -152,6 +152,13 @@ class Replica:
         """After a truncation: the table for exactly the batches now in the log."""
         self.producers = ProducerStateTable.rebuild(self.log)
 
+    def expire_producers(self) -> int:
+        """At each tick: forget the producers idle for the topic's
+        ``producer.id.expiration.ms`` (their newest batch's max timestamp against the
+        log's wall clock, the rule ``rebuild`` applies too); how many went."""
+        lg = self.log
+        return self.producers.expire(int(lg.clock() * 1000), lg.config.producer_id_expiration_ms)
+
     # ---- reads ----------------------------------------------------------------------
     def read(self, offset: int, max_bytes: int, replica: bool = False) -> bytes:
         """Whole batches from ``offset``: up to the high watermark for a consumer, up to

@@ -381,6 +381,7 @@ class PartitionWorker:
             if r.leading is not None:
                 self._check_isr(now)
             r.maybe_save_high_watermark(now)
+            r.expire_producers()  # O(1) unless a producer id is due (producers.py)
             cfg = lg.config
             if now >= self._next_retention and not self.cleaner.running:
                 self._next_retention = now + self.retention_check_ms / 1000

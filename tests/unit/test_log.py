@@ -1277,6 +1277,9 @@ VALID_OPTIONS: list[tuple[str, Any, str, Any]] = [
     ("unclean.leader.election.enable", True, "unclean_leader_election", True),
     ("unclean.leader.election.enable", "false", "unclean_leader_election", False),
     ("unclean.leader.election.enable", "TRUE", "unclean_leader_election", True),
+    ("producer.id.expiration.ms", 1000, "producer_id_expiration_ms", 1000),
+    ("producer.id.expiration.ms", "604800000", "producer_id_expiration_ms", 604800000),
+    ("producer.id.expiration.ms", 2**63 - 1, "producer_id_expiration_ms", 2**63 - 1),
 ]
 
 BAD_OPTIONS: list[tuple[str, Any]] = [
@@ -1321,6 +1324,12 @@ BAD_OPTIONS: list[tuple[str, Any]] = [
     ("unclean.leader.election.enable", "yes"),
     ("unclean.leader.election.enable", 1),
     ("unclean.leader.election.enable", None),
+    ("producer.id.expiration.ms", 999),
+    ("producer.id.expiration.ms", 0),
+    ("producer.id.expiration.ms", -1),
+    ("producer.id.expiration.ms", 2**63),
+    ("producer.id.expiration.ms", "1d"),
+    ("producer.id.expiration.ms", math.inf),
 ]
 
 

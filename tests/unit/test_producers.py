@@ -24,7 +24,7 @@ from appliance.log.producers import (
     add_sequence,
     last_sequence,
 )
-from ipc.errors import InvalidProducerEpochError, OutOfOrderSequenceError
+from ipc.errors import InvalidConfigError, InvalidProducerEpochError, OutOfOrderSequenceError
 from ipc.records import HEADER_SIZE, LOG_OVERHEAD, MAGIC, BatchHeader, decode_batches, encode_batch, read_header
 
 MAX_SEQ = SEQUENCE_SPACE - 1
@@ -417,7 +417,8 @@ def test_retries_within_the_window_write_every_batch_exactly_once(
     )
 )
 def test_rebuild_always_equals_the_live_table(tmp_path_factory: Any, ops: list[tuple[int, str]]) -> None:
-    lg = Log.open(str(tmp_path_factory.mktemp("p") / "t-0"), LogConfig(segment_bytes=500))
+    # the clock stays at the batches' time: nothing expires (expiry has its own tests below)
+    lg = Log.open(str(tmp_path_factory.mktemp("p") / "t-0"), LogConfig(segment_bytes=500), clock=lambda: T0_MS / 1000)
     try:
         live = ProducerStateTable()
         leader = Leader(live, lg)
@@ -495,3 +496,187 @@ def test_compaction_keeps_every_producers_sequence_state(open_log: Any) -> None:
     }
     for pid, next_seq in ((1, 3), (2, 5), (3, 8)):
         assert rebuilt.check(hdr(pid, 0, next_seq)) is None  # accepted, not OUT_OF_ORDER
+
+
+# --------------------------------------------------------------------------- expiry of idle producer ids
+
+EXPIRATION_MS = 60_000
+
+
+def hdr_at(pid: int, epoch: int, seq: int, ts: int, count: int = 1) -> BatchHeader:
+    """``hdr`` whose records carry timestamp ``ts`` (what expiry reads)."""
+    return hdr(pid, epoch, seq, count)._replace(first_timestamp=ts, max_timestamp=ts)
+
+
+def batch_at(pid: int, epoch: int, seq: int, ts: int) -> bytes:
+    return encode_batch(
+        [f"{pid}-{seq}".encode()], timestamp=ts, producer_id=pid, producer_epoch=epoch, base_sequence=seq
+    )
+
+
+class WallClock:
+    """The log's wall clock (seconds), moved by the test."""
+
+    def __init__(self, ms: int = T0_MS) -> None:
+        self.ms = ms
+
+    def __call__(self) -> float:
+        return self.ms / 1000
+
+
+@pytest.fixture
+def timed_log(tmp_path: Any) -> Iterator[Any]:
+    """``open(clock)``: the partition's log with ``producer.id.expiration.ms`` = 60 s,
+    reading time from ``clock``; reopening the same directory is a restart."""
+    opened: list[Log] = []
+
+    def _open(clock: WallClock) -> Log:
+        config = LogConfig.from_options({"producer.id.expiration.ms": EXPIRATION_MS})
+        lg = Log.open(str(tmp_path / "events-0"), config, clock=clock)
+        opened.append(lg)
+        return lg
+
+    yield _open
+    for lg in opened:
+        for seg in lg.segments:
+            seg.close()
+        lg.segments = []
+
+
+def test_expire_drops_producers_whose_newest_batch_is_older_than_the_expiration() -> None:
+    t = ProducerStateTable("events-0")
+    t.update(hdr_at(1, 0, 0, T0_MS), 0)
+    t.update(hdr_at(2, 0, 0, T0_MS), 1)
+    t.update(hdr_at(2, 0, 1, T0_MS + 30_000), 2)  # producer 2 wrote again 30 s later
+    assert t.expire(T0_MS + EXPIRATION_MS, EXPIRATION_MS) == 0  # exactly the expiration: not yet
+    assert t.expire(T0_MS + EXPIRATION_MS + 1, EXPIRATION_MS) == 1
+    assert t.get(1) is None
+    kept = t.get(2)
+    assert kept is not None and kept.last_sequence == 1 and kept.last_timestamp == T0_MS + 30_000
+    assert t.expire(T0_MS + 30_000 + EXPIRATION_MS, EXPIRATION_MS) == 0
+    assert t.expire(T0_MS + 30_000 + EXPIRATION_MS + 1, EXPIRATION_MS) == 1
+    assert t.producer_count == 0
+    assert t.expire(T0_MS + 10 * EXPIRATION_MS, EXPIRATION_MS) == 0  # an empty table
+
+
+def test_an_active_producer_is_kept_however_long_it_has_existed() -> None:
+    t = ProducerStateTable()
+    leader = Leader(t)
+    for seq in range(20):  # one batch every 30 s for 10 minutes
+        now = T0_MS + seq * 30_000
+        leader.produce(hdr_at(5, 0, seq, now))
+        assert t.expire(now + 1, EXPIRATION_MS) == 0
+    entry = t.get(5)
+    assert entry is not None and entry.last_sequence == 19
+    assert t.check(hdr_at(5, 0, 18, 0)) is not None  # its retries are still recognised
+
+
+def test_a_batch_from_an_expired_producer_is_accepted_as_a_new_producers() -> None:
+    t = ProducerStateTable()
+    leader = Leader(t)
+    for seq in range(3):
+        leader.produce(hdr_at(7, 3, seq, T0_MS))
+    later = T0_MS + EXPIRATION_MS + 1
+    with pytest.raises(OutOfOrderSequenceError):
+        t.check(hdr_at(7, 3, 10, later))  # before the expiry: a gap
+    with pytest.raises(InvalidProducerEpochError):
+        t.check(hdr_at(7, 2, 0, later))  # and an older epoch is fenced
+    assert t.expire(later, EXPIRATION_MS) == 1
+    # after it: a retry of a batch written before the expiry is written again, as in Kafka
+    base, appended = leader.produce(hdr_at(7, 3, 2, later))
+    assert appended and base == 3
+    entry = t.get(7)
+    assert entry is not None and entry.last_sequence == 2 and len(entry.batches) == 1
+    assert leader.produce(hdr_at(7, 3, 3, later)) == (4, True)  # and the table goes on from there
+    assert leader.produce(hdr_at(7, 3, 3, later)) == (4, False)
+    # any first sequence and any epoch start a new entry, exactly as for an unknown id
+    t.expire(later + EXPIRATION_MS + 1, EXPIRATION_MS)
+    assert t.check(hdr_at(7, 1, 500, later)) is None
+    assert t.check_all([hdr_at(7, 1, 500, later), hdr_at(7, 1, 501, later)]) == [None, None]
+
+
+def test_a_follower_that_has_not_expired_the_producer_yet_follows_the_leader() -> None:
+    """The leader took sequence 0 again as a new producer's (it had expired the id); a
+    follower whose tick has not come yet starts the entry afresh too, so that after a
+    failover the producer's next batch is new, not a "duplicate" of an old one."""
+    follower = ProducerStateTable()
+    for seq in range(3):
+        follower.update(hdr_at(7, 0, seq, T0_MS), seq)
+    follower.update(hdr_at(7, 0, 0, T0_MS + EXPIRATION_MS + 1), 3)
+    entry = follower.get(7)
+    assert entry is not None and [b.base_offset for b in entry.batches] == [3]
+    assert follower.check(hdr_at(7, 0, 1, T0_MS + EXPIRATION_MS + 1)) is None
+    assert follower.check(hdr_at(7, 0, 0, T0_MS + EXPIRATION_MS + 1)) == 3
+
+
+def test_the_tick_hook_uses_the_topics_option_and_the_logs_clock(timed_log: Any, tmp_path: Any) -> None:
+    from appliance.partition.replica import Replica  # the worker's tick calls replica.expire_producers()
+
+    clock = WallClock()
+    lg = timed_log(clock)
+    replica = Replica("events", 0, 1, lg, clock=lambda: 0.0)
+    leader = Leader(replica.producers, lg)
+    for pid, seq, ts in [(1, 0, T0_MS), (2, 0, T0_MS), (2, 1, T0_MS + 30_000)]:
+        buf = batch_at(pid, 0, seq, ts)
+        leader.produce(read_header(buf), buf)
+    clock.ms = T0_MS + EXPIRATION_MS
+    assert replica.expire_producers() == 0
+    clock.ms += 1  # producer 1 idle longer than the expiration: dropped at this tick
+    assert replica.expire_producers() == 1
+    assert set(replica.producers.entries()) == {2}
+    # a new value of the option (alter_topic) applies at the next tick
+    lg.config = lg.config.with_options({"producer.id.expiration.ms": 1000})
+    assert replica.expire_producers() == 1
+    assert replica.producers.producer_count == 0
+
+
+def test_a_rebuild_after_a_restart_does_not_bring_an_expired_producer_back(timed_log: Any) -> None:
+    clock = WallClock()
+    lg = timed_log(clock)
+    live = ProducerStateTable("events-0")
+    leader = Leader(live, lg)
+    for pid, seq, ts in [(1, 0, T0_MS), (1, 1, T0_MS), (2, 0, T0_MS + 30_000)]:
+        buf = batch_at(pid, 0, seq, ts)
+        leader.produce(read_header(buf), buf)
+    clock.ms = T0_MS + EXPIRATION_MS + 1
+    assert live.expire(clock.ms, EXPIRATION_MS) == 1
+
+    # restart at the same time: the replay finds producer 1's batches, the rule drops it
+    lg.close()
+    lg2 = timed_log(clock)
+    rebuilt = ProducerStateTable.rebuild(lg2)
+    assert rebuilt.entries() == live.entries() and set(rebuilt.entries()) == {2}
+    # and later the other one too, as the live table would
+    assert set(ProducerStateTable.rebuild(lg2, now_ms=T0_MS + 30_000 + EXPIRATION_MS + 1).entries()) == set()
+    # a restart before the expiration keeps it (the rule reads record time, not uptime)
+    assert set(ProducerStateTable.rebuild(lg2, now_ms=T0_MS + EXPIRATION_MS).entries()) == {1, 2}
+
+    # the expired producer writes again (accepted as new), then a crash and a rebuild:
+    # the table expects of it what the live one does
+    leader = Leader(rebuilt, lg2)
+    buf = batch_at(1, 0, 0, clock.ms)
+    assert leader.produce(read_header(buf), buf) == (3, True)
+    for seg in lg2.segments:  # a crash: descriptors dropped without close()
+        seg.close()
+    lg2.segments = []
+    lg3 = timed_log(clock)
+    again = ProducerStateTable.rebuild(lg3)
+    assert set(again.entries()) == {1, 2}
+    hs = [hdr_at(1, 0, 1, clock.ms), hdr_at(1, 0, 0, clock.ms), hdr_at(1, 0, 2, clock.ms)]
+    assert answers(again, hs) == answers(rebuilt, hs)
+
+
+def test_the_option_is_validated_with_a_clear_message() -> None:
+    assert LogConfig().producer_id_expiration_ms == 86_400_000
+    assert LogConfig().to_options()["producer.id.expiration.ms"] == 86_400_000
+    assert LogConfig.from_options({"producer.id.expiration.ms": "1000"}).producer_id_expiration_ms == 1000
+    cases = {
+        999: "producer.id.expiration.ms=999: must be >= 1000",
+        -1: "producer.id.expiration.ms=-1: must be >= 1000",
+        2**63: f"producer.id.expiration.ms={2**63}: must be <= {2**63 - 1}",
+        "1d": "producer.id.expiration.ms='1d': expected int",
+    }
+    for raw, message in cases.items():
+        with pytest.raises(InvalidConfigError) as info:
+            LogConfig.from_options({"producer.id.expiration.ms": raw})
+        assert info.value.message == message
