@@ -3,6 +3,7 @@ same producer id and sequence is written once, and the answers say so."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -34,7 +35,11 @@ def leader(node: Node) -> Iterator[Channel]:
 
 
 def produce(ch: Channel, values: list[bytes], pid: int, seq: int) -> list[int]:
-    batch = encode_batch(values, producer_id=pid, producer_epoch=0, base_sequence=seq)
+    # stamped now, as a producer's batch is: a producer's state expires by its batches'
+    # record time (producer.id.expiration.ms, as in Kafka), and time 0 is 56 years idle
+    batch = encode_batch(
+        values, producer_id=pid, producer_epoch=0, base_sequence=seq, timestamp=int(time.time() * 1000)
+    )
     reply = ch.request("produce", 10, frames=[batch], topic="idem", partition=0, acks="all")
     reply.raise_for_error()
     offsets: list[int] = reply.fields["base_offsets"]
