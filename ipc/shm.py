@@ -107,7 +107,7 @@ it owns that slot's status block again and may :meth:`StatusTable.reset_status` 
 The status block is only meaningful while ``status.pid == control.worker_pid``; a
 different pid means it still holds what the previous worker of the slot wrote.
 
-Why one module of about 640 lines: the byte layout, the single-writer rule and the
+Why one module of about 640 lines (over the house's 500): the byte layout, the single-writer rule and the
 seqlock protocol are one contract, read and written only here; the table, its writer
 and its readers must agree byte for byte, so they stay together.
 """
