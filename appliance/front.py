@@ -218,6 +218,10 @@ class FrontApi:
 
     def create_topic(self, req: Request) -> Response | None:
         f = req.fields
+        if is_internal(f["topic"]):
+            raise PolicyViolationError(
+                f"topic name {f['topic']!r} is reserved: names starting with '__' are the node's own topics"
+            )
         create_topic(self.node, f["topic"], f["partitions"], f["replication_factor"], f["config"])
         return self._defer(req, f["topic"], range(f["partitions"]))
 

@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--replication-factor", type=_positive, default=1)
     tc.add_argument("--config", action="append", type=_parse_option, default=[], metavar="NAME=VALUE")
     tl = tsub.add_parser("list")
+    tl.add_argument("--include-internal", action="store_true", help="list the node's own topics (__...) too")
     td = tsub.add_parser("describe")
     td.add_argument("topic")
     td.add_argument("--json", action="store_true")

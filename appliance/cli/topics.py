@@ -16,7 +16,7 @@ def cmd_topics(a: argparse.Namespace) -> int:
             admin.create_topic(a.topic, a.partitions, a.replication_factor, dict(a.config))
             print(f"created topic {a.topic} with {a.partitions} partition(s)")
         elif a.action == "list":
-            for name in admin.list_topics():
+            for name in admin.list_topics(internal=a.include_internal):
                 print(name)
         elif a.action == "describe":
             d = admin.describe_topic(a.topic)

@@ -614,11 +614,14 @@ def test_live_topic_admin_cli(node: Node) -> None:
         (("alter", "cli-t", "--config", "segment.bytes=10"), "segment.bytes='10'"),
         (("alter", "cli-t", "--partitions", "1"), "partitions=1"),
         (("describe", "no-such-topic"), "'no-such-topic'"),
+        (("create", "__mine"), "'__mine' is reserved"),  # the node's own name space
     ):
         line = error_line(run_sluice("topics", *args, *b), "sluice topics: error:")
         assert named in line, line
     res = run_sluice("topics", "list", *b)
     assert res.stdout.decode().split() == ["cli-t"]  # nothing was created by the refused requests
+    res = run_sluice("topics", "list", "--include-internal", *b)
+    assert "__consumer_offsets" in res.stdout.decode().split() and "__mine" not in res.stdout.decode()
 
     res = run_sluice("topics", "delete", "cli-t", *b)
     assert res.returncode == 0, res.stderr.decode()

@@ -200,10 +200,11 @@ def test_create_topic_times_out_at_its_deadline(api: FrontApi, node: FakeNode) -
         ({"partitions": 1, "replication_factor": 2}, "INVALID_REPLICATION_FACTOR"),  # one live node
         ({"partitions": 1, "config": {"no.such.option": 1}}, "INVALID_CONFIG"),
         ({"partitions": 1, "config": {"segment.bytes": 10}}, "INVALID_CONFIG"),
+        ({"partitions": 1, "topic": "__mine"}, "POLICY_VIOLATION"),  # the node's own name space
     ],
 )
 def test_create_topic_refusals_write_nothing(api: FrontApi, node: FakeNode, fields: dict[str, Any], code: str) -> None:
-    _, reply = call(api, "create_topic", topic="t", **fields)
+    _, reply = call(api, "create_topic", **{"topic": "t", **fields})
     assert error_code(reply) == code
     assert node.coordinator.topics() == {} and node.reconciles == 0
 
