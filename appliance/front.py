@@ -192,7 +192,8 @@ class FrontApi:
             if why is not None:
                 out.append({"topic": name, "error": _error_obj(InvalidConfigError(why)), "partitions": []})
                 continue
-            if name not in topics and cfg.auto_create_topics and not is_internal(name):
+            auto_create = cfg.auto_create_topics and req.fields["allow_auto_create"]
+            if name not in topics and auto_create and not is_internal(name):
                 try:
                     rf = min(cfg.default_replication_factor, len(self.node.coordinator.nodes()))
                     create_topic(self.node, name, cfg.default_partitions, rf, {})

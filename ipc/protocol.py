@@ -153,7 +153,11 @@ OFFSET = Field(int, check=_int_range(0))
 
 SCHEMAS: dict[str, dict[str, Field]] = {
     # front endpoint (supervisor)
-    "metadata": {"topics": Field(list, required=False, check=_topic_list)},
+    "metadata": {
+        "topics": Field(list, required=False, check=_topic_list),
+        # Kafka's allow_auto_topic_creation: a consumer's metadata never creates a topic
+        "allow_auto_create": Field(bool, required=False, default=True),
+    },
     "list_topics": {"internal": Field(bool, required=False, default=False)},
     "create_topic": {
         "topic": TOPIC,

@@ -55,7 +55,11 @@ def cmd_consume(a: argparse.Namespace) -> int:
         if a.group:
             c.subscribe([a.topic])
         else:
-            parts = a.partition or all_partitions(a.bootstrap, a.topic)
+            existing = all_partitions(a.bootstrap, a.topic)  # an unknown topic fails here, at once
+            missing = sorted(set(a.partition or ()) - set(existing))
+            if missing:
+                raise CliError(f"topic {a.topic!r} has {len(existing)} partition(s): no partition {missing[0]}")
+            parts = a.partition or existing
             c.assign([(a.topic, p) for p in parts])
             if a.offset is not None:
                 for p in parts:

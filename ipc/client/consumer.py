@@ -99,7 +99,9 @@ class Consumer:
         self.retry_backoff_s = retry_backoff_ms / 1000
         self.zmq = zmq_module
         self.ctx = zmq_module.Context()
-        self.metadata = ClusterMetadata(BootstrapChannel(self.ctx, self.endpoints, zmq_module), self.request_timeout_s)
+        self.metadata = ClusterMetadata(
+            BootstrapChannel(self.ctx, self.endpoints, zmq_module), self.request_timeout_s, allow_auto_create=False
+        )
         self._fetcher = Fetcher(
             self._subs,
             self.metadata,

@@ -36,15 +36,19 @@ def _error(obj: Any) -> SluiceError | None:
 
 
 class ClusterMetadata:
-    def __init__(self, bootstrap: BootstrapChannel, timeout_s: float) -> None:
+    def __init__(self, bootstrap: BootstrapChannel, timeout_s: float, allow_auto_create: bool = True) -> None:
+        """``allow_auto_create``: whether naming an unknown topic may create it (on a
+        node with ``auto_create_topics``), as Kafka's ``allow_auto_topic_creation``: a
+        producer's may, a consumer's never does."""
         self.bootstrap = bootstrap
         self.timeout_s = timeout_s
+        self._create = {} if allow_auto_create else {"allow_auto_create": False}
         self.topics: dict[str, TopicMetadata] = {}
         self.brokers: list[dict[str, Any]] = []
         self.updated = 0.0
 
     def refresh(self, topics: list[str] | None, timeout_s: float | None = None) -> dict[str, TopicMetadata]:
-        reply = self.bootstrap.request("metadata", timeout_s or self.timeout_s, topics=topics)
+        reply = self.bootstrap.request("metadata", timeout_s or self.timeout_s, topics=topics, **self._create)
         reply.raise_for_error()
         self.brokers = list(reply.fields.get("brokers", []))
         self.bootstrap.learn([b.get("endpoint") for b in self.brokers if isinstance(b, dict)])

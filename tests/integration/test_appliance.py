@@ -620,8 +620,15 @@ def test_live_topic_admin_cli(node: Node) -> None:
         assert named in line, line
     res = run_sluice("topics", "list", *b)
     assert res.stdout.decode().split() == ["cli-t"]  # nothing was created by the refused requests
+    for args, named in (  # a consumer never creates a topic, and says at once what is wrong
+        (("nosuch", "--partition", "0", "--timeout-ms", "500"), "topic 'nosuch' does not exist"),
+        (("cli-t", "--partition", "7", "--timeout-ms", "500"), "no partition 7"),
+    ):
+        line = error_line(run_sluice("consume", *args, *b, timeout=10), "sluice consume: error:")
+        assert named in line, line
     res = run_sluice("topics", "list", "--include-internal", *b)
-    assert "__consumer_offsets" in res.stdout.decode().split() and "__mine" not in res.stdout.decode()
+    listed = res.stdout.decode().split()
+    assert "__consumer_offsets" in listed and "__mine" not in listed and "nosuch" not in listed
 
     res = run_sluice("topics", "delete", "cli-t", *b)
     assert res.returncode == 0, res.stderr.decode()

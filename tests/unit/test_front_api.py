@@ -132,6 +132,13 @@ def test_metadata_of_an_unknown_topic_without_auto_create(tmp_path: Path) -> Non
     assert node.coordinator.topics() == {} and node.reconciles == 0
 
 
+def test_metadata_asked_not_to_create_does_not(api: FrontApi, node: FakeNode) -> None:
+    """A consumer's metadata (``allow_auto_create`` false) never creates a topic."""
+    (topic,) = answer(api, "metadata", topics=["nope"], allow_auto_create=False).fields["topics"]
+    assert topic["error"]["code"] == "UNKNOWN_TOPIC_OR_PARTITION" and topic["partitions"] == []
+    assert "nope" not in node.coordinator.topics() and node.reconciles == 0
+
+
 def test_metadata_never_auto_creates_an_internal_topic(api: FrontApi, node: FakeNode) -> None:
     (topic,) = answer(api, "metadata", topics=["__secret"]).fields["topics"]
     assert topic["error"]["code"] == "UNKNOWN_TOPIC_OR_PARTITION"
