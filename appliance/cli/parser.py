@@ -26,6 +26,24 @@ def _positive(text: str) -> int:
     return v
 
 
+def _int(text: str) -> int:
+    """Any integer: its range is checked in one place, by the client call it goes to (so
+    ``--partitions -1`` and ``--partitions 0`` get the same message)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sluice")
+    except PackageNotFoundError:  # run from a checkout that was not installed
+        return "unknown"
+
+
 def _node_list(text: str) -> list[int]:
     try:
         ids = [int(x) for x in text.split(",")]
@@ -38,11 +56,16 @@ def _node_list(text: str) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sluice", description="Sluice: a Kafka-style streaming broker appliance.")
+    p.add_argument("-V", "--version", action="version", version=f"sluice {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def client(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
-            "--bootstrap", help="tcp://HOST:PORT[,...] (default: $SLUICE_BOOTSTRAP or tcp://127.0.0.1:6100)"
+            "-b",
+            "--bootstrap",
+            "--bootstrap-server",
+            dest="bootstrap",
+            help="[tcp://]HOST:PORT[,...] (default: $SLUICE_BOOTSTRAP or tcp://127.0.0.1:6100)",
         )
         sp.add_argument("--timeout-ms", type=_positive, default=None, dest="request_timeout_ms", help=argparse.SUPPRESS)
 
@@ -60,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = t.add_subparsers(dest="action", required=True, metavar="ACTION")
     tc = tsub.add_parser("create")
     tc.add_argument("topic")
-    tc.add_argument("--partitions", type=_positive, default=1)
-    tc.add_argument("--replication-factor", type=_positive, default=1)
+    tc.add_argument("--partitions", type=_int, default=1)
+    tc.add_argument("--replication-factor", type=_int, default=1)
     tc.add_argument("--config", action="append", type=_parse_option, default=[], metavar="NAME=VALUE")
     tl = tsub.add_parser("list")
     tl.add_argument("--include-internal", action="store_true", help="list the node's own topics (__...) too")
@@ -97,7 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--print-offset", action="store_true")
     c.add_argument("--key-separator", default="\t")
     c.add_argument("--group", help="join this consumer group (committing offsets) instead of assigning partitions")
-    c.add_argument("--bootstrap")
+    c.add_argument(
+        "-b",
+        "--bootstrap",
+        "--bootstrap-server",
+        dest="bootstrap",
+        help="[tcp://]HOST:PORT[,...] (default: $SLUICE_BOOTSTRAP or tcp://127.0.0.1:6100)",
+    )
 
     g = sub.add_parser("groups", help="list, describe, reset offsets of and delete consumer groups")
     gsub = g.add_subparsers(dest="action", required=True, metavar="ACTION")

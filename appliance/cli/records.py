@@ -5,6 +5,7 @@ with ``--group``)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -38,6 +39,17 @@ def cmd_produce(a: argparse.Namespace) -> int:
 
 
 def cmd_consume(a: argparse.Namespace) -> int:
+    try:
+        return _consume(a)
+    except BrokenPipeError:
+        # the reader went away (`sluice consume t | head -1`): stop quietly with status 0,
+        # and let nothing write to the closed pipe again (Python's own flush at exit)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _consume(a: argparse.Namespace) -> int:
     from ipc.client import Consumer
 
     if a.offset is not None and not a.partition:

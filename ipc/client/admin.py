@@ -15,7 +15,13 @@ import zmq as _zmq
 
 from ipc.client.group import CoordinatorLink
 from ipc.client.transport import Bootstrap, BootstrapChannel, Channel, check_ints, parse_bootstrap
-from ipc.errors import CoordinatorNotAvailableError, InvalidConfigError, RequestTimedOutError, SluiceError
+from ipc.errors import (
+    CoordinatorNotAvailableError,
+    InvalidConfigError,
+    RequestTimedOutError,
+    SluiceError,
+    TopicAlreadyExistsError,
+)
 from ipc.protocol import Reply, valid_topic_name
 
 
@@ -66,21 +72,28 @@ class Admin:
         replication_factor: int = 1,
         config: dict[str, Any] | None = None,
         timeout_ms: int | None = None,
+        exist_ok: bool = False,
     ) -> None:
-        """Create ``name``; returns once every partition is serving."""
+        """Create ``name``; returns once every partition is serving. With ``exist_ok`` a
+        topic of that name that exists already is no error (its partitions and
+        configuration are left as they are, as ``kafka-topics --if-not-exists``)."""
         self._check_topic(name)
         if not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1:
             raise ValueError(f"partitions={partitions!r}: must be an integer >= 1")
         if not isinstance(replication_factor, int) or replication_factor < 1:
             raise ValueError(f"replication_factor={replication_factor!r}: must be an integer >= 1")
-        self._call(
-            "create_topic",
-            timeout_ms,
-            topic=name,
-            partitions=partitions,
-            replication_factor=replication_factor,
-            config=dict(config or {}),
-        )
+        try:
+            self._call(
+                "create_topic",
+                timeout_ms,
+                topic=name,
+                partitions=partitions,
+                replication_factor=replication_factor,
+                config=dict(config or {}),
+            )
+        except TopicAlreadyExistsError:
+            if not exist_ok:
+                raise
 
     def delete_topic(self, name: str, timeout_ms: int | None = None) -> None:
         self._check_topic(name)

@@ -43,11 +43,13 @@ Bootstrap = str | Sequence[str] | None
 
 
 def parse_bootstrap(bootstrap: Bootstrap) -> list[str]:
-    """Endpoints from ``"tcp://a:6100,tcp://b:6100"``, a list, or ``$SLUICE_BOOTSTRAP``."""
+    """Endpoints from ``"tcp://a:6100,tcp://b:6100"``, a list, or ``$SLUICE_BOOTSTRAP``.
+    A plain ``HOST:PORT`` (as Kafka's ``bootstrap_servers``) means ``tcp://HOST:PORT``."""
     if bootstrap is None:
         bootstrap = os.environ.get("SLUICE_BOOTSTRAP") or DEFAULT_BOOTSTRAP
     items = bootstrap.split(",") if isinstance(bootstrap, str) else list(bootstrap)
     endpoints = [str(e).strip() for e in items if str(e).strip()]
+    endpoints = [e if "://" in e else f"tcp://{e}" for e in endpoints]
     if not endpoints:
         raise ValueError("bootstrap: no endpoint given (expected tcp://HOST:PORT[,tcp://HOST:PORT...])")
     for e in endpoints:

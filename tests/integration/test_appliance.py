@@ -27,7 +27,7 @@ from ipc.client import Consumer, ConsumerRecord, FutureRecordMetadata, Producer
 from ipc.client.metadata import ClusterMetadata
 from ipc.client.partitioner import partition_for_key
 from ipc.client.transport import BootstrapChannel
-from ipc.errors import InvalidConfigError, InvalidRequestError, OffsetOutOfRangeError
+from ipc.errors import InvalidConfigError, InvalidRequestError, OffsetOutOfRangeError, TopicAlreadyExistsError
 from tests.integration.conftest import REPO, SLUICE, Node, free_port, wait_until
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -635,6 +635,50 @@ def test_live_topic_admin_cli(node: Node) -> None:
     wait_until(lambda: not [e for e in os.listdir(node.data_dir) if e.startswith("cli-t")], 15, "directories gone")
     res = run_sluice("topics", "list", *b)
     assert res.stdout.decode().split() == []
+
+
+def test_cli_takes_kafka_habits(node: Node) -> None:
+    """--version; -b / --bootstrap-server with a plain HOST:PORT; create_topic(exist_ok=True);
+    and a consumer whose reader goes away (`| head -1`) ends quietly with status 0."""
+    res = run_sluice("--version")
+    assert res.returncode == 0 and res.stdout.decode().startswith("sluice "), res
+    host_port = node.bootstrap.removeprefix("tcp://")
+    res = run_sluice("topics", "create", "habits", "-b", host_port)
+    assert res.returncode == 0, res.stderr.decode()
+    res = run_sluice("topics", "list", "--bootstrap-server", host_port)
+    assert res.stdout.decode().split() == ["habits"]
+    with node.admin() as admin:
+        admin.create_topic("habits", exist_ok=True)  # no error: it exists
+        with pytest.raises(TopicAlreadyExistsError):
+            admin.create_topic("habits")
+    assert run_sluice("produce", "habits", "-b", host_port, stdin=b"one\ntwo\n").returncode == 0
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    consumer = subprocess.Popen(
+        [*SLUICE, "consume", "habits", "--from-beginning", "-b", host_port],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
+    )
+    try:
+        assert consumer.stdout is not None
+        assert consumer.stdout.readline() == b"one\n"
+        consumer.stdout.close()  # the reader goes away, as `head -1` does
+        code = None
+        for _ in range(20):  # records written after that meet the closed pipe
+            assert run_sluice("produce", "habits", "-b", host_port, stdin=b"more\n").returncode == 0
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = consumer.wait(timeout=1.0)
+                break
+        assert code is not None, "the consumer did not stop after 20 more records"
+        err = consumer.stderr.read().decode() if consumer.stderr else ""
+        assert code == 0 and "Traceback" not in err and "Broken pipe" not in err, (code, err)
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(consumer.pid, signal.SIGKILL)
+        consumer.wait()
 
 
 # ---- 9. bad configuration at start -----------------------------------------------------------------
