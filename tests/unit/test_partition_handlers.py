@@ -38,33 +38,19 @@ from ipc.protocol import (
     EARLIEST,
     LATEST,
     WORKER_APIS,
-    Reply,
     Request,
     Responder,
     Response,
     encode_request,
-    parse_reply,
     parse_request,
 )
 from ipc.records import decode_batches, encode_batch
 from ipc.shm import Role
+from tests.unit.wire import Wire
 
 PEER = b"\x00client"
 T0_MS = 1_700_000_000_000
 EPOCH = 3
-
-
-class Wire:
-    """The pipeline's send function: records ``(peer, parsed reply)``."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, Reply]] = []
-
-    def __call__(self, peer: bytes, frames: list[Any]) -> None:
-        self.sent.append((peer, parse_reply(frames)))
-
-    def replies(self) -> list[Reply]:
-        return [r for _, r in self.sent]
 
 
 class Leader:

@@ -20,28 +20,15 @@ from appliance.partition.handlers import partition_pipeline
 from appliance.partition.purgatory import Purgatory
 from appliance.partition.replica import Replica
 from ipc.control import RoleCommand
-from ipc.protocol import LATEST, Reply, encode_request, parse_reply
+from ipc.protocol import LATEST, encode_request
 from ipc.records import encode_batch
 from ipc.server import RequestPipeline
 from ipc.shm import Role
+from tests.unit.wire import Wire
 
 CLIENT = b"\x00client"
 FOLLOWER = b"\x00follower"
 NOW = 100.0
-
-
-class Wire:
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, Reply]] = []
-
-    def __call__(self, peer: bytes, frames: list[Any]) -> None:
-        self.sent.append((peer, parse_reply(frames)))
-
-    def last(self) -> Reply:
-        return self.sent[-1][1]
-
-    def order(self) -> list[tuple[bytes, int]]:
-        return [(peer, r.id) for peer, r in self.sent]
 
 
 class Worker:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,22 +19,12 @@ from appliance.partition.purgatory import DelayedFetch, DelayedProduce, Purgator
 from appliance.partition.replica import Replica
 from ipc.control import RoleCommand
 from ipc.errors import NotLeaderError
-from ipc.protocol import Reply, Responder, parse_reply
+from ipc.protocol import Reply, Responder
 from ipc.records import decode_batches, encode_batch
 from ipc.shm import Role
+from tests.unit.wire import Wire
 
 NOW = 100.0
-
-
-class Wire:
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, Reply]] = []
-
-    def __call__(self, peer: bytes, frames: list[Any]) -> None:
-        self.sent.append((peer, parse_reply(frames)))
-
-    def by_id(self) -> dict[int, Reply]:
-        return {r.id: r for _, r in self.sent}
 
 
 class Setup:

@@ -9,20 +9,15 @@ import orjson
 import pytest
 
 from ipc.errors import NotLeaderError, PolicyViolationError
-from ipc.protocol import ANONYMOUS, Principal, Request, Response, encode_request, parse_reply
+from ipc.protocol import ANONYMOUS, Principal, Request, Response, encode_request
 from ipc.server import RequestPipeline, ok
+from tests.unit import wire
 
 PEER = b"\x00peer"
 
 
-class Wire:
-    """Records ``(peer, reply)`` for every reply the pipeline sends."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, Any]] = []
-
-    def __call__(self, peer: bytes, frames: list[Any]) -> None:
-        self.sent.append((peer, parse_reply(frames)))
+class Wire(wire.Wire):
+    """Every reply goes to the one peer of these tests."""
 
     def last(self) -> Any:
         peer, reply = self.sent[-1]
