@@ -173,12 +173,8 @@ class PartitionWorker:
         self._bind()
         self.control = sockets.dealer(self.ctx, spec.control_endpoint, identity=f"slot-{spec.slot}".encode())
         self._role_cmd = spec.role
-        try:
-            lg = self._open_log()
-        except OSError as exc:
-            if not is_storage_error(exc):
-                raise
-            self.storage.fail(exc)
+        lg = self._open_log()
+        if lg is None:
             opened = self._await_storage(signals)
             if opened is None:
                 return False
@@ -207,9 +203,16 @@ class PartitionWorker:
         gc.freeze()
         return True
 
-    def _open_log(self) -> Log:
+    def _open_log(self) -> Log | None:
+        """The log, or None when its storage refuses (the condition is noted)."""
         spec = self.spec
-        return Log.open(spec.directory, spec.log_config, background_flush=True)
+        try:
+            return Log.open(spec.directory, spec.log_config, background_flush=True)
+        except OSError as exc:
+            if not is_storage_error(exc):
+                raise
+            self.storage.fail(exc)
+            return None
 
     def _await_storage(self, signals: SignalPipe | None) -> Log | None:
         """The log cannot be opened (a full disk): say ready, serve ``STORAGE_ERROR`` to
@@ -250,12 +253,8 @@ class PartitionWorker:
             if self.state is not WorkerState.STORAGE_UNAVAILABLE or self.clock() < next_open:
                 continue
             next_open = self.clock() + PROBE_S
-            try:
-                lg = self._open_log()
-            except OSError as exc:
-                if not is_storage_error(exc):
-                    raise
-                self.storage.fail(exc)
+            lg = self._open_log()
+            if lg is None:
                 continue
             self.storage.ok()
             return lg
