@@ -27,6 +27,7 @@ from appliance.children import ChildState
 from appliance.config import NodeConfig
 from appliance.controller import Controller
 from appliance.coordinator import NO_LEADER, Coordinator, PartitionState, TopicInfo
+from appliance.log.config import LogConfig
 from appliance.replicas import PartitionWorkers, Replica
 from ipc.client.transport import ChannelPool
 from ipc.control import AlterIsrEvent, ConfigCommand, NodeOptionsCommand, RoleCommand
@@ -169,6 +170,8 @@ class Reconciler:
             elif wanted[key][0].created_ms != r.topic_created_ms:
                 log.info("%s: the topic was deleted and created again; removing the old replica", r.name)
                 self.workers.stop(r, after_stop=self._remove_files)
+        options = worker_node_options(cfg)
+        configs: dict[str, LogConfig] = {}  # a topic's effective configuration, made once per pass
         for (topic, p), (info, st) in wanted.items():
             found = replicas.get((topic, p))
             if found is None:
@@ -187,11 +190,12 @@ class Reconciler:
                 self.alter_isr(r, st.leader_epoch, others, resign=True)
             if r.state is not ChildState.SERVING:
                 continue
-            options = worker_node_options(cfg)
             if options != r.node_options:
                 r.node_options = options
                 self.workers.send(r, options)
-            log_config = cfg.topic_log_config(info.config)
+            log_config = configs.get(topic)
+            if log_config is None:
+                log_config = configs[topic] = cfg.topic_log_config(info.config)
             if log_config != r.log_config:
                 r.log_config = log_config
                 self.workers.send(r, ConfigCommand(log_config.to_options()))
