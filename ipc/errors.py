@@ -211,6 +211,45 @@ class UnsupportedCompressionError(SluiceError):
     code = "UNSUPPORTED_COMPRESSION_TYPE"
 
 
+# ---- security (docs/security.md) ------------------------------------------------------------
+class AuthenticationError(SluiceError):
+    """The handshake failed: an unknown client key, a wrong server key, or a plaintext
+    client at a CURVE endpoint (Kafka's SASL_AUTHENTICATION_FAILED)."""
+
+    code = "SASL_AUTHENTICATION_FAILED"
+
+
+class ProtectedModeError(SluiceError):
+    """A non-loopback client of a node without authentication (protected mode)."""
+
+    code = "PROTECTED_MODE"
+
+
+class AuthorizationError(SluiceError):
+    """Root of the three authorization failures; each names the resource refused."""
+
+    code = "AUTHORIZATION_FAILED"
+
+
+class TopicAuthorizationFailedError(AuthorizationError):
+    code = "TOPIC_AUTHORIZATION_FAILED"
+
+
+class GroupAuthorizationFailedError(AuthorizationError):
+    code = "GROUP_AUTHORIZATION_FAILED"
+
+
+class ClusterAuthorizationFailedError(AuthorizationError):
+    code = "CLUSTER_AUTHORIZATION_FAILED"
+
+
+class ThrottlingQuotaExceededError(SluiceError):
+    """A request-rate quota refused the request; retry after ``throttle_time_ms``."""
+
+    code = "THROTTLING_QUOTA_EXCEEDED"
+    retriable = True
+
+
 def _registry() -> dict[str, type[SluiceError]]:
     table: dict[str, type[SluiceError]] = {}
     stack: list[type[SluiceError]] = [SluiceError]
