@@ -341,6 +341,7 @@ class Request:
     fields: dict[str, Any]
     frames: list[Frame]
     principal: Principal | None = None
+    host: str = ""  # the peer's address, as the authenticate hook saw it (ACLs may name hosts)
     responder: Responder = dataclasses.field(default=None)  # type: ignore[assignment]
 
 

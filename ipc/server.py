@@ -2,8 +2,8 @@
 partition worker, and any later listener.
 
     receive ─▶ parse and validate (ipc/protocol.py SCHEMAS: a typed Request)
-            ─▶ authenticate (a hook: the peer's principal; anonymous today)
-            ─▶ authorize (a hook: one call per request; allow-all today)
+            ─▶ authenticate (a hook: the peer's principal and host; appliance/gate.py)
+            ─▶ authorize (a hook: one call per request, the ACLs; appliance/gate.py)
             ─▶ dispatch through the handler table
             ─▶ a Response, or an error (SluiceError) ─▶ encode at the edge ─▶ send
 
@@ -47,17 +47,17 @@ def ok(**fields: Any) -> Response:
 
 
 Handler = Callable[[Request], "Response | None"]
-Authenticate = Callable[[Frame], Principal]
-Authorize = Callable[[Principal, Request], None]
+Authenticate = Callable[[bytes, Frame], tuple[Principal, str]]  # (peer, header) -> (principal, host)
+Authorize = Callable[[Request], None]
 
 
-def anonymous(header: Frame) -> Principal:
-    """The authenticate hook of a node without authentication."""
-    return ANONYMOUS
+def anonymous(peer: bytes, header: Frame) -> tuple[Principal, str]:
+    """The authenticate hook of a process without authentication (tests, tools)."""
+    return ANONYMOUS, ""
 
 
-def allow_all(principal: Principal, request: Request) -> None:
-    """The authorize hook of a node without ACLs."""
+def allow_all(request: Request) -> None:
+    """The authorize hook without ACLs."""
 
 
 class RequestPipeline:
@@ -94,8 +94,8 @@ class RequestPipeline:
         responder = Responder(self._send, peer, req.id, req.api)
         req.responder = responder
         try:
-            req.principal = self.authenticate(body[0])
-            self.authorize(req.principal, req)
+            req.principal, req.host = self.authenticate(peer, body[0])
+            self.authorize(req)
             result = self.handlers[req.api](req)
         except SluiceError as exc:
             responder.fail(exc)

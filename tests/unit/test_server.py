@@ -109,18 +109,23 @@ def test_the_hooks_run_before_the_handler() -> None:
     calls: list[str] = []
     alice = Principal("User", "alice")
 
-    def authenticate(header: Any) -> Principal:
+    def authenticate(peer: bytes, header: Any) -> tuple[Principal, str]:
         calls.append("authenticate")
-        return alice
+        return alice, "127.0.0.1"
 
-    def authorize(principal: Principal, req: Request) -> None:
-        calls.append(f"authorize {principal} {req.api}")
+    def authorize(req: Request) -> None:
+        calls.append(f"authorize {req.principal} {req.host} {req.api}")
         if req.api == "metadata":
-            raise PolicyViolationError(f"{principal} may not describe topics")
+            raise PolicyViolationError(f"{req.principal} may not describe topics")
 
     p = _pipeline(wire, authenticate=authenticate, authorize=authorize)
     p.handle(msg("status"))
     assert wire.last().fields["principal"] == "User:alice"
     p.handle(msg("metadata"))
     assert wire.last().error.code == "POLICY_VIOLATION"
-    assert calls == ["authenticate", "authorize User:alice status", "authenticate", "authorize User:alice metadata"]
+    assert calls == [
+        "authenticate",
+        "authorize User:alice 127.0.0.1 status",
+        "authenticate",
+        "authorize User:alice 127.0.0.1 metadata",
+    ]
