@@ -41,6 +41,7 @@ from ipc.errors import (
     UnknownTopicOrPartitionError,
 )
 from ipc.protocol import FRONT_APIS, Request, Responder, Response, valid_topic_name
+from ipc.redact import wire_message
 from ipc.server import Handler, RequestPipeline, ok
 from ipc.shm import WorkerStatus
 from metrics.exporter import GroupSnap
@@ -66,7 +67,7 @@ def _id(n: Any) -> int:
 
 def _error_obj(err: SluiceError) -> dict[str, Any]:
     """An error inside a reply (one topic of ``metadata``), in the wire's error shape."""
-    return {"code": err.code, "message": err.message, "retriable": err.retriable}
+    return {"code": err.code, "message": wire_message(err.message), "retriable": err.retriable}
 
 
 class FrontApi:
@@ -81,7 +82,8 @@ class FrontApi:
     def serve(self, frames: list[Any]) -> None:
         """One message from the front socket: ``[identity, header, *data]``."""
         if self._pipeline is None:
-            self._pipeline = RequestPipeline("front", self.send, self.handlers())
+            gate = self.node.gate
+            self._pipeline = RequestPipeline("front", self.send, self.handlers(), gate.authenticate, gate.authorize)
         self._pipeline.handle(frames)
 
     def handlers(self) -> dict[str, Handler]:
@@ -301,10 +303,9 @@ class FrontApi:
     def node_status(self) -> dict[str, Any]:
         cfg = self.node.config
         return {
-            **table_status(self.node.table),
+            **table_status(self.node.table, local=False),  # no pids, no paths: a remote client asked
             "state": self.node.state.value,
             "listen": cfg.advertised,
-            "data_dir": cfg.data_dir,
         }
 
     def init_producer_id(self, req: Request) -> Response:

@@ -7,6 +7,9 @@ A serving worker whose partition directory refuses writes (a full disk, an I/O e
 ``appliance/partition/storage.py``) shows the state ``disk_error`` instead of
 ``serving``, with ``storage_errno`` (28: ENOSPC) and ``storage_error_since``; it still
 serves reads, and ``slot_state`` keeps the supervisor's view (``serving``).
+
+Pids are for the host's operator: ``sluice status`` (reading the table locally) shows
+them, the front's ``status`` API (``local=False``, a remote client) does not.
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ from typing import Any
 from appliance.process import pid_alive
 from ipc.shm import ShmError, SlotState, StatusTable, WorkerStatus
 
+LOCAL_ONLY = ("pid", "supervisor_pid")  # left out of what a remote client is told
 
-def table_status(table: StatusTable) -> dict[str, Any]:
+
+def table_status(table: StatusTable, local: bool = True) -> dict[str, Any]:
+    """The node and every partition in the table; without pids unless ``local``."""
     now = time.monotonic()
     parts = []
     for slot in range(table.slots):
@@ -57,12 +63,17 @@ def table_status(table: StatusTable) -> dict[str, Any]:
             }
         )
     parts.sort(key=lambda p: (p["topic"], p["partition"]))
-    return {
+    status = {
         "node_id": table.node_id,
         "supervisor_pid": table.supervisor_pid,
         "supervisor_alive": pid_alive(table.supervisor_pid),
         "partitions": parts,
     }
+    if not local:
+        for d in (status, *parts):
+            for key in LOCAL_ONLY:
+                d.pop(key, None)
+    return status
 
 
 def read_status(path: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from ipc.errors import InvalidRequestError, SluiceError, error_for_code
+from ipc.redact import wire_message
 
 VERSION = 1
 MAX_HEADER_BYTES = 64 * 1024
@@ -431,7 +432,8 @@ def ok_reply(cid: int, **fields: Any) -> bytes:
 
 
 def error_reply(cid: int, err: SluiceError) -> bytes:
-    return orjson.dumps({"id": cid, "error": {"code": err.code, "message": err.message, "retriable": err.retriable}})
+    message = wire_message(err.message)  # no absolute path goes to a client (ipc/redact.py)
+    return orjson.dumps({"id": cid, "error": {"code": err.code, "message": message, "retriable": err.retriable}})
 
 
 @dataclasses.dataclass

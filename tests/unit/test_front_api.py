@@ -301,7 +301,8 @@ def test_alter_topic_adding_partitions_is_answered_once_they_serve(api: FrontApi
 def test_status_and_cluster_status(api: FrontApi, node: FakeNode) -> None:
     create(api, node, "t")
     status = answer(api, "status").fields
-    assert status["state"] == "running" and status["data_dir"] == node.config.data_dir
+    assert status["state"] == "running" and "data_dir" not in status  # no paths, no pids to a remote client
+    assert "supervisor_pid" not in status and all("pid" not in p for p in status["partitions"])
     assert status["listen"] == node.config.advertised
     cluster = answer(api, "cluster_status").fields
     assert cluster["controller"] == 0 and [n["node_id"] for n in cluster["nodes"]] == [0]
