@@ -11,6 +11,7 @@ import fcntl
 import os
 
 from ipc.errors import InvalidConfigError
+from ipc.private import DIR_MODE, open_private
 
 LOCK_FILE = ".lock"
 
@@ -18,8 +19,8 @@ LOCK_FILE = ".lock"
 def lock_data_dir(data_dir: str) -> int:
     """Create ``data_dir`` if needed and lock it; returns the lock's fd (keep it open)."""
     try:
-        os.makedirs(data_dir, exist_ok=True)
-        fd = os.open(os.path.join(data_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        os.makedirs(data_dir, mode=DIR_MODE, exist_ok=True)  # 0700 if new; an existing one is the operator's
+        fd = open_private(os.path.join(data_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT)
     except OSError as exc:
         raise InvalidConfigError(f"data_dir={data_dir!r} is not usable: {exc.strerror}") from None
     try:

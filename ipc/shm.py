@@ -11,7 +11,9 @@ shutdown) does.
 ``create`` writes the whole file under a temporary name in the same directory and then
 ``os.replace``-s it onto the final path, so nobody ever attaches to a half-initialised
 table; a stale table left by a crashed supervisor is replaced, and readers still
-mapping the old file keep reading the old (stale) contents until they re-attach.
+mapping the old file keep reading the old (stale) contents until they re-attach. The
+file has mode 0600 whatever the umask (``ipc/private.py``), and a writable attach (a
+worker) refuses a symbolic link or another user's file.
 
 Byte layout
 -----------
@@ -129,6 +131,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ipc.errors import SluiceError
+from ipc.private import open_private
 
 if sys.byteorder != "little":  # pragma: no cover - every supported host is little-endian
     raise ImportError("ipc.shm assumes a little-endian host (seqlock counters are native u64)")
@@ -397,7 +400,7 @@ class StatusTable:
         tmp = f"{final}.tmp.{os.getpid()}"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)  # left by a crashed create of a process with the same pid
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = open_private(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL)  # 0600, whatever the umask
         try:
             os.ftruncate(fd, size)  # a new file reads as zeros: every slot FREE, every seq 0
             mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
@@ -421,13 +424,17 @@ class StatusTable:
         """Map an existing table; read-only unless ``writable``. Never removes the file."""
         name = os.fspath(path)
         try:
-            fd = os.open(name, os.O_RDWR if writable else os.O_RDONLY)
+            # a writer (a worker) never follows a symbolic link and maps only its own user's table
+            fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW if writable else os.O_RDONLY)
         except FileNotFoundError:
             raise ShmError(f"status table {name} does not exist (is the supervisor running?)") from None
         except OSError as exc:
             raise ShmError(f"cannot open status table {name}: {exc.strerror}") from None
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            if writable and st.st_uid != os.geteuid():
+                raise ShmError(f"status table {name} belongs to uid {st.st_uid}, not this user: refusing to write it")
+            size = st.st_size
             if size < HEADER_SIZE:
                 raise ShmError(f"status table {name} is too small: {size} bytes, a header alone is {HEADER_SIZE}")
             header = os.pread(fd, HEADER_SIZE, 0)

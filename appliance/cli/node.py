@@ -32,7 +32,10 @@ def cmd_serve(a: argparse.Namespace) -> int:
     }
     cfg = load_config(a.config, overrides)
     setup_logging(cfg.log_level)
+    import os
     import signal
+
+    os.umask(0o077)  # what a library creates is private too; the node's own files set their modes
 
     from appliance.datadir import lock_data_dir
     from metrics import multiproc

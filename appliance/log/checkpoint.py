@@ -15,6 +15,8 @@ import contextlib
 import logging
 import os
 
+from ipc.private import open_private
+
 log = logging.getLogger(__name__)
 
 
@@ -31,7 +33,7 @@ def write_durably(path: str, data: bytes) -> None:
 
     On failure (a full disk, an I/O error) the file is removed, not left half written,
     and ``OSError`` is raised with its errno and ``path``."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)  # 0600, whatever the umask
     try:
         view = memoryview(data)
         while view:

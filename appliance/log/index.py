@@ -20,6 +20,8 @@ import os
 import struct
 from array import array
 
+from ipc.private import open_private
+
 _OFFSET_ENTRY = struct.Struct("<II")
 _TIME_ENTRY = struct.Struct("<qI")
 
@@ -35,7 +37,7 @@ class _IndexFile:
 
     def open_append(self) -> None:
         if self.fd < 0:
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self.fd = open_private(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
 
     def write(self, data: bytes) -> None:
         self.open_append()
@@ -59,7 +61,7 @@ class _IndexFile:
 
     def rewrite(self, data: bytes) -> None:
         self.close()
-        with open(self.path, "wb") as f:
+        with open(open_private(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

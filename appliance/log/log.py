@@ -27,6 +27,7 @@ from appliance.log.config import CleanupPolicy, FsyncPolicy, LogConfig
 from appliance.log.flusher import BackgroundFlusher
 from appliance.log.segment import LogSegment, segment_name
 from ipc.errors import CorruptRecordError, MessageTooLargeError, OffsetOutOfRangeError
+from ipc.private import make_private_dir, open_private
 from ipc.records import (
     DEFAULT_MAX_UNCOMPRESSED,
     PREFIX,
@@ -109,7 +110,7 @@ class Log:
             self.step_hook(name)
 
     def _load(self) -> None:
-        os.makedirs(self.directory, exist_ok=True)
+        make_private_dir(self.directory)
         self._finish_interrupted_operations()
         bases = sorted(
             int(name[:-4])
@@ -208,8 +209,11 @@ class Log:
         self.recovery_point = self.log_end_offset
         self._recovery_ckpt.write(self.recovery_point)
         marker = os.path.join(self.directory, CLEAN_SHUTDOWN_FILE)
-        with open(marker, "wb") as f:
-            os.fsync(f.fileno())
+        fd = open_private(marker, os.O_WRONLY | os.O_CREAT)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         fsync_dir(self.directory)
         for seg in self.segments:
             seg.close()

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from appliance.log.errors import LogCorruptionError
 from appliance.log.index import IndexError_, OffsetIndex, TimeIndex
 from ipc.errors import CorruptRecordError
+from ipc.private import open_private
 from ipc.records import HEADER_SIZE, BatchHeader, check_batch, decode_batch, read_header
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class LogSegment:
     # ---- open / create -------------------------------------------------------------
     def open(self, create: bool = False) -> None:
         flags = os.O_RDWR | os.O_APPEND | (os.O_CREAT if create else 0)
-        self.fd = os.open(self.path, flags, 0o644)
+        self.fd = open_private(self.path, flags)
         self.size = os.fstat(self.fd).st_size
 
     def load(self, verify: bool, is_last: bool) -> int:
