@@ -6,7 +6,9 @@ idle), waits until every partition serves and ``--settle`` seconds more, then re
 it: RSS, and PSS (proportional set size: a page shared by k processes counts 1/k in
 each, so the PSS of all processes adds up to what the node really occupies; pages
 shared after fork, such as the interpreter's, are not counted 100 times). Must run on
-the node's host, as its user or root.
+the node's host, as its user or root: the node tells remote clients no pids
+(docs/security.md), so the processes are found by the TCP ports they listen on (the
+front's, and each partition's endpoint).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import psutil
 
 from ipc.client import Admin
+from ipc.client.transport import parse_bootstrap
 from loadtest.perfclient import PerfError, ensure_topic
 
 GIB = 1024**3
@@ -48,15 +51,29 @@ def _role(cmdline: list[str]) -> str:
     return text[:60]
 
 
+def _listening() -> dict[int, int]:
+    """Port -> pid of every process listening on TCP on this host."""
+    return {c.laddr.port: c.pid for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN and c.pid}
+
+
+def _port(endpoint: str) -> int:
+    return int(endpoint.rsplit(":", 1)[1])
+
+
 def measure(bootstrap: str | None) -> dict[str, Any]:
     """RSS / PSS / USS of the supervisor and its descendants, by role."""
-    with Admin(bootstrap) as admin:
-        status = admin.status()
+    listening = _listening()
+    front = parse_bootstrap(bootstrap)[0]
+    if _port(front) not in listening:
+        raise PerfError(f"no process of this host listens on {front}: run on the node's host, as its user or root")
     roles: dict[int, str] = {}
-    for p in status["partitions"]:
-        if p.get("pid"):
-            roles[int(p["pid"])] = f"worker {p['topic']}-{p['partition']}"
-    sup = psutil.Process(int(status["supervisor_pid"]))
+    with Admin(bootstrap) as admin:
+        for topic in admin.list_topics(internal=True):
+            for p in admin.describe_topic(topic)["partitions"]:
+                pid = listening.get(_port(p["endpoint"])) if p.get("endpoint") else None
+                if pid:
+                    roles[pid] = f"worker {topic}-{p['partition']}"
+    sup = psutil.Process(listening[_port(front)])
     procs = [sup, *sup.children(recursive=True)]
     rows = []
     for proc in procs:
