@@ -17,6 +17,8 @@ from typing import Any
 
 from appliance.log.config import LogConfig
 from ipc.errors import InvalidConfigError
+from metrics.password import BadPasswordHash, parse_hash
+from metrics.tls import server_context
 
 DEFAULT_LISTEN = "tcp://127.0.0.1:6100"
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
@@ -37,6 +39,9 @@ class NodeConfig:
     listen: str = DEFAULT_LISTEN
     advertised_listen: str = ""  # empty: same as listen
     metrics_listen: str = DEFAULT_METRICS_LISTEN  # empty: no metrics endpoint
+    metrics_tls_cert_file: str = ""  # with metrics_tls_key_file: /metrics over https (PEM)
+    metrics_tls_key_file: str = ""
+    metrics_basic_auth_users: Mapping[str, str] = dataclasses.field(default_factory=dict)  # user -> hash
     runtime_dir: str = ""  # empty: $RUNTIME_DIRECTORY or /dev/shm/sluice-<uid>-<hash of data_dir>
     coordinator: str = "local"
     log_level: str = "info"
@@ -175,6 +180,8 @@ def _check(name: str, value: Any) -> Any:
         except InvalidConfigError as exc:
             raise InvalidConfigError(f"topic_defaults: {exc.message}") from None
         return dict(value)
+    if name == "metrics_basic_auth_users":
+        return _check_basic_auth_users(value)
     if not isinstance(value, str):
         raise InvalidConfigError(f"{name}={value!r}: expected a string")
     if name in ("listen", "advertised_listen"):
@@ -201,12 +208,40 @@ def _check(name: str, value: Any) -> Any:
             from appliance.coordinator.zookeeper import parse_zookeeper_url
 
             parse_zookeeper_url(value)  # raises InvalidConfigError saying what is wrong
+    elif name in ("metrics_tls_cert_file", "metrics_tls_key_file"):
+        value = os.path.abspath(os.path.expanduser(value)) if value else ""
     elif name in ("data_dir", "runtime_dir"):
         if name == "data_dir" and not value:
             raise InvalidConfigError("data_dir must not be empty")
         if len(os.path.abspath(value or "/")) > 80 and name == "runtime_dir":
             raise InvalidConfigError(f"{name}={value!r}: too long for ipc:// sockets (max 80 characters)")
     return value
+
+
+def _check_basic_auth_users(value: Any) -> dict[str, str]:
+    name = "metrics_basic_auth_users"
+    if not isinstance(value, Mapping):
+        raise InvalidConfigError(f"{name}: expected a table of user = password hash")
+    for user, encoded in value.items():
+        if not user or ":" in user:
+            raise InvalidConfigError(f"{name}: user {user!r}: must be non-empty, without ':'")
+        if not isinstance(encoded, str):
+            raise InvalidConfigError(f"{name}: user {user!r}: expected a password hash string")
+        try:
+            parse_hash(encoded)
+        except BadPasswordHash as exc:
+            raise InvalidConfigError(f"{name}: user {user!r}: bad password hash: {exc}") from None
+    return dict(value)
+
+
+def _check_metrics_tls(cfg: NodeConfig) -> None:
+    cert, key = cfg.metrics_tls_cert_file, cfg.metrics_tls_key_file
+    if bool(cert) != bool(key):
+        raise InvalidConfigError(
+            f"metrics_tls_cert_file={cert!r}, metrics_tls_key_file={key!r}: set both (https) or neither (http)"
+        )
+    if cert:
+        server_context(cert, key)  # a missing, unreadable or mismatched file: InvalidConfigError naming it
 
 
 def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = None) -> NodeConfig:
@@ -229,6 +264,7 @@ def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = N
     if "data_dir" in checked:
         checked["data_dir"] = os.path.abspath(os.path.expanduser(checked["data_dir"]))
     cfg = NodeConfig(**checked)
+    _check_metrics_tls(cfg)
     if cfg.restart_backoff_max_ms < cfg.restart_backoff_ms:
         raise InvalidConfigError(
             f"restart_backoff_max_ms={cfg.restart_backoff_max_ms} is below restart_backoff_ms={cfg.restart_backoff_ms}"

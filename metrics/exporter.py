@@ -10,13 +10,21 @@ Three sources, one registry:
   that immutable snapshot, never the loop's live objects.
 
 The HTTP server runs in a daemon thread of the supervisor (the fork server was started
-before it, so workers never inherit it).
+before it, so workers never inherit it). It may speak TLS (``metrics/tls.py``) and ask
+for HTTP basic auth (``metrics/password.py``) on every path; the TLS handshake happens
+in the connection's own thread, with a timeout, so a client that never completes it
+holds one thread for ``CONNECTION_TIMEOUT_S``, never the accepting loop.
+
+No series carries a ``pid`` label (docs/security.md): a worker is named by its
+partition, and the multiprocess files are read through ``WithoutPid``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +37,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ipc.shm import StatusTable
+from metrics.password import BasicAuth
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +143,17 @@ class NodeCollector(Collector):
                 "sluice_worker_restarts", "Times the partition's worker was restarted.", labels=PL
             ),
             "cpu": CounterMetricFamily(
-                "sluice_worker_cpu_seconds", "CPU time of the worker process.", labels=[*PL, "pid"]
+                "sluice_worker_cpu_seconds",
+                "CPU time of the partition's current worker process (starts from 0 when it restarts).",
+                labels=PL,
             ),
             "rss": GaugeMetricFamily(
-                "sluice_worker_resident_memory_bytes", "Resident memory of the worker process.", labels=[*PL, "pid"]
+                "sluice_worker_resident_memory_bytes", "Resident memory of the partition's worker process.", labels=PL
+            ),
+            "started": GaugeMetricFamily(
+                "sluice_worker_start_time_seconds",
+                "Start time of the partition's worker process since the Unix epoch (changes when it restarts).",
+                labels=PL,
             ),
         }
         hw_by_tp: dict[TP, int] = {}
@@ -171,10 +187,12 @@ class NodeCollector(Collector):
                 with proc.oneshot():
                     cpu = proc.cpu_times()
                     rss = proc.memory_info().rss
+                    started = proc.create_time()
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue  # dead, not yet reaped: its series go now
-            fams["cpu"].add_metric([*labels, str(st.pid)], cpu.user + cpu.system)
-            fams["rss"].add_metric([*labels, str(st.pid)], rss)
+            fams["cpu"].add_metric(labels, cpu.user + cpu.system)
+            fams["rss"].add_metric(labels, rss)
+            fams["started"].add_metric(labels, started)
         self._forget_gone({(r.topic, r.partition) for r in snap.replicas})
         yield from fams.values()
         healthy, _ = health(snap, time.monotonic())
@@ -268,10 +286,51 @@ class NodeCollector(Collector):
         yield from (committed, lag, lag_s, lag_sum, lag_max, lag_s_max, members, rebalances)
 
 
+class WithoutPid(Collector):
+    """Another collector's series with any ``pid`` label summed away.
+
+    prometheus_client's multiprocess mode labels a gauge's samples with the pid of the
+    process that wrote them when the gauge's ``multiprocess_mode`` is ``all`` (the
+    default) or ``liveall``. Pids must not reach ``/metrics``, so samples that differ
+    only in their pid are added up, as the ``sum`` / ``livesum`` modes would: give a
+    worker's gauge one of those (or ``max``, ``mostrecent``) to say what it means.
+    """
+
+    def __init__(self, inner: Collector) -> None:
+        self.inner = inner
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.inner.collect():
+            if any("pid" in s.labels for s in metric.samples):
+                merged: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
+                for s in metric.samples:
+                    labels = {k: v for k, v in s.labels.items() if k != "pid"}
+                    key = (s.name, tuple(sorted(labels.items())))
+                    prev = merged.get(key)
+                    merged[key] = s._replace(labels=labels, value=s.value + (prev.value if prev else 0.0))
+                metric.samples = list(merged.values())
+            yield metric
+
+
+CONNECTION_TIMEOUT_S = 10.0  # a TLS handshake or a request not done within this: connection closed
+AUTH_REALM = 'Basic realm="sluice metrics", charset="UTF-8"'
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    timeout = CONNECTION_TIMEOUT_S  # socket timeout for the whole connection (StreamRequestHandler)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        auth = self.server.auth
+        if auth is not None and auth.check(self.headers.get("Authorization")) is None:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", AUTH_REALM)
+            body = b"unauthorized\n"
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
             body = generate_latest(self.server.registry)
@@ -297,6 +356,19 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     registry: CollectorRegistry
     snapshot: Callable[[], NodeSnapshot]
+    auth: BasicAuth | None = None
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """In the connection's thread: the TLS handshake (if any), then the request."""
+        request.settimeout(CONNECTION_TIMEOUT_S)
+        if isinstance(request, ssl.SSLSocket):
+            request.do_handshake()
+        super().finish_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a failed handshake (plain http on the https port), a timeout, a reset: the
+        # client's problem; socketserver's default prints a traceback to stderr
+        log.debug("metrics http: connection from %s failed", client_address, exc_info=True)
 
 
 def build_registry(collector: NodeCollector, multiproc_dir: str | None) -> CollectorRegistry:
@@ -304,29 +376,48 @@ def build_registry(collector: NodeCollector, multiproc_dir: str | None) -> Colle
     if multiproc_dir:
         from prometheus_client import multiprocess
 
-        multiprocess.MultiProcessCollector(registry, path=multiproc_dir)  # type: ignore[no-untyped-call]
+        registry.register(WithoutPid(multiprocess.MultiProcessCollector(None, path=multiproc_dir)))  # type: ignore[no-untyped-call]
     registry.register(collector)
     return registry
 
 
 class MetricsServer:
-    """``/metrics`` and ``/healthz`` on HOST:PORT, in a daemon thread."""
+    """``/metrics`` and ``/healthz`` on HOST:PORT, in a daemon thread; https with a TLS
+    context, and HTTP basic auth on every path with a ``BasicAuth``."""
 
-    def __init__(self, registry: CollectorRegistry, snapshot: Callable[[], NodeSnapshot]) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        snapshot: Callable[[], NodeSnapshot],
+        tls: ssl.SSLContext | None = None,
+        auth: BasicAuth | None = None,
+    ) -> None:
         self.registry = registry
         self.snapshot = snapshot
+        self.tls = tls
+        self.auth = auth
         self.httpd: _Server | None = None
         self.listen = ""
 
     def start(self, listen: str) -> None:
         host, _, port = listen.rpartition(":")
         httpd = _Server((host.strip("[]"), int(port)), _Handler)
+        if self.tls is not None:
+            # no handshake in accept(): finish_request does it in the connection's thread
+            sock: socket.socket = self.tls.wrap_socket(httpd.socket, server_side=True, do_handshake_on_connect=False)
+            httpd.socket = sock
         httpd.registry = self.registry
         httpd.snapshot = self.snapshot
+        httpd.auth = self.auth
         self.httpd = httpd
         self.listen = listen
         threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True).start()
-        log.info("metrics on http://%s/metrics", listen)
+        log.info(
+            "metrics on %s://%s/metrics%s",
+            "https" if self.tls else "http",
+            listen,
+            f" (basic auth, {len(self.auth.users)} user(s))" if self.auth else "",
+        )
 
     def reconfigure(self, listen: str) -> None:
         if listen == self.listen:

@@ -11,6 +11,8 @@ from appliance.nodeview import NodeState
 from ipc.errors import InvalidConfigError
 from metrics.exporter import MetricsServer, NodeCollector, NodeSnapshot, ReplicaSnap, build_registry
 from metrics.multiproc import MULTIPROC_ENV
+from metrics.password import BasicAuth
+from metrics.tls import server_context
 
 if TYPE_CHECKING:
     from appliance.nodeview import NodeView
@@ -28,9 +30,22 @@ class NodeMetrics:
         self._next = 0.0
 
     def start(self) -> None:
-        listen = self.node.config.metrics_listen
+        config = self.node.config
+        listen = config.metrics_listen
         collector = NodeCollector(lambda: self.snapshot, self.node.table)
-        self.server = MetricsServer(build_registry(collector, os.environ.get(MULTIPROC_ENV)), lambda: self.snapshot)
+        # TLS and basic auth are restart options (appliance/reload.py): fixed for the server's life
+        tls = (
+            server_context(config.metrics_tls_cert_file, config.metrics_tls_key_file)
+            if config.metrics_tls_cert_file
+            else None
+        )
+        auth = BasicAuth(config.metrics_basic_auth_users) if config.metrics_basic_auth_users else None
+        if auth is not None and tls is None and listen:
+            log.warning(
+                "metrics_basic_auth_users without metrics_tls_cert_file: passwords cross the network in clear text"
+            )
+        registry = build_registry(collector, os.environ.get(MULTIPROC_ENV))
+        self.server = MetricsServer(registry, lambda: self.snapshot, tls=tls, auth=auth)
         if listen:
             try:
                 self.server.start(listen)

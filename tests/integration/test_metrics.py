@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -112,16 +113,23 @@ def load(role: str, node: Node, topic: str, *args: str) -> list[str]:
 
 # ---- prometheus ----------------------------------------------------------------------------------
 class Prometheus:
-    """A prometheus server scraping one node every second, asked through its HTTP API."""
+    """A prometheus server scraping one node every second, asked through its HTTP API
+    (``scrape_configs`` replaces the plain-http job ``sluice`` on ``target``)."""
 
-    def __init__(self, base: Path, target: str, start: Callable[..., Proc]) -> None:
+    def __init__(
+        self,
+        base: Path,
+        target: str,
+        start: Callable[..., Proc],
+        scrape_configs: list[dict[str, Any]] | None = None,
+    ) -> None:
         binary = _tool("prometheus")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = {  # JSON is YAML
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(RULES)],
-            "scrape_configs": [{"job_name": "sluice", "static_configs": [{"targets": [target]}]}],
+            "scrape_configs": scrape_configs or [{"job_name": "sluice", "static_configs": [{"targets": [target]}]}],
         }
         config_path = base / "prometheus.yml"
         config_path.write_text(json.dumps(config, indent=2))
@@ -233,8 +241,13 @@ def sample(samples: Samples, name: str, **labels: Any) -> float:
     return samples[key]
 
 
-def pids_in(samples: Samples, name: str = "sluice_worker_resident_memory_bytes") -> set[int]:
-    return {int(dict(labels)["pid"]) for n, labels in samples if n == name}
+def with_pid_label(samples: Samples) -> list[str]:
+    """Series carrying a pid label: there must be none (docs/security.md)."""
+    return sorted({n for n, labels in samples if "pid" in dict(labels)})
+
+
+def start_time(pid: int) -> float:
+    return float(psutil.Process(pid).create_time())
 
 
 def cli_json(*args: str) -> Any:
@@ -386,7 +399,8 @@ def test_prometheus_sees_produce_rate_and_group_lag(
             ):
                 assert sample(m, name, **tp) == p[key], (tp, key, p[key], sample(m, name, **tp))
             assert sample(m, "sluice_worker_up", **tp) == (p["state"] == "serving")
-            assert sample(m, "sluice_worker_resident_memory_bytes", pid=p["pid"], **tp) > 0
+            assert sample(m, "sluice_worker_resident_memory_bytes", **tp) > 0
+            assert sample(m, "sluice_worker_start_time_seconds", **tp) == start_time(p["pid"])
         assert sample(m, "sluice_consumer_group_members", group="billing") == len(desc["members"]) == 0
         for p in desc["partitions"]:
             tp = {"group": "billing", "topic": p["topic"], "partition": p["partition"]}
@@ -501,13 +515,14 @@ class Scraper:
         self._thread.join(10)
 
 
-def test_worker_restart_keeps_counters_and_drops_dead_pid_gauges(
+def test_worker_restart_keeps_counters_and_follows_the_new_worker(
     node_factory: Callable[..., Node], prometheus_for: Callable[[Node], Prometheus], procs: Callable[..., Proc]
 ) -> None:
     """SIGKILL a partition's worker three times while records flow: /metrics never shows a
     counter going down (sampled every 20 ms), Prometheus finds no reset (``resets() == 0``)
-    and a final count no lower than before the kills, the restarts counter says 3, and each
-    dead pid's gauges leave /metrics and Prometheus while the new pid's appear."""
+    and a final count no lower than before the kills, the restarts counter says 3, and the
+    partition's process series (one each, no pid label) follow each new worker: its start time
+    changed three times in Prometheus."""
     node = metrics_node(node_factory)
     with node.admin() as admin:
         admin.create_topic("restart", 1)
@@ -526,8 +541,13 @@ def test_worker_restart_keeps_counters_and_drops_dead_pid_gauges(
         before = 0.0
         for i in range(KILLS):
             pid = node.wait_serving("restart", 0, not_pid=dead[-1] if dead else 0)
-            sel = f'sluice_worker_resident_memory_bytes{{topic="restart",pid="{pid}"}}'
-            prom.wait_value(sel, lambda v: v > 0, f"worker {pid}'s memory in Prometheus")
+            started = start_time(pid)
+            prom.wait_value(
+                'sluice_worker_start_time_seconds{topic="restart"}',
+                lambda v, t=started: abs(v - t) < 1e-3,
+                f"worker {pid}'s start time in Prometheus",
+            )
+            assert prom.wait_value('sluice_worker_resident_memory_bytes{topic="restart"}', lambda v: v > 0, "memory")
             before = prom.wait_value(
                 'sluice_records_in_total{topic="restart"}',
                 lambda v, b=before: v > b,
@@ -569,11 +589,12 @@ def test_worker_restart_keeps_counters_and_drops_dead_pid_gauges(
     assert 0 <= lost <= KILLS * rate * 0.3, (done["acked"], final)
     assert prom.value('sluice_worker_restarts_total{topic="restart"}') == KILLS
 
-    # the dead pids' gauges are gone, from /metrics and from Prometheus; the new pid's are there
+    # one series per partition, no pid anywhere; they describe the new worker; Prometheus saw
+    # the start time change at each of the three restarts
     m = scrape(node)
-    assert pids_in(m) >= {new} and not pids_in(m) & set(dead), (pids_in(m), dead, new)
-    assert not pids_in(m, "sluice_worker_cpu_seconds_total") & set(dead)
-    for pid in dead:
-        for name in ("sluice_worker_resident_memory_bytes", "sluice_worker_cpu_seconds_total"):
-            assert prom.query(f'{name}{{pid="{pid}"}}') == [], f"{name} of dead worker {pid} still in Prometheus"
-    assert prom.value(f'sluice_worker_resident_memory_bytes{{topic="restart",pid="{new}"}}')
+    assert not with_pid_label(m), with_pid_label(m)
+    assert sample(m, "sluice_worker_start_time_seconds", topic="restart", partition=0) == start_time(new)
+    for name in ("sluice_worker_resident_memory_bytes", "sluice_worker_cpu_seconds_total"):
+        assert len(prom.query(f'{name}{{topic="restart"}}')) == 1, name
+    changes = prom.value(f'changes(sluice_worker_start_time_seconds{{topic="restart"}}[{window}])')
+    assert changes == KILLS, f"the worker's start time changed {changes} times across {KILLS} restarts"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import time
 
+import psutil
+
 from ipc.shm import WorkerStatus
 from metrics.exporter import GroupSnap, NodeCollector, NodeSnapshot, ReplicaSnap, health
 
@@ -67,8 +69,9 @@ def test_process_series_follow_the_pid_in_the_slot() -> None:
     snap = NodeSnapshot(0, True, (replica(pid=12345678),), taken_at=time.monotonic())  # a stale snapshot pid
     c = NodeCollector(lambda: snap, table)  # type: ignore[arg-type]
     table.slots[0] = WorkerStatus(pid=ME)
-    pids = {dict(k[1])["pid"] for k in values(c) if k[0] == "sluice_worker_resident_memory_bytes"}
-    assert pids == {str(ME)}
+    got = values(c)
+    assert got[("sluice_worker_start_time_seconds", TP)] == psutil.Process(ME).create_time()
+    assert got[("sluice_worker_resident_memory_bytes", TP)] > 0  # no pid label (docs/security.md)
 
 
 def test_lag_and_lag_seconds() -> None:
