@@ -9,6 +9,8 @@ no second user) the module is skipped.
   node refuses to start, with one line naming it, and writes nothing in it;
 - ``prometheus/`` in the runtime directory is a symbolic link to the user's
   directory: refused, nothing written there;
+- ``control.sock`` replaced by a socket of the user: a restarting worker refuses to
+  connect to it (the directory's mode keeps the user out; this is the second line);
 - under umask 022 every file and directory of a running node is 0600 / 0700 and the
   user cannot read a segment (a file the user may read, beside it, is the control);
 - a remote client's status reply and a storage error reply (a corrupt segment) carry
@@ -20,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
+import socket
 import stat
 import subprocess
 import tempfile
@@ -35,7 +39,7 @@ import zmq
 from appliance.config import resolve_runtime_dir
 from ipc.client import Admin, Producer
 from ipc.protocol import encode_request
-from tests.integration.conftest import Node
+from tests.integration.conftest import Node, wait_until
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("useradd") is None or shutil.which("runuser") is None,
@@ -136,6 +140,28 @@ def test_a_symlinked_prometheus_dir_is_refused_and_nothing_written_there(
     assert f"prometheus/ '{rt / 'prometheus'}' is a symbolic link" in line, line
     assert os.listdir(target) == []
     assert (rt / "prometheus").is_symlink() and not (rt / "status.shm").exists()
+
+
+def test_a_restarting_worker_refuses_a_control_socket_of_another_user(
+    make_node: Callable[..., Node], other_user: str
+) -> None:
+    node = make_node(max_restarts=1).start()
+    with node.admin() as admin:
+        admin.create_topic("t", partitions=1)
+    pid = node.wait_serving("t", 0)
+    path = runtime_dir(node) / "control.sock"
+    os.unlink(path)  # only root can, in the 0700 directory: the user's socket stands in
+    with contextlib.closing(socket.socket(socket.AF_UNIX)) as fake:
+        fake.bind(str(path))
+        fake.listen(8)
+        fake.setblocking(False)
+        shutil.chown(path, other_user)
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: "refusing to connect" in node.log_path.read_text(), 30, "the new worker's refusal")
+        with pytest.raises(BlockingIOError):
+            fake.accept()  # nobody connected
+    text = node.log_path.read_text()
+    assert f"control socket '{path}' belongs to uid" in text and "not to this node's user" in text
 
 
 # ---- the node's files -------------------------------------------------------------------------
