@@ -20,6 +20,15 @@ reaps, backs off exponentially, takes a crash-looping child offline, and kills a
 that is silent past the heartbeat timeout, not ready within the start timeout, or still
 running at the shutdown deadline (as gunicorn's arbiter murders late workers).
 
+Starting a child costs the node's loop tens of milliseconds (the fork server's round
+trip, the owner's preparation such as a durable directory marker), so a reconcile that
+wants 500 new workers does not start them itself: it ``enqueue``s them, and
+``start_queued`` (run on every pass of the loop, from ``on_events``) starts them within
+a time budget (``START_BUDGET_S``, at least one each pass), going back to serving the
+front between batches. A queued child is ``STARTING`` with no process (``queued``);
+stopping it just forgets it. A child whose start fails (its directory unusable) counts
+as a crash: backoff, then offline.
+
 The owner learns of every change through ``ChildEvents``: a state change, an exit
 (before any restart decision; the owner's per-child clean-up), and a stopped child
 that is gone for good.
@@ -47,6 +56,8 @@ log = logging.getLogger(__name__)
 # node paused with SIGSTOP, a long VM steal): its children were paused with it, so their
 # heartbeats are as old as the gap. Judging them then would kill every one as hung.
 PAUSE_S = 1.0
+# Time the loop spends starting queued children in one pass (at least one is started).
+START_BUDGET_S = 0.05
 
 
 class ChildState(enum.Enum):
@@ -99,6 +110,7 @@ class Child:
         self.offline_since = 0.0  # wall clock
         self.last_beat = 0.0
         self.killed_at = 0.0  # when it was sent SIGKILL (0: not)
+        self.queued = False  # waiting for its turn to be started (no process yet)
 
     @property
     def name(self) -> str:
@@ -133,6 +145,7 @@ class Children:
         self.kill = kill
         self._sentinels: dict[int, Child] = {}
         self._last_check: float | None = None
+        self._queue: collections.deque[Child] = collections.deque()
 
     # ---- state ------------------------------------------------------------------------
     def set_state(self, child: Child, new: ChildState) -> None:
@@ -157,9 +170,48 @@ class Children:
         self._sentinels[proc.sentinel] = child
         self.poller.register(proc.sentinel, zmq.POLLIN)
         self.set_state(child, ChildState.STARTING)
+        log.info("%s: started worker pid %d", child.name, child.pid)
+
+    def enqueue(self, child: Child) -> None:
+        """Start ``child`` soon, from ``start_queued`` (STARTING meanwhile, no process)."""
+        if child.queued:
+            return
+        child.queued = True
+        self._queue.append(child)
+        self.set_state(child, ChildState.STARTING)
+
+    @property
+    def pending_starts(self) -> int:
+        """Children queued to start (the node's loop does not sleep while there are)."""
+        return len(self._queue)
+
+    def start_queued(self, budget_s: float = START_BUDGET_S) -> int:
+        """Start queued children for up to ``budget_s`` (at least one); returns how many."""
+        if not self._queue:
+            return 0
+        t0 = self.clock()
+        started = 0
+        while self._queue:
+            child = self._queue.popleft()
+            child.queued = False
+            try:
+                self.start(child)
+            except Exception:  # noqa: BLE001 - one child's failed start is its crash, not the node's
+                log.exception("%s: cannot start", child.name)
+                self._crashed(child, self.clock())
+            started += 1
+            if self.clock() - t0 >= budget_s:
+                break
+        return started
+
+    def _dequeue(self, child: Child) -> None:
+        if child.queued:
+            child.queued = False
+            self._queue.remove(child)  # O(queue), only when stopping a child not yet started
 
     def stop(self, child: Child) -> None:
-        """SIGTERM; a child that does not run (backoff, offline) is stopped at once."""
+        """SIGTERM; a child that does not run (queued, backoff, offline) is stopped at once."""
+        self._dequeue(child)
         if child.proc is None:
             self.events.child_stopped(child)
             return
@@ -175,9 +227,11 @@ class Children:
 
     # ---- exits --------------------------------------------------------------------------
     def on_events(self, events: dict[Any, int]) -> None:
-        """Reap every child whose exit sentinel is ready."""
+        """Reap every child whose exit sentinel is ready; start queued ones (in budget)."""
         for fd in [fd for fd in events if isinstance(fd, int) and fd in self._sentinels]:
             self._reap(fd)
+        if self._queue:
+            self.start_queued()
 
     def _reap(self, sentinel: int) -> None:
         child = self._sentinels.pop(sentinel)
@@ -198,8 +252,11 @@ class Children:
             self.events.child_stopped(child)
             return
         log.error("%s: pid %d died (exit %d)", child.name, pid, code)
+        self._crashed(child, self.clock())
+
+    def _crashed(self, child: Child, now: float) -> None:
+        """Back off before the next start, or go offline after too many crashes."""
         settings = child.spec.settings()
-        now = self.clock()
         child.crash_times.append(now)
         while child.crash_times and child.crash_times[0] < now - settings.window_s:
             child.crash_times.popleft()
@@ -231,9 +288,11 @@ class Children:
         self._last_check = now
         for child in children:
             settings = child.spec.settings()
+            if child.queued:
+                continue
             if child.state is ChildState.BACKOFF and now >= child.next_start and restart:
                 child.restarts += 1
-                self.start(child)
+                self.enqueue(child)
             elif child.state is ChildState.SERVING:
                 beat = child.spec.heartbeat()
                 if beat is not None:  # else stopped mid-write: its heartbeat ages like any silent child's
@@ -250,6 +309,8 @@ class Children:
             elif child.state is ChildState.STOPPING and stop_deadline is not None and now > stop_deadline:
                 log.error("%s: pid %d did not stop in time; killing it", child.name, child.pid)
                 self.signal(child, signal.SIGKILL)
+        if restart and self._queue:
+            self.start_queued()
 
     def grant_beat(self, children: list[Child], now: float) -> None:
         """Give every child a full heartbeat timeout from ``now`` (after a reload that

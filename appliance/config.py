@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from appliance.log.config import LogConfig
+from appliance.security_config import SecurityConfig
 from ipc.errors import InvalidConfigError
 from metrics.password import BadPasswordHash, parse_hash
 from metrics.tls import server_context
@@ -45,7 +46,8 @@ class NodeConfig:
     runtime_dir: str = ""  # empty: $RUNTIME_DIRECTORY or /dev/shm/sluice-<uid>-<hash of data_dir>
     coordinator: str = "local"
     log_level: str = "info"
-    auto_create_topics: bool = True
+    auto_create_topics: bool = False  # a metadata request naming an unknown topic creates it
+    auto_create_topics_per_request: int = 10  # at most this many per metadata request; the rest: unknown
     default_partitions: int = 1
     max_partitions: int = 1024  # slots in the shared-memory status table
     heartbeat_timeout_ms: int = 10_000  # a worker silent this long is killed and restarted
@@ -66,6 +68,7 @@ class NodeConfig:
     zookeeper_session_timeout_ms: int = 6_000
     offsets_retention_ms: int = 7 * 24 * 3600 * 1000  # committed offsets of an empty group expire after
     topic_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    security: SecurityConfig = dataclasses.field(default_factory=SecurityConfig)  # [security]
 
     # ---- derived ------------------------------------------------------------------------
     @property
@@ -128,6 +131,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(NodeConfig)}
 _INT_MIN = {
     "node_id": 0,
     "default_partitions": 1,
+    "auto_create_topics_per_request": 0,
     "max_partitions": 1,
     "heartbeat_timeout_ms": 100,
     "worker_start_timeout_ms": 1000,
@@ -172,6 +176,8 @@ def _check(name: str, value: Any) -> Any:
         if str(value).lower() in ("true", "false"):
             return str(value).lower() == "true"
         raise InvalidConfigError(f"{name}={value!r}: expected true or false")
+    if name == "security":
+        return value if isinstance(value, SecurityConfig) else SecurityConfig.from_options(value)
     if name == "topic_defaults":
         if not isinstance(value, Mapping):
             raise InvalidConfigError(f"{name}: expected a table of topic options")
@@ -265,6 +271,8 @@ def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = N
         checked["data_dir"] = os.path.abspath(os.path.expanduser(checked["data_dir"]))
     cfg = NodeConfig(**checked)
     _check_metrics_tls(cfg)
+    if cfg.security.uses_curve:
+        cfg.security.load(cfg.node_id)  # refuse bad key files at start, not in the first worker
     if cfg.restart_backoff_max_ms < cfg.restart_backoff_ms:
         raise InvalidConfigError(
             f"restart_backoff_max_ms={cfg.restart_backoff_max_ms} is below restart_backoff_ms={cfg.restart_backoff_ms}"

@@ -23,6 +23,7 @@ import dataclasses
 import logging
 from typing import Any
 
+from appliance.acl_store import AclApis
 from appliance.children import ChildState
 from appliance.coordinator import NO_LEADER, PartitionState, TopicInfo
 from appliance.groups.apis import GroupApis
@@ -31,15 +32,16 @@ from appliance.log.config import LogConfig
 from appliance.nodeview import NodeState, NodeView
 from appliance.status import table_status
 from appliance.topics import create_topic, is_internal, leader_endpoint, new_partition_states
-from ipc import sockets
 from ipc.errors import (
     InvalidConfigError,
     LeaderNotAvailableError,
     PolicyViolationError,
     RequestTimedOutError,
     SluiceError,
+    TopicAuthorizationFailedError,
     UnknownTopicOrPartitionError,
 )
+from ipc.peers import PeerLedger, deliver
 from ipc.protocol import FRONT_APIS, Request, Responder, Response, valid_topic_name
 from ipc.redact import wire_message
 from ipc.server import Handler, RequestPipeline, ok
@@ -76,14 +78,19 @@ class FrontApi:
         self.pending: list[PendingAdmin] = []
         self.groups = GroupCoordinator(node)
         self.group_apis = GroupApis(self.groups)
+        self.acl_apis = AclApis(lambda: self.node.coordinator)
         self._pipeline: RequestPipeline | None = None
+        # what the front holds for one client is bounded; one that does not read is not served
+        self.peers = PeerLedger("front", lambda peer, frames: deliver(self.node.front, peer, frames), clock=node.clock)
 
     # ---- the node's calls ---------------------------------------------------------------------
     def serve(self, frames: list[Any]) -> None:
         """One message from the front socket: ``[identity, header, *data]``."""
         if self._pipeline is None:
             gate = self.node.gate
-            self._pipeline = RequestPipeline("front", self.send, self.handlers(), gate.authenticate, gate.authorize)
+            self._pipeline = RequestPipeline(
+                "front", self.send, self.handlers(), gate.authenticate, gate.authorize, peers=self.peers
+            )
         self._pipeline.handle(frames)
 
     def handlers(self) -> dict[str, Handler]:
@@ -101,6 +108,7 @@ class FrontApi:
             "alter_isr": self.alter_isr,
             "reassign": self.reassign,
             **self.group_apis.handlers(),
+            **self.acl_apis.handlers(),
         }
         assert frozenset(handlers) == FRONT_APIS, sorted(frozenset(handlers) ^ FRONT_APIS)
         return handlers
@@ -108,10 +116,11 @@ class FrontApi:
     def send(self, peer: bytes, frames: list[Any]) -> None:
         """Put a reply on the front socket; dropped once the node is no longer running."""
         if self.node.state is NodeState.RUNNING:
-            sockets.send_reply(self.node.front, peer, frames)
+            self.peers.send(peer, frames)
 
     def tick(self, now: float) -> None:
         self.groups.tick(now)
+        self.peers.expire(now)
         still = []
         for p in self.pending:
             if self._ready(p):
@@ -189,13 +198,28 @@ class FrontApi:
         out: list[dict[str, Any]] = []
         # no list: every topic but the internal ones (ask for those by name)
         names = wanted if wanted is not None else sorted(n for n in topics if not is_internal(n))
+        authz, who, host = self.node.gate.authorizer, str(req.principal), req.host
+        if wanted is None:  # only the topics the principal may see (docs/security.md)
+            names = [n for n in names if authz.may_describe(who, host, n)]
+        auto_create = cfg.auto_create_topics and req.fields["allow_auto_create"]
+        may_create = cfg.auto_create_topics_per_request  # one request creates at most this many
         for name in names:
             why = valid_topic_name(name)
             if why is not None:
                 out.append({"topic": name, "error": _error_obj(InvalidConfigError(why)), "partitions": []})
                 continue
-            auto_create = cfg.auto_create_topics and req.fields["allow_auto_create"]
-            if name not in topics and auto_create and not is_internal(name):
+            if not authz.may_describe(who, host, name):
+                refused = TopicAuthorizationFailedError(f"{who} may not Describe topic {name!r}")
+                out.append({"topic": name, "error": _error_obj(refused), "partitions": []})
+                continue
+            if (
+                name not in topics
+                and auto_create
+                and not is_internal(name)
+                and may_create > 0
+                and authz.may_create_topic(who, host, name)
+            ):
+                may_create -= 1
                 try:
                     rf = min(cfg.default_replication_factor, len(self.node.coordinator.nodes()))
                     create_topic(self.node, name, cfg.default_partitions, rf, {})
@@ -205,7 +229,13 @@ class FrontApi:
                     continue
             info = topics.get(name)
             if info is None:
-                err = UnknownTopicOrPartitionError(f"topic {name!r} does not exist")
+                why = f"topic {name!r} does not exist"
+                if auto_create and not is_internal(name):
+                    why += (
+                        " (not created: one request creates at most "
+                        f"auto_create_topics_per_request={cfg.auto_create_topics_per_request} topics)"
+                    )
+                err = UnknownTopicOrPartitionError(why)
                 out.append({"topic": name, "error": _error_obj(err), "partitions": []})
                 continue
             parts = [self._partition_md(name, i, st) for i, st in enumerate(info.partitions)]
@@ -217,7 +247,8 @@ class FrontApi:
     def list_topics(self, req: Request) -> Response:
         internal = req.fields["internal"]
         names = sorted(n for n in self.node.coordinator.topics() if internal or not is_internal(n))
-        return ok(topics=names)
+        authz, who, host = self.node.gate.authorizer, str(req.principal), req.host
+        return ok(topics=[n for n in names if authz.may_describe(who, host, n)])
 
     def create_topic(self, req: Request) -> Response | None:
         f = req.fields

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from appliance.config import NodeConfig
     from appliance.controller import Controller
     from appliance.coordinator import Coordinator
+    from appliance.gate import Gate
     from appliance.log.config import LogConfig
     from appliance.systemd import Health
     from ipc.control import RoleCommand
@@ -100,6 +101,9 @@ class NodeView(Protocol):
 
     @property
     def front(self) -> zmq.Socket[Any]: ...  # the front endpoint's ROUTER: the front answers on it
+
+    @property
+    def gate(self) -> Gate: ...  # the front's authenticate and authorize hooks (appliance/gate.py)
 
     @property
     def isr_shrinks(self) -> int: ...

@@ -23,14 +23,16 @@ from typing import Any
 
 import zmq
 
+from appliance.acl_store import parse_acls
 from appliance.children import ChildState
 from appliance.config import NodeConfig
 from appliance.controller import Controller
 from appliance.coordinator import NO_LEADER, Coordinator, PartitionState, TopicInfo
+from appliance.gate import Gate
 from appliance.log.config import LogConfig
 from appliance.replicas import PartitionWorkers, Replica
 from ipc.client.transport import ChannelPool
-from ipc.control import AlterIsrEvent, ConfigCommand, NodeOptionsCommand, RoleCommand
+from ipc.control import AclsCommand, AlterIsrEvent, ConfigCommand, NodeOptionsCommand, RoleCommand
 from ipc.errors import SluiceError
 from ipc.shm import Role
 
@@ -99,6 +101,7 @@ class Reconciler:
         poller: zmq.Poller,
         wake: Callable[[], None],
         clock: Callable[[], float],
+        gate: Gate,
     ) -> None:
         self._config = config
         self.coordinator = coordinator
@@ -108,6 +111,7 @@ class Reconciler:
         self.poller = poller
         self.wake = wake
         self.clock = clock
+        self.gate = gate
         self.node_epoch = -1
         self.next_at = 0.0  # the next periodic reconcile
         self._cut_off_since: float | None = None  # when the coordinator connection was lost
@@ -167,9 +171,11 @@ class Reconciler:
             if key not in wanted:
                 log.info("%s: no longer assigned to this node; removing it", r.name)
                 self.workers.stop(r, after_stop=self._remove_files)
-            elif wanted[key][0].created_ms != r.topic_created_ms:
+            elif r.topic_created_ms and wanted[key][0].created_ms != r.topic_created_ms:  # 0: queued, not claimed yet
                 log.info("%s: the topic was deleted and created again; removing the old replica", r.name)
                 self.workers.stop(r, after_stop=self._remove_files)
+        self._refresh_acls()
+        acls = AclsCommand(self.workers.acls_version, self.workers.acls)
         options = worker_node_options(cfg)
         configs: dict[str, LogConfig] = {}  # a topic's effective configuration, made once per pass
         for (topic, p), (info, st) in wanted.items():
@@ -193,6 +199,9 @@ class Reconciler:
             if options != r.node_options:
                 r.node_options = options
                 self.workers.send(r, options)
+            if r.acls_version != acls.version:
+                r.acls_version = acls.version
+                self.workers.send(r, acls)
             log_config = configs.get(topic)
             if log_config is None:
                 log_config = configs[topic] = cfg.topic_log_config(info.config)
@@ -220,6 +229,22 @@ class Reconciler:
         r.role = self._role(r.topic, r.partition, st)
         r.log_config = self.config.topic_log_config(info.config)
         r.node_options = None  # sent when it is ready (a reload may come while it starts)
+        r.acls_version = self.workers.acls_version  # in its spec
+
+    def _refresh_acls(self) -> None:
+        """The cluster's ACLs changed: the front's gate takes them now, the workers in
+        this pass (``AclsCommand``). A malformed document keeps the ACLs in force."""
+        value, version = self.coordinator.document("acls")
+        if version == self.workers.acls_version:
+            return
+        try:
+            acls = parse_acls(value)
+        except SluiceError as exc:
+            log.error("the cluster's ACLs (version %d) are malformed; keeping the previous ones: %s", version, exc)
+            return
+        self.workers.acls, self.workers.acls_version = acls, version
+        self.gate.set_acls(acls)
+        log.info("ACLs now version %d (%d bindings)", version, len(acls))
 
     def _remove_files(self, r: Replica) -> None:
         self.workers.remove_files(r)

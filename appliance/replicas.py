@@ -28,6 +28,7 @@ from appliance.log.config import LogConfig
 from appliance.partition.process import run_worker
 from appliance.partition.spec import WorkerSpec
 from ipc import sockets
+from ipc.acl import AclBinding
 from ipc.control import (
     AlterIsrEvent,
     Command,
@@ -39,6 +40,7 @@ from ipc.control import (
 )
 from ipc.control import encode as encode_control
 from ipc.errors import SluiceError
+from ipc.private import ensure_private_dir
 from ipc.shm import ControlBlock, Role, SlotState, StatusTable
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ class Replica:
         self.role: RoleCommand | None = None  # the last role command sent
         self.log_config: LogConfig | None = None  # the last topic configuration sent
         self.node_options: NodeOptionsCommand | None = None  # the last node options sent
+        self.acls_version = -1  # the version of the cluster's ACLs it has
         self.topic_created_ms = 0  # which incarnation of the topic (a name can be deleted and reused)
         self.counters = (0, 0, 0, 0)  # records/bytes in/out, kept across restarts
         self.after_stop: Callable[[Replica], None] | None = None
@@ -144,11 +147,15 @@ class PartitionWorkers:
         self.children = Children(mp, poller, self, clock)
         self._by_child: dict[int, Replica] = {}  # id(child) -> replica
         self.node_epoch = -1
+        self.acls: tuple[AclBinding, ...] = ()  # the cluster's ACLs (a started worker gets them in its spec)
+        self.acls_version = -1
         cfg = config()
         control_path = cfg.control_endpoint[len("ipc://") :]
+        ensure_private_dir(os.path.dirname(control_path), "runtime_dir")  # never bind in someone else's
         if os.path.exists(control_path):
             os.unlink(control_path)  # left by a node that died: the data-dir lock says it is not running
         self.control, _ = sockets.bind_router(ctx, cfg.control_endpoint)
+        os.chmod(control_path, 0o600)  # this user's only (its directory is 0700 too: ipc/private.py)
         poller.register(self.control, zmq.POLLIN)
 
     @property
@@ -209,10 +216,14 @@ class PartitionWorkers:
             retention_check_ms=cfg.retention_check_interval_ms,
             cleaner_interval_ms=cfg.cleaner_interval_ms,
             max_request_bytes=cfg.max_request_bytes,
+            security=cfg.security,
+            acls=self.acls,
         )
 
     def add(self, topic: str, partition: int) -> Replica:
-        """Claim a slot and start the replica's worker."""
+        """Claim a slot and queue the replica's worker to start: the node's loop starts
+        queued workers a few at a time between serving requests (``Children.start_queued``),
+        so creating 500 partitions does not stop the front endpoint."""
         slot = self.table.find_free_slot()
         if slot is None:
             raise SluiceError(
@@ -231,9 +242,8 @@ class PartitionWorkers:
 
     def _start(self, r: Replica) -> None:
         r.endpoint = ""
-        self.children.start(r.child)
-        epoch = r.role.leader_epoch if r.role is not None else -1
-        log.info("%s: started worker pid %d (slot %d, leader epoch %d)", r.name, r.pid, r.slot, epoch)
+        self.children.enqueue(r.child)  # started by the loop's next pass (Children.start_queued)
+        log.debug("%s: worker queued to start (slot %d)", r.name, r.slot)
 
     def claim_directory(self, r: Replica, created_ms: int) -> None:
         """Mark the partition directory with its topic's creation time; a directory left
@@ -251,7 +261,7 @@ class PartitionWorkers:
             self.remove_files(r)
         r.topic_created_ms = created_ms
         if found != created_ms:
-            os.makedirs(directory, exist_ok=True)
+            os.makedirs(directory, mode=0o700, exist_ok=True)  # private, whatever the umask
             atomic_write(marker, f"{created_ms}\n".encode())
 
     def remove_files(self, r: Replica) -> None:
@@ -268,7 +278,7 @@ class PartitionWorkers:
 
     def stop_all(self) -> None:
         for r in list(self.replicas.values()):
-            if r.child.running:
+            if r.child.running or r.child.queued:  # a queued one is forgotten, never started
                 self.children.stop(r.child)
 
     # ---- control socket ---------------------------------------------------------------------

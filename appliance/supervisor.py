@@ -49,6 +49,7 @@ from appliance.coordinator import Coordinator
 from appliance.coordinator.local import LocalCoordinator
 from appliance.datadir import lock_data_dir
 from appliance.front import FrontApi
+from appliance.gate import Gate, install
 from appliance.nodeview import NodeState, ReplicaView
 from appliance.process import SignalPipe
 from appliance.reconcile import Reconciler, assigned
@@ -96,6 +97,7 @@ class Supervisor:
         self.table: StatusTable
         self.ctx: zmq.Context[Any]
         self.front: zmq.Socket[Any]
+        self.gate = Gate(config.security)  # install() secures the context in setup
         self.poller = zmq.Poller()
         self.workers: PartitionWorkers | None = None  # made in setup (sockets)
         self.reconciler: Reconciler | None = None
@@ -165,6 +167,11 @@ class Supervisor:
             raise InvalidConfigError(f"runtime_dir={runtime!r} is not usable: {exc.strerror}") from None
         self.ctx = zmq.Context()
         try:
+            self.gate = install(self.ctx, cfg.security, cfg.node_id)  # before any bind: ipc/curve.py
+        except InvalidConfigError:
+            self.ctx.destroy(0)
+            raise
+        try:
             self.front, _ = sockets.bind_router(self.ctx, cfg.listen, cfg.max_request_bytes)
         except zmq.ZMQError as exc:
             self.ctx.destroy(0)
@@ -190,6 +197,7 @@ class Supervisor:
             self.poller,
             self.wake,
             self.clock,
+            self.gate,
         )
         self.reconciler.node_epoch = node_epoch
         self.poller.register(self.front, zmq.POLLIN)
@@ -240,7 +248,8 @@ class Supervisor:
         self.poller.register(signals.fileno(), zmq.POLLIN)
         next_tick = self.clock()
         while self.state is not NodeState.STOPPED:
-            timeout = max(0.0, next_tick - self.clock())
+            # workers queued to start: no sleep (they start a few per pass, between requests)
+            timeout = 0.0 if workers.children.pending_starts else max(0.0, next_tick - self.clock())
             events = dict(self.poller.poll(int(timeout * 1000) + 1))
             if signals.fileno() in events or signals.pending:
                 for signum in signals.drain():

@@ -10,6 +10,7 @@ supervisor to a worker, events from a worker to the supervisor::
     {"cmd": "node_options", "log_level": "info", "retention_check_ms": 300000,
      "cleaner_interval_ms": 15000, "heartbeat_timeout_ms": 10000}
     {"cmd": "stop"}
+    {"cmd": "acls", "version": 4, "acls": [{"principal": "User:alice", ...}, ...]}   (ipc/acl.py)
     {"event": "ready", "slot": 4, "pid": 812, "endpoint": "tcp://127.0.0.1:40113", "log_end_offset": 17}
     {"event": "alter_isr", "slot": 4, "pid": 812, "leader_epoch": 3, "isr": {"0": 5}}
     {"event": "stopped", "slot": 4, "pid": 812}
@@ -28,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from ipc.acl import AclBinding
 from ipc.errors import InvalidRequestError
 from ipc.shm import Role
 
@@ -175,12 +177,31 @@ class StopCommand:
         return cls()
 
 
-Command = RoleCommand | ConfigCommand | NodeOptionsCommand | StopCommand
+@dataclasses.dataclass(frozen=True)
+class AclsCommand:
+    """The cluster's ACLs (docs/security.md), at the coordinator's ``version`` of them."""
+
+    version: int
+    acls: tuple[AclBinding, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"cmd": "acls", "version": self.version, "acls": [b.to_json() for b in self.acls]}
+
+    @classmethod
+    def from_wire(cls, msg: Mapping[str, Any]) -> AclsCommand:
+        acls = msg.get("acls")
+        if not isinstance(acls, list):
+            raise ControlMessageError("control 'acls': expected a list of ACL bindings")
+        return cls(_int(msg, "version", -1), tuple(AclBinding.from_json(b) for b in acls))
+
+
+Command = RoleCommand | ConfigCommand | NodeOptionsCommand | StopCommand | AclsCommand
 _COMMANDS: dict[str, Any] = {
     "role": RoleCommand,
     "config": ConfigCommand,
     "node_options": NodeOptionsCommand,
     "stop": StopCommand,
+    "acls": AclsCommand,
 }
 
 

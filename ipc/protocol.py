@@ -139,6 +139,15 @@ def _isr_map(v: Any) -> str | None:
     return None
 
 
+def _dict_list(limit: int) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if len(v) > limit or not all(isinstance(x, dict) for x in v):
+            return f"must be a list of at most {limit} objects"
+        return None
+
+    return check
+
+
 def _node_list(v: Any) -> str | None:
     if not 0 < len(v) <= 16 or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**31 for x in v):
         return "must be a list of 1..16 node ids"
@@ -191,6 +200,10 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "partition": PARTITION,
         "replicas": Field(list, check=_node_list),
     },
+    # ACLs (front endpoint; docs/security.md): bindings and filters as in ipc/acl.py
+    "create_acls": {"acls": Field(list, check=_dict_list(1000))},
+    "describe_acls": {"filter": Field(dict, required=False, default={})},
+    "delete_acls": {"filters": Field(list, check=_dict_list(1000))},
     # consumer groups (front endpoint, the group coordinator)
     "find_coordinator": {"group": GROUP},
     "join_group": {
@@ -272,6 +285,9 @@ FRONT_APIS = (
             "cluster_status",
             "alter_isr",
             "reassign",
+            "create_acls",
+            "describe_acls",
+            "delete_acls",
         }
     )
     | GROUP_APIS

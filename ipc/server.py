@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ipc.errors import SluiceError
+from ipc.peers import PeerLedger, PeerResponder
 from ipc.protocol import (  # the request and reply types live with the wire format
     ANONYMOUS,
     Frame,
@@ -74,8 +75,10 @@ class RequestPipeline:
         handlers: Mapping[str, Handler],
         authenticate: Authenticate = anonymous,
         authorize: Authorize = allow_all,
+        peers: PeerLedger | None = None,
     ) -> None:
         self.name = name
+        self.peers = peers  # bounds what is held per peer; ``send`` is then ``peers.send`` (ipc/peers.py)
         self._send = send
         self.handlers = dict(handlers)
         self.apis = frozenset(self.handlers)
@@ -86,12 +89,18 @@ class RequestPipeline:
         """One message from a ROUTER socket: ``[peer identity, header, *data]``."""
         peer = frames[0].bytes if hasattr(frames[0], "bytes") else bytes(frames[0])
         body = frames[1:]
+        peers = self.peers
+        if peers is not None and body and not peers.admit(peer, body[0]):
+            return  # a peer that does not read its replies: discarded unprocessed
         try:
             req = parse_request(body, self.apis)
         except SluiceError as exc:
             self._send(peer, [error_reply(peek_id(body[0]) if body else 0, exc)])
             return
-        responder = Responder(self._send, peer, req.id, req.api)
+        if peers is None:
+            responder = Responder(self._send, peer, req.id, req.api)
+        else:
+            responder = PeerResponder(self._send, peer, req.id, req.api, peers)
         req.responder = responder
         try:
             req.principal, req.host = self.authenticate(peer, body[0])

@@ -9,6 +9,8 @@
                          [--timeout-ms MS] [--print-key] [--print-offset]
     sluice status [--config FILE] [--data-dir DIR] [--json]
     sluice cluster status [--json] | reassign TOPIC --replicas 1,2,3 [--partition P]
+    sluice keys generate NAME | --node N | --server [--dir DIR]
+    sluice acls add|list|remove ...                (docs/security.md)
     sluice perf produce|consume|e2e|pipe|memory ...   (loadtest/perf.py)
 
 ``--bootstrap`` (or ``$SLUICE_BOOTSTRAP``) names the node for client commands. Errors
@@ -21,6 +23,7 @@ into exit statuses. Each command group lives in a module of its own:
 - ``node.py``: ``serve`` and ``status``, the node on this host (no network client);
 - ``topics.py``, ``groups.py``, ``cluster.py``: the admin commands (an ``Admin`` client);
 - ``records.py``: ``produce`` and ``consume``, records through stdin and stdout;
+- ``security.py``: ``keys`` (offline) and ``acls`` (an ``Admin`` client);
 - ``common.py``: ``CliError`` and what the commands share;
 - ``perf`` is ``loadtest/perf.py``.
 
@@ -43,6 +46,7 @@ from appliance.cli.groups import cmd_groups
 from appliance.cli.node import cmd_serve, cmd_status
 from appliance.cli.parser import build_parser
 from appliance.cli.records import cmd_consume, cmd_produce
+from appliance.cli.security import cmd_acls, cmd_keys
 from appliance.cli.topics import cmd_topics
 
 __all__ = ["COMMANDS", "main"]
@@ -63,6 +67,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "groups": cmd_groups,
     "cluster": cmd_cluster,
     "perf": cmd_perf,
+    "keys": cmd_keys,
+    "acls": cmd_acls,
 }
 
 
@@ -73,6 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from ipc.errors import SluiceError
 
+    # a client command's keys reach every client it makes through the environment
+    # (ipc/client/transport.py client_context), as $SLUICE_SERVER_KEY would
+    if getattr(a, "server_key", None):
+        os.environ["SLUICE_SERVER_KEY"] = a.server_key
+    if getattr(a, "secret_key_file", None):
+        os.environ["SLUICE_SECRET_KEY_FILE"] = a.secret_key_file
     try:
         return COMMANDS[a.command](a)
     except (CliError, SluiceError, ValueError, TypeError) as exc:

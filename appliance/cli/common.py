@@ -36,7 +36,9 @@ def admin_client(a: argparse.Namespace) -> Admin:
 
 
 def all_partitions(bootstrap: str | None, topic: str) -> list[int]:
+    """The topic's partitions, from metadata (which needs only Describe on the topic,
+    not DescribeConfigs); never creates the topic. UnknownTopicOrPartitionError if absent."""
     from ipc.client import Admin
 
     with Admin(bootstrap) as admin:
-        return list(range(len(admin.describe_topic(topic)["partitions"])))
+        return list(range(admin.partition_count(topic)))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from appliance.cli.security import add_parsers as add_security_parsers
+
 
 def _parse_option(item: str) -> tuple[str, str]:
     if "=" not in item:
@@ -68,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
             help="[tcp://]HOST:PORT[,...] (default: $SLUICE_BOOTSTRAP or tcp://127.0.0.1:6100)",
         )
         sp.add_argument("--timeout-ms", type=_positive, default=None, dest="request_timeout_ms", help=argparse.SUPPRESS)
+        security(sp)
+
+    def security(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--server-key", help="the node's server public key (Z85 or a .key file; default: $SLUICE_SERVER_KEY)"
+        )
+        sp.add_argument("--secret-key-file", help="this client's .key_secret file (default: $SLUICE_SECRET_KEY_FILE)")
 
     s = sub.add_parser("serve", help="run the appliance (supervisor and partition workers)")
     s.add_argument("--config", help="TOML configuration file")
@@ -127,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="bootstrap",
         help="[tcp://]HOST:PORT[,...] (default: $SLUICE_BOOTSTRAP or tcp://127.0.0.1:6100)",
     )
+    security(c)
 
     g = sub.add_parser("groups", help="list, describe, reset offsets of and delete consumer groups")
     gsub = g.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -163,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--config")
     st.add_argument("--data-dir")
     st.add_argument("--json", action="store_true")
+
+    add_security_parsers(sub, client)
 
     from loadtest.perf import add_parsers as add_perf_parsers  # argparse only: the modes import lazily
 

@@ -151,6 +151,10 @@ class Coordinator(Protocol):
     def endpoints(self) -> dict[int, dict[str, str]]:
         """node id -> {"topic/partition": that node's worker endpoint}."""
 
+    def document(self, name: str) -> tuple[Any, int]:
+        """A cluster document ("acls", "quotas"): (its JSON value or None, its version;
+        -1 if never written)."""
+
     # ---- writes -------------------------------------------------------------------------
     def create_topic(self, info: TopicInfo) -> None:
         """Create the topic and its partition states atomically; TopicAlreadyExistsError."""
@@ -172,3 +176,7 @@ class Coordinator(Protocol):
 
     def next_producer_id(self) -> int:
         """A cluster-unique producer id (idempotent producers)."""
+
+    def set_document(self, name: str, value: Any, version: int) -> None:
+        """Replace a cluster document if its version is still ``version`` (-1: create it);
+        StaleStateError otherwise. Every node's ``wake`` is called once it changed."""

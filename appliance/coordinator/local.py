@@ -34,6 +34,7 @@ class LocalCoordinator:
         self._node_epoch = 0
         self._next_producer_id = 1000
         self._endpoints: dict[str, str] = {}
+        self._documents: dict[str, tuple[Any, int]] = {}  # name -> (value, version)
         self._wake: Callable[[], None] = lambda: None
 
     # ---- life cycle -------------------------------------------------------------------
@@ -51,6 +52,7 @@ class LocalCoordinator:
             self._topics = {t["name"]: _load_topic(t) for t in raw["topics"]}
             self._node_epoch = int(raw.get("node_epoch", 0))
             self._next_producer_id = int(raw.get("next_producer_id", 1000))
+            self._documents = {str(k): (v["value"], int(v["version"])) for k, v in raw.get("documents", {}).items()}
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidConfigError(f"coordinator state {self.path} is malformed: {exc}") from exc
 
@@ -72,6 +74,7 @@ class LocalCoordinator:
             "version": 2,
             "node_epoch": self._node_epoch,
             "next_producer_id": self._next_producer_id,
+            "documents": {k: {"value": v, "version": n} for k, (v, n) in self._documents.items()},
             "topics": [t.to_json() | {"versions": [p.version for p in t.partitions]} for t in self._topics.values()],
         }
         atomic_write(self.path, orjson.dumps(data, option=orjson.OPT_INDENT_2))
@@ -91,6 +94,9 @@ class LocalCoordinator:
 
     def endpoints(self) -> dict[int, dict[str, str]]:
         return {self.node_id: self._endpoints}
+
+    def document(self, name: str) -> tuple[Any, int]:
+        return self._documents.get(name, (None, -1))
 
     # ---- writes ---------------------------------------------------------------------------
     def _get(self, name: str) -> TopicInfo:
@@ -142,6 +148,13 @@ class LocalCoordinator:
         if endpoints != self._endpoints:
             self._endpoints = dict(endpoints)
             self._wake()
+
+    def set_document(self, name: str, value: Any, version: int) -> None:
+        if self.document(name)[1] != version:
+            raise StaleStateError(f"{name}: version {version}, stored {self.document(name)[1]}")
+        self._documents = {**self._documents, name: (value, version + 1)}
+        self._save()
+        self._wake()
 
     def next_producer_id(self) -> int:
         pid = self._next_producer_id

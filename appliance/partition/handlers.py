@@ -20,7 +20,9 @@ structure; ``check_producible``) and ``max.message.bytes``, every batch before t
 first is written; then the idempotent producers' duplicates and sequences
 (``ProducerStateTable.check_all``); then each new batch is appended with the header
 the validation returned (``Log.append(..., header=h)`` stamps offset and epoch without
-checking again). A failed write takes back the request's earlier batches: all or
+checking again). An ``acks=all`` produce is charged to its peer before anything is
+written (``ipc.peers.charge_wait``: a client may have only so many waiting for their
+replicas) and given back when it is answered. A failed write takes back the request's earlier batches: all or
 nothing, answered with the retriable ``STORAGE_ERROR``, and the replica's storage
 condition goes to failed (``storage.py``): later produces are refused with
 ``STORAGE_ERROR`` before anything is tried, until the worker's probe succeeds.
@@ -33,6 +35,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from appliance.gate import Gate
 from appliance.partition.purgatory import DelayedFetch, DelayedProduce, Purgatory
 from appliance.partition.replica import Replica
 from ipc.errors import (
@@ -45,6 +48,7 @@ from ipc.errors import (
     UnknownLeaderEpochError,
     UnknownTopicOrPartitionError,
 )
+from ipc.peers import MAX_FETCH_BYTES, NO_ACCOUNT, PeerAccount, PeerLedger, charge_park, charge_wait, release_wait
 from ipc.protocol import EARLIEST, LATEST, Request, Response, Send
 from ipc.records import BatchHeader, check_producible, validate_batch
 from ipc.server import RequestPipeline
@@ -93,6 +97,33 @@ def produce(replica: Replica, purgatory: Purgatory, req: Request, started: float
     if storage.failed:  # nothing is tried until the worker's probe finds the disk usable again
         raise StorageError(f"{replica.name}: {storage.describe()}")
     headers, buffers = validate_batches(replica.name, req.frames, lg.config.max_message_bytes)
+    if acks in (-1, "all"):  # raises ThrottlingQuotaExceededError: too many of this client's already wait
+        nbytes = sum(len(b) for b in buffers)
+        account = charge_wait(req.responder, nbytes)
+        try:
+            return _produce(replica, purgatory, req, started, headers, buffers, account, nbytes)
+        except BaseException:
+            release_wait(account, nbytes)
+            raise
+    return _produce(replica, purgatory, req, started, headers, buffers)
+
+
+def _produce(
+    replica: Replica,
+    purgatory: Purgatory,
+    req: Request,
+    started: float,
+    headers: list[BatchHeader],
+    buffers: list[Any],
+    account: PeerAccount = NO_ACCOUNT,
+    nbytes: int = 0,
+) -> Response | None:
+    """Append validated batches (``produce``'s second half); an acks=all produce that
+    cannot be answered yet waits in the purgatory with its peer's ``account``."""
+    acks = req.fields["acks"]
+    lead = replica.check_leader()
+    lg = replica.log
+    storage = replica.storage
     base_offsets = []
     start = lg.log_end_offset
     required = 0
@@ -129,8 +160,10 @@ def produce(replica: Replica, purgatory: Purgatory, req: Request, started: float
         log.exception("%s: answering parked fetches after an append failed", replica.name)
     if acks in (-1, "all") and lead.high_watermark < required:
         deadline = replica.clock() + req.fields["timeout_ms"] / 1000
-        purgatory.wait_for_replicas(DelayedProduce(req.responder, base_offsets, required, deadline, started))
+        op = DelayedProduce(req.responder, base_offsets, required, deadline, started, account, nbytes)
+        purgatory.wait_for_replicas(op)
         return None
+    release_wait(account, nbytes)  # answered now: nothing waits
     if acks == 0:
         return None
     return Response({"base_offsets": base_offsets, "log_start_offset": lg.log_start_offset})
@@ -171,8 +204,9 @@ def check_replica_fetch(replica: Replica, purgatory: Purgatory, req: Request) ->
 
 def fetch(replica: Replica, purgatory: Purgatory, req: Request, started: float) -> Response | None:
     """Read from the leader's log: a consumer up to the high watermark, a follower
-    (``replica_id`` >= 0) up to the log end offset. With less than ``min_bytes`` the
-    fetch is parked for up to ``max_wait_ms``."""
+    (``replica_id`` >= 0) up to the log end offset, at most ``MAX_FETCH_BYTES`` (or the
+    first batch, if larger). With less than ``min_bytes`` the fetch is parked for up to
+    ``max_wait_ms``, unless its peer has as many parked as it may (``charge_park``)."""
     f = req.fields
     replica.check_leader()
     is_replica = f["replica_id"] >= 0
@@ -181,12 +215,16 @@ def fetch(replica: Replica, purgatory: Purgatory, req: Request, started: float) 
         if diverging is not None:
             req.responder.send(diverging)  # answered here: a divergence is not timed as a fetch
             return None
-    data = replica.read(f["offset"], f["max_bytes"], is_replica)  # raises OffsetOutOfRangeError
+    max_bytes = min(f["max_bytes"], MAX_FETCH_BYTES)  # a reply's size is bounded (ipc/peers.py)
+    data = replica.read(f["offset"], max_bytes, is_replica)  # raises OffsetOutOfRangeError
     if len(data) >= f["min_bytes"] or f["max_wait_ms"] == 0:
+        return replica.fetch_response(data)
+    account = charge_park(req.responder, max_bytes)
+    if account is None:  # its client has as many parked as it may: answered with what there is
         return replica.fetch_response(data)
     deadline = replica.clock() + f["max_wait_ms"] / 1000
     purgatory.park(
-        DelayedFetch(req.responder, f["offset"], f["max_bytes"], f["min_bytes"], deadline, started, is_replica)
+        DelayedFetch(req.responder, f["offset"], max_bytes, f["min_bytes"], deadline, started, is_replica, account)
     )
     return None
 
@@ -250,7 +288,12 @@ class PartitionApi:
         return list_offsets(self.replica, req)
 
 
-def partition_pipeline(replica: Replica, purgatory: Purgatory, send: Send) -> RequestPipeline:
+def partition_pipeline(
+    replica: Replica, purgatory: Purgatory, send: Send, gate: Gate, peers: PeerLedger | None = None
+) -> RequestPipeline:
     """The request pipeline of a partition worker: ``send(peer, frames)`` is its reply
-    through its ROUTER socket."""
-    return RequestPipeline(replica.name, send, PartitionApi(replica, purgatory).handlers)
+    through its ROUTER socket; ``gate`` authenticates and authorizes (appliance/gate.py);
+    ``peers`` bounds what is held per client (``send`` is then ``peers.send``)."""
+    return RequestPipeline(
+        replica.name, send, PartitionApi(replica, purgatory).handlers, gate.authenticate, gate.authorize, peers
+    )

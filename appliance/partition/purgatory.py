@@ -14,6 +14,14 @@ Two kinds wait here, each holding the request's ``Responder`` (never a peer iden
   answered with what there is at ``max_wait_ms``; answered with what there is
   (``force``) when the leader steps down (followers' fetches) or the worker stops (all).
 
+What waits here is charged to its peer (``ipc/peers.py``): a fetch parks only while
+its peer has fewer than the ledger's bound parked (else ``handlers.fetch`` answers it
+at once), a produce waits only within its peer's bound (else it is refused before it is
+written), and every way out of the purgatory (answered, expired, failed, ``release``)
+gives the charge back. ``release`` drops the parked fetches of a peer that does not
+read its replies (the ledger's ``on_stall``) without answering them: their answers
+could not be queued.
+
 Wake-ups: ``hw_moved`` (the handlers, the ISR check and role updates call it with
 ``LeaderState.advance_high_watermark``'s answer), ``serve_parked`` (after an append),
 ``expire`` (every pass of the worker's loop), ``fail_pending`` (leadership lost).
@@ -29,6 +37,7 @@ from collections.abc import Callable
 
 from appliance.partition.replica import Replica
 from ipc.errors import NotEnoughReplicasError, RequestTimedOutError, SluiceError
+from ipc.peers import NO_ACCOUNT, PeerAccount, release_park, release_wait
 from ipc.protocol import Responder, Response
 
 Observe = Callable[[float], None]
@@ -47,6 +56,8 @@ class DelayedProduce:
     required: int  # the HW that commits it (its last offset + 1)
     deadline: float
     started: float  # time.perf_counter() when the request arrived
+    account: PeerAccount = NO_ACCOUNT  # its peer's, charged ``nbytes`` (ipc/peers.py)
+    nbytes: int = 0
 
 
 @dataclasses.dataclass(slots=True)
@@ -60,6 +71,7 @@ class DelayedFetch:
     deadline: float
     started: float
     replica: bool = False  # a follower's fetch: reads up to the log end, not the HW
+    account: PeerAccount = NO_ACCOUNT  # its peer's, charged ``max_bytes`` (ipc/peers.py)
 
 
 class Purgatory:
@@ -71,6 +83,7 @@ class Purgatory:
         self.parked: list[DelayedFetch] = []
         self.produce_latency = produce_latency
         self.fetch_latency = fetch_latency
+        self._serving = False  # inside serve_parked / expire: ``release`` leaves it to them
 
     @property
     def waiting(self) -> bool:
@@ -112,6 +125,7 @@ class Purgatory:
         still = []
         for p in self.pending:
             if hw >= p.required:
+                release_wait(p.account, p.nbytes)
                 min_insync = r.log.config.min_insync_replicas
                 if r.leading is not None and len(r.leading.isr) < min_insync:
                     p.responder.fail(
@@ -130,6 +144,7 @@ class Purgatory:
     def fail_pending(self, err: SluiceError) -> None:
         """Answer every waiting produce with ``err`` (the replica stops leading)."""
         for p in self.pending:
+            release_wait(p.account, p.nbytes)
             p.responder.fail(err)
         self.pending = []
 
@@ -137,12 +152,36 @@ class Purgatory:
     def park(self, op: DelayedFetch) -> None:
         self.parked.append(op)
 
+    def release(self, account: PeerAccount) -> None:
+        """Drop the parked fetches of ``account``'s peer unanswered: it does not read its
+        replies (``PeerLedger``'s ``on_stall``), or its connection is gone."""
+        if not account.parked or self._serving:
+            return  # the loop in progress drops them (their account is stalled)
+        still = []
+        for p in self.parked:
+            if p.account is account:
+                release_park(account, p.max_bytes)
+            else:
+                still.append(p)
+        self.parked = still
+
     def serve_parked(self, force: bool, replicas_only: bool = False) -> None:
         """Answer the parked fetches that now have ``min_bytes`` (all of them with what
         there is, if ``force``); ``replicas_only``: only the followers' fetches."""
         r = self.replica
         still: list[DelayedFetch] = []
+        self._serving = True
+        try:
+            self._serve_parked(r, still, force, replicas_only)
+        finally:
+            self._serving = False
+        self.parked = still
+
+    def _serve_parked(self, r: Replica, still: list[DelayedFetch], force: bool, replicas_only: bool) -> None:
         for p in self.parked:
+            if p.account.stalled:  # its peer does not read: dropped unanswered
+                release_park(p.account, p.max_bytes)
+                continue
             if replicas_only and not p.replica:
                 still.append(p)
                 continue
@@ -150,13 +189,14 @@ class Purgatory:
             try:
                 data = r.read(p.offset, p.max_bytes, p.replica) if p.offset < end or force else b""
             except SluiceError as exc:
+                release_park(p.account, p.max_bytes)
                 p.responder.fail(exc)
                 continue
             if force or len(data) >= p.min_bytes:
+                release_park(p.account, p.max_bytes)
                 self.answer_fetch(p.responder, data, p.started)
             else:
                 still.append(p)
-        self.parked = still
 
     # ---- deadlines ------------------------------------------------------------------------
     def expire(self, now: float) -> None:
@@ -170,11 +210,18 @@ class Purgatory:
             return
         self.parked = [p for p in self.parked if p.deadline > now]
         r = self.replica
-        for p in due:
-            try:
-                self.answer_fetch(p.responder, r.read(p.offset, p.max_bytes, p.replica), p.started)
-            except SluiceError as exc:
-                p.responder.fail(exc)
+        self._serving = True
+        try:
+            for p in due:
+                release_park(p.account, p.max_bytes)
+                if p.account.stalled:
+                    continue
+                try:
+                    self.answer_fetch(p.responder, r.read(p.offset, p.max_bytes, p.replica), p.started)
+                except SluiceError as exc:
+                    p.responder.fail(exc)
+        finally:
+            self._serving = False
 
     def _expire_pending(self, now: float) -> None:
         due = [p for p in self.pending if p.deadline <= now]
@@ -182,6 +229,7 @@ class Purgatory:
             return
         self.pending = [p for p in self.pending if p.deadline > now]
         for p in due:
+            release_wait(p.account, p.nbytes)
             p.responder.fail(
                 RequestTimedOutError(f"{self.replica.name}: not replicated to the in-sync replicas in time")
             )

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 
 from appliance.log.config import LogConfig
+from appliance.security_config import SecurityConfig
+from ipc.acl import AclBinding
 from ipc.control import RoleCommand
 
 
@@ -40,3 +42,5 @@ class WorkerSpec:
     # the replica's role when it starts (None: the only replica, leading); changes
     # arrive as control commands (ipc/control.py)
     role: RoleCommand | None = None
+    security: SecurityConfig = SecurityConfig()  # keys, protected mode, authorizer (docs/security.md)
+    acls: tuple[AclBinding, ...] = ()  # the cluster's ACLs when the worker starts; then AclsCommand

@@ -49,6 +49,7 @@ from typing import Any
 
 import zmq
 
+from appliance.gate import Gate, install
 from appliance.log.cleaner import LogCleaner
 from appliance.log.config import CleanupPolicy, LogConfig
 from appliance.log.flusher import FlushFailedError
@@ -62,6 +63,7 @@ from appliance.partition.storage import PROBE_S, StorageCondition, is_storage_er
 from appliance.process import SignalPipe, pid_alive
 from ipc import sockets
 from ipc.control import (
+    AclsCommand,
     AlterIsrEvent,
     ConfigCommand,
     ControlMessageError,
@@ -75,6 +77,8 @@ from ipc.control import (
 )
 from ipc.control import encode as encode_control
 from ipc.errors import NotLeaderError, SluiceError, StorageError
+from ipc.peers import PeerLedger, deliver
+from ipc.private import NotPrivateError, check_own_socket
 from ipc.protocol import Request
 from ipc.server import RequestPipeline
 from ipc.shm import Role, StatusTable, StatusWriter
@@ -113,6 +117,8 @@ class PartitionWorker:
         self.replica: Replica
         self.purgatory: Purgatory
         self.pipeline: RequestPipeline
+        self.peers: PeerLedger
+        self.gate: Gate
         self.cleaner: LogCleaner
         self.ctx: zmq.Context[Any]
         self.data: zmq.Socket[Any]
@@ -170,7 +176,14 @@ class PartitionWorker:
         table = StatusTable.attach(spec.status_path, writable=True)
         self.status = StatusWriter(table, spec.slot)
         self.ctx = zmq.Context()
+        self.gate = install(self.ctx, spec.security, spec.node_id)  # before the bind: ipc/curve.py
+        self.gate.set_acls(spec.acls)
         self._bind()
+        try:  # never obey a socket someone else bound (docs/security.md)
+            check_own_socket(spec.control_endpoint[len("ipc://") :])
+        except NotPrivateError as exc:
+            log.error("%s: %s", self.name, exc.message)
+            raise SystemExit(1) from None
         self.control = sockets.dealer(self.ctx, spec.control_endpoint, identity=f"slot-{spec.slot}".encode())
         self._role_cmd = spec.role
         lg = self._open_log()
@@ -186,7 +199,14 @@ class PartitionWorker:
         self.purgatory = Purgatory(
             self.replica, PRODUCE_LATENCY.labels(*labels).observe, FETCH_LATENCY.labels(*labels).observe
         )
-        self.pipeline = partition_pipeline(self.replica, self.purgatory, self._reply)
+        # what is held per client is bounded (ipc/peers.py): replies, parked fetches, waiting produces
+        self.peers = PeerLedger(
+            self.name,
+            lambda peer, frames: deliver(self.data, peer, frames),
+            clock=self.clock,
+            on_stall=self.purgatory.release,
+        )
+        self.pipeline = partition_pipeline(self.replica, self.purgatory, self.peers.send, self.gate, self.peers)
         self.follower = FollowerLink(self.replica, self.storage, self.poller, self.clock, self._on_replicated)
         now = self.clock()
         self._next_retention = now + self.retention_check_ms / 1000
@@ -225,7 +245,8 @@ class PartitionWorker:
         def refuse(req: Request) -> None:
             raise StorageError(f"{self.name}: {self.storage.describe()}")
 
-        pipeline = RequestPipeline(self.name, self._reply, dict.fromkeys(("produce", "fetch", "list_offsets"), refuse))
+        apis = dict.fromkeys(("produce", "fetch", "list_offsets"), refuse)
+        pipeline = RequestPipeline(self.name, self._reply, apis, self.gate.authenticate, self.gate.authorize)
         poller = zmq.Poller()
         for sock in (self.data, self.control):
             poller.register(sock, zmq.POLLIN)
@@ -322,6 +343,7 @@ class PartitionWorker:
             now = self.clock()
             self.follower.on_events(events, now)
             self.purgatory.expire(now)
+            self.peers.expire(now)
             flush_due = self.log.next_flush_deadline()
             if flush_due is not None and time.time() >= flush_due:
                 self.log.maybe_flush()  # when due, not at the next tick: no 1 ms polls until then
@@ -496,6 +518,10 @@ class PartitionWorker:
             if isinstance(cmd, StopCommand):
                 self._set_state(WorkerState.STOPPING)
                 return
+            if isinstance(cmd, AclsCommand):
+                self.gate.set_acls(cmd.acls)
+                log.info("%s: ACLs now version %d (%d bindings)", self.name, cmd.version, len(cmd.acls))
+                continue
             if isinstance(cmd, RoleCommand):
                 if not waiting:
                     self.apply_role(cmd)

@@ -3,24 +3,37 @@
 Topic requests go to any node (the bootstrap channel). Group requests go to the group's
 coordinator (``CoordinatorLink``: found with ``find_coordinator``, found again when it
 moves); ``list_groups`` asks every node of the cluster (from ``metadata``) and merges,
-since each node lists the groups it coordinates."""
+since each node lists the groups it coordinates. ACLs (``create_acls``, ``describe_acls``,
+``delete_acls``) go to any node: they are one cluster document in the coordinator."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping
 from types import ModuleType
 from typing import Any
 
 import zmq as _zmq
 
+from ipc.acl import AclBinding, AclFilter
 from ipc.client.group import CoordinatorLink
-from ipc.client.transport import Bootstrap, BootstrapChannel, Channel, check_ints, parse_bootstrap
+from ipc.client.transport import (
+    Bootstrap,
+    BootstrapChannel,
+    Channel,
+    Security,
+    check_ints,
+    client_context,
+    parse_bootstrap,
+)
 from ipc.errors import (
     CoordinatorNotAvailableError,
     InvalidConfigError,
     RequestTimedOutError,
     SluiceError,
     TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
+    error_for_code,
 )
 from ipc.protocol import Reply, valid_topic_name
 
@@ -32,13 +45,20 @@ class Admin:
     ...     admin.create_topic("events", partitions=4, config={"fsync": "always"})
     """
 
-    def __init__(self, bootstrap: Bootstrap = None, *, timeout_ms: int = 30_000, zmq_module: ModuleType = _zmq) -> None:
+    def __init__(
+        self,
+        bootstrap: Bootstrap = None,
+        *,
+        timeout_ms: int = 30_000,
+        security: Security = None,
+        zmq_module: ModuleType = _zmq,
+    ) -> None:
         self.endpoints = parse_bootstrap(bootstrap)
         if timeout_ms <= 0:
             raise ValueError(f"timeout_ms={timeout_ms}: must be positive")
         self.timeout_s = timeout_ms / 1000
         self.zmq = zmq_module
-        self.ctx = zmq_module.Context()
+        self.ctx = client_context(zmq_module, security)
         self.channel = BootstrapChannel(self.ctx, self.endpoints, zmq_module)
         self._link: CoordinatorLink | None = None  # to group coordinators, made on first use
 
@@ -94,6 +114,18 @@ class Admin:
         except TopicAlreadyExistsError:
             if not exist_ok:
                 raise
+
+    def partition_count(self, name: str, timeout_ms: int | None = None) -> int:
+        """How many partitions ``name`` has (from metadata: Describe on the topic is
+        enough, and the topic is never created)."""
+        self._check_topic(name)
+        md = self._call("metadata", timeout_ms, topics=[name], allow_auto_create=False)
+        entry = next((t for t in md["topics"] if t["topic"] == name), None)
+        if entry is None:
+            raise UnknownTopicOrPartitionError(f"topic {name!r} does not exist")
+        if entry["error"] is not None:
+            raise error_for_code(str(entry["error"]["code"]), str(entry["error"]["message"]))
+        return len(entry["partitions"])
 
     def delete_topic(self, name: str, timeout_ms: int | None = None) -> None:
         self._check_topic(name)
@@ -223,6 +255,27 @@ class Admin:
     def status(self, timeout_ms: int | None = None) -> dict[str, Any]:
         return self._call("status", timeout_ms)
 
+    # ---- ACLs (docs/security.md) ------------------------------------------------------------
+    def create_acls(self, bindings: Iterable[AclBinding | Mapping[str, Any]], timeout_ms: int | None = None) -> int:
+        """Add ACL bindings (``AclBinding`` or its JSON form); returns how many were sent."""
+        acls = [_binding(b).to_json() for b in bindings]
+        return int(self._call("create_acls", timeout_ms, acls=acls)["created"])
+
+    def describe_acls(
+        self, acl_filter: AclFilter | Mapping[str, Any] | None = None, timeout_ms: int | None = None
+    ) -> list[AclBinding]:
+        """The bindings matching the filter (all of them without one)."""
+        flt = _filter(acl_filter if acl_filter is not None else {})
+        return [AclBinding.from_json(b) for b in self._call("describe_acls", timeout_ms, filter=flt.to_json())["acls"]]
+
+    def delete_acls(
+        self, filters: Iterable[AclFilter | Mapping[str, Any]], timeout_ms: int | None = None
+    ) -> list[list[AclBinding]]:
+        """Delete the bindings each filter matches; for each filter, those it deleted."""
+        wire = [_filter(f).to_json() for f in filters]
+        found = self._call("delete_acls", timeout_ms, filters=wire)["deleted"]
+        return [[AclBinding.from_json(b) for b in group] for group in found]
+
     def close(self) -> None:
         if self._link is not None:
             self._link.close()
@@ -234,6 +287,14 @@ class Admin:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _binding(b: AclBinding | Mapping[str, Any]) -> AclBinding:
+    return b if isinstance(b, AclBinding) else AclBinding.from_json(dict(b))
+
+
+def _filter(f: AclFilter | Mapping[str, Any]) -> AclFilter:
+    return f if isinstance(f, AclFilter) else AclFilter.from_json(dict(f))
 
 
 def _from(err: SluiceError, endpoint: str) -> SluiceError:

@@ -34,7 +34,7 @@ from ipc.client.fetcher import ConsumerRecord, Fetcher
 from ipc.client.group import GroupMembership
 from ipc.client.metadata import ClusterMetadata
 from ipc.client.subscription import METADATA_REFRESH_S, SubscriptionState, TopicPartition
-from ipc.client.transport import Bootstrap, BootstrapChannel, check_ints, parse_bootstrap
+from ipc.client.transport import Bootstrap, BootstrapChannel, Security, check_ints, client_context, parse_bootstrap
 from ipc.errors import SluiceError
 from ipc.protocol import ASSIGNORS, EARLIEST, LATEST
 
@@ -78,6 +78,7 @@ class Consumer:
         client_id: str = "",
         on_assign: Callable[[list[TopicPartition]], Any] | None = None,
         on_revoke: Callable[[list[TopicPartition]], Any] | None = None,
+        security: Security = None,
         zmq_module: ModuleType = _zmq,
     ) -> None:
         self.endpoints = parse_bootstrap(bootstrap)
@@ -98,7 +99,7 @@ class Consumer:
         self.request_timeout_s = request_timeout_ms / 1000
         self.retry_backoff_s = retry_backoff_ms / 1000
         self.zmq = zmq_module
-        self.ctx = zmq_module.Context()
+        self.ctx = client_context(zmq_module, security)
         self.metadata = ClusterMetadata(
             BootstrapChannel(self.ctx, self.endpoints, zmq_module), self.request_timeout_s, allow_auto_create=False
         )

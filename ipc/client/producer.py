@@ -50,7 +50,7 @@ from ipc.client.idempotence import resolve_idempotence
 from ipc.client.metadata import ClusterMetadata
 from ipc.client.partitioner import KeyPartitioner
 from ipc.client.sender import Sender, Wakeup
-from ipc.client.transport import Bootstrap, BootstrapChannel, check_ints, parse_bootstrap
+from ipc.client.transport import Bootstrap, BootstrapChannel, Security, check_ints, client_context, parse_bootstrap
 from ipc.errors import InvalidConfigError
 from ipc.protocol import valid_topic_name
 from ipc.records import Compression, Headers
@@ -80,6 +80,7 @@ class Producer:
         max_block_ms: int = 60_000,
         buffer_memory: int = 64 * 1024 * 1024,
         enable_idempotence: bool | None = None,
+        security: Security = None,
         zmq_module: ModuleType = _zmq,
     ) -> None:
         self.endpoints = parse_bootstrap(bootstrap)
@@ -122,7 +123,7 @@ class Producer:
         self._partitions = acc.partitions
         self._key_partitioner = KeyPartitioner()
         self._wakeup = Wakeup()
-        self.ctx = zmq_module.Context()
+        self.ctx = client_context(zmq_module, security)
         self._md_lock = threading.Lock()
         self._app_metadata = ClusterMetadata(BootstrapChannel(self.ctx, self.endpoints, zmq_module), self.max_block_s)
         self._sender = Sender(

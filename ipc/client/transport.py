@@ -24,14 +24,14 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
 import zmq as _zmq
 
-from ipc import sockets
-from ipc.errors import RequestTimedOutError, SluiceError
+from ipc import curve, sockets
+from ipc.errors import AuthenticationError, InvalidConfigError, RequestTimedOutError, SluiceError
 from ipc.protocol import Reply, encode_request, parse_reply
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,34 @@ def parse_bootstrap(bootstrap: Bootstrap) -> list[str]:
         if not _ENDPOINT.match(e):
             raise ValueError(f"bootstrap endpoint {e!r} is invalid: expected tcp://HOST:PORT")
     return endpoints
+
+
+Security = Mapping[str, str] | None
+SECURITY_OPTIONS = ("server_public_key", "secret_key_file")
+
+
+def client_context(zmq_module: ModuleType = _zmq, security: Security = None) -> Any:
+    """A client's ZeroMQ context; with ``security`` (or ``$SLUICE_SERVER_KEY`` and
+    ``$SLUICE_SECRET_KEY_FILE``) every TCP socket it makes connects with CURVE:
+    ``{"server_public_key": Z85 text or a .key file, "secret_key_file": a .key_secret file}``."""
+    if security is None and os.environ.get("SLUICE_SERVER_KEY"):
+        security = {
+            "server_public_key": os.environ["SLUICE_SERVER_KEY"],
+            "secret_key_file": os.environ.get("SLUICE_SECRET_KEY_FILE", ""),
+        }
+    keys = None
+    if security is not None:
+        unknown = set(security) - set(SECURITY_OPTIONS)
+        if unknown or not all(isinstance(security.get(k), str) and security.get(k) for k in SECURITY_OPTIONS):
+            raise InvalidConfigError(
+                f"security: expected {{'server_public_key': ..., 'secret_key_file': ...}}, got keys {sorted(security)}"
+            )
+        own = curve.load_key_file(security["secret_key_file"], secret=True)
+        keys = curve.ClientKeys(curve.load_public_key(security["server_public_key"]), own.public, own.secret)
+    ctx = zmq_module.Context()
+    if keys is not None:
+        sockets.secure(ctx, client=keys)
+    return ctx
 
 
 def check_ints(*options: tuple[str, Any, int]) -> None:
@@ -111,6 +139,7 @@ class Channel:
         self.monitor: Any = None
         self.connection = Connection.CONNECTING
         self.pool: ChannelPool | None = None  # keeps its poller right across a reset
+        self.refused: AuthenticationError | None = None  # the last handshake the node refused
 
     def send(self, api: str, frames: Sequence[Any] = (), **fields: Any) -> int:
         cid = next_id()
@@ -145,23 +174,27 @@ class Channel:
     ) -> Reply:
         """Send and wait for the matching reply; RequestTimedOutError after ``timeout_s``,
         or as soon as the connection is refused or drops when ``fail_fast``."""
-        if fail_fast:
-            self.watch_disconnects()
-            self.disconnected()  # events from before this request only update the state
-            if self.connection is Connection.DOWN:
-                raise RequestTimedOutError(f"{self.endpoint} refused or dropped the connection ({api})")
+        self.watch_disconnects()  # a refused handshake fails every request at once
+        self.disconnected()  # events from before this request only update the state
+        self._raise_refused()
+        if fail_fast and self.connection is Connection.DOWN:
+            raise RequestTimedOutError(f"{self.endpoint} refused or dropped the connection ({api})")
         cid = self.send(api, frames, **fields)
         deadline = time.monotonic() + timeout_s
         poller = self.zmq.Poller()
         poller.register(self.sock, self.zmq.POLLIN)
-        if fail_fast:
-            poller.register(self.monitor, self.zmq.POLLIN)
+        poller.register(self.monitor, self.zmq.POLLIN)
         while True:
             left = deadline - time.monotonic()
             events = dict(poller.poll(left * 1000)) if left > 0 else {}
-            if fail_fast and self.monitor in events and self.disconnected():
-                self.reset()
-                raise RequestTimedOutError(f"{self.endpoint} refused or dropped the connection ({api})")
+            if self.monitor in events:
+                gone = self.disconnected()
+                if self.refused is not None:
+                    self.reset()
+                    self._raise_refused()
+                if fail_fast and gone:
+                    self.reset()
+                    raise RequestTimedOutError(f"{self.endpoint} refused or dropped the connection ({api})")
             if self.sock not in events:
                 if time.monotonic() < deadline:
                     continue
@@ -193,8 +226,14 @@ class Channel:
         refused (the peer process died): requests in flight on it will never be answered, so callers need not wait
         for their timeout. Call ``disconnected()`` when it is readable."""
         if self.monitor is None:
-            self.monitor = self.sock.get_monitor_socket(self._gone_events | self.zmq.EVENT_CONNECTED)
+            events = self._gone_events | self.zmq.EVENT_CONNECTED | curve.HANDSHAKE_FAILURES
+            self.monitor = self.sock.get_monitor_socket(events)
         return self.monitor
+
+    def _raise_refused(self) -> None:
+        if self.refused is not None:
+            err, self.refused = self.refused, None
+            raise err
 
     @property
     def _gone_events(self) -> int:
@@ -215,6 +254,9 @@ class Channel:
             if frames and len(frames[0]) >= 2:
                 event = int.from_bytes(frames[0][:2], "little")
                 self.connection = next_connection(self.connection, event, self.zmq)
+                if event & curve.HANDSHAKE_FAILURES:
+                    value = int.from_bytes(frames[0][2:6], "little") if len(frames[0]) >= 6 else 0
+                    self.refused = curve.handshake_error(event, value, self.endpoint, sockets.is_secured(self.ctx))
                 if event & gone:
                     seen = True
         return seen

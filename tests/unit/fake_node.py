@@ -22,6 +22,7 @@ from appliance.children import ChildState
 from appliance.config import NodeConfig
 from appliance.controller import Controller
 from appliance.coordinator.local import LocalCoordinator
+from appliance.gate import Gate
 from appliance.log.config import LogConfig
 from appliance.nodeview import NodeState
 from ipc.control import RoleCommand
@@ -79,6 +80,7 @@ class FakeNode:
         self.controller = Controller(self.coordinator, self.config.topic_defaults)
         self.table = StatusTable.create(tmp_path / "status.shm", self.config.max_partitions, self.config.node_id)
         self.front = FrontWire()
+        self.gate = Gate(self.config.security)
         self.now = 1000.0
         self.replicas: dict[tuple[str, int], FakeReplica] = {}
         self.reconciles = 0

@@ -28,7 +28,7 @@ _ids = itertools.count(1)
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[FakeNode]:
-    n = FakeNode(tmp_path, max_partitions=16)
+    n = FakeNode(tmp_path, max_partitions=16, auto_create_topics=True)  # off by default: these tests cover it on
     yield n
     n.close()
 
@@ -122,7 +122,7 @@ def test_metadata_reports_an_offline_leader(api: FrontApi, node: FakeNode) -> No
 
 
 def test_metadata_of_an_unknown_topic_without_auto_create(tmp_path: Path) -> None:
-    node = FakeNode(tmp_path, auto_create_topics=False)
+    node = FakeNode(tmp_path)  # auto_create_topics is off by default
     try:
         reply = answer(FrontApi(node), "metadata", topics=["nope"])
     finally:
@@ -137,6 +137,22 @@ def test_metadata_asked_not_to_create_does_not(api: FrontApi, node: FakeNode) ->
     (topic,) = answer(api, "metadata", topics=["nope"], allow_auto_create=False).fields["topics"]
     assert topic["error"]["code"] == "UNKNOWN_TOPIC_OR_PARTITION" and topic["partitions"] == []
     assert "nope" not in node.coordinator.topics() and node.reconciles == 0
+
+
+def test_metadata_creates_at_most_the_per_request_bound(tmp_path: Path) -> None:
+    """300 unknown names: auto_create_topics_per_request are created, the rest are
+    answered UNKNOWN_TOPIC_OR_PARTITION and not created."""
+    node = FakeNode(tmp_path, max_partitions=400, auto_create_topics=True, auto_create_topics_per_request=3)
+    try:
+        names = [f"t{i}" for i in range(300)]
+        topics = answer(FrontApi(node), "metadata", topics=names).fields["topics"]
+    finally:
+        node.close()
+    assert set(node.coordinator.topics()) == {"t0", "t1", "t2"}
+    assert [t["error"] for t in topics[:3]] == [None] * 3
+    refused = topics[3:]
+    assert len(refused) == 297 and all(t["error"]["code"] == "UNKNOWN_TOPIC_OR_PARTITION" for t in refused)
+    assert "auto_create_topics_per_request=3" in refused[0]["error"]["message"]
 
 
 def test_metadata_never_auto_creates_an_internal_topic(api: FrontApi, node: FakeNode) -> None:

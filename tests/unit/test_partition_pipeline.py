@@ -15,10 +15,12 @@ from typing import Any
 import orjson
 import pytest
 
+from appliance.gate import Gate
 from appliance.log.log import Log
 from appliance.partition.handlers import partition_pipeline
 from appliance.partition.purgatory import Purgatory
 from appliance.partition.replica import Replica
+from appliance.security_config import SecurityConfig
 from ipc.control import RoleCommand
 from ipc.protocol import LATEST, encode_request
 from ipc.records import encode_batch
@@ -43,7 +45,8 @@ class Worker:
         self.fetch_latency: list[float] = []
         self.purgatory = Purgatory(self.replica, self.produce_latency.append, self.fetch_latency.append)
         self.wire = Wire()
-        self.pipeline: RequestPipeline = partition_pipeline(self.replica, self.purgatory, self.wire)
+        gate = Gate(SecurityConfig())
+        self.pipeline: RequestPipeline = partition_pipeline(self.replica, self.purgatory, self.wire, gate)
 
     def send(self, api: str, cid: int, *data: bytes, peer: bytes = CLIENT, **fields: Any) -> None:
         fields = {"topic": "t", "partition": 0, **fields}

@@ -35,6 +35,7 @@ from kazoo.exceptions import KazooException
 from kazoo.protocol.states import KazooState
 
 from appliance.coordinator import NO_LEADER, NodeInfo, PartitionState, TopicInfo
+from appliance.coordinator.zookeeper.documents import Documents
 from appliance.coordinator.zookeeper.election import ControllerElection
 from appliance.coordinator.zookeeper.layout import ELECTION, ENDPOINTS, NODES, TOPICS, Layout
 from appliance.coordinator.zookeeper.partition_state import set_partition_state
@@ -85,6 +86,7 @@ class ZooKeeperCoordinator:
             node_id, self._session, self._layout, self._lock, self._closing, self._notify
         )
         self._topic_writer = TopicWriter(self._session, self._layout, self._snapshots)
+        self._documents = Documents(self._session, self._layout, self._notify)
         self._session_events: queue.Queue[str | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
 
@@ -119,6 +121,7 @@ class ZooKeeperCoordinator:
             session.start()
             self._threads.append(session)
             self._snapshots.start(client)  # the first load runs here, synchronously
+            self._documents.start(client, self.request_timeout_s)
         except BaseException:
             self.close()
             raise
@@ -195,6 +198,9 @@ class ZooKeeperCoordinator:
     def endpoints(self) -> dict[int, dict[str, str]]:
         return self._snapshots.endpoints
 
+    def document(self, name: str) -> tuple[Any, int]:
+        return self._documents.get(name)
+
     @property
     def epoch(self) -> int:
         """This node's current registration epoch (-1 before ``register()``)."""
@@ -229,6 +235,9 @@ class ZooKeeperCoordinator:
 
     def next_producer_id(self) -> int:
         return next_producer_id(self._session, self._layout)
+
+    def set_document(self, name: str, value: Any, version: int) -> None:
+        self._documents.set(name, value, version)
 
     # ---- session ---------------------------------------------------------------------------------
     def _on_session_state(self, state: str) -> None:

@@ -12,6 +12,8 @@ znode's data is encoded (JSON with sorted keys)::
     <chroot>/endpoints/<id>                  ephemeral, {"topic/partition": worker endpoint}
     <chroot>/producer_id                     {"next": N}, a compare-and-set counter (from 1000,
                                              ``producer_ids.py``)
+    <chroot>/config/<name>                   a cluster document ("acls", "quotas"): JSON, written
+                                             by compare-and-set on its version (``documents.py``)
 
 The chroot comes from the coordinator URL (``url.py``). Topic and partition data are
 encoded by ``TopicInfo`` and ``PartitionState`` themselves (``appliance/coordinator``);

@@ -1,0 +1,104 @@
+"""The node's gate: who sent a request (authenticate) and may they (authorize).
+
+Every serving process (the supervisor's front endpoint, each partition worker) calls
+``install`` once, right after it makes its ZeroMQ context and before it binds: with
+CURVE configured it starts the ZAP handler (ipc/curve.py), makes every TCP ROUTER of
+the context a CURVE server with the cluster's server key and every TCP DEALER a CURVE
+client with this node's key (principal ``Node:N``). It returns the ``Gate`` whose two
+methods are the request pipeline's hooks (ipc/server.py):
+
+- ``authenticate(peer, header)``: the principal is the ZAP user id the handshake gave
+  the connection (``User-Id``), the host its ``Peer-Address``; both are per connection,
+  so they are looked up once per peer and cached. Without CURVE the principal is
+  ``User:ANONYMOUS`` and protected mode refuses any peer that is not on loopback.
+- ``authorize(request)``: one call per request, through ``ipc.acl.Authorizer``; the
+  ACLs are replaced when the coordinator's change (a ``PolicyCommand`` for workers,
+  the supervisor's own reconcile for the front).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import zmq
+
+from appliance.security_config import SecurityConfig
+from ipc import curve, sockets
+from ipc.acl import AclBinding, Authorizer
+from ipc.errors import ProtectedModeError
+from ipc.protocol import ANONYMOUS, Frame, Principal, Request
+
+log = logging.getLogger(__name__)
+
+PEER_CACHE = 65_536  # connections remembered; beyond this the cache starts over
+PROTECTED_MODE_MESSAGE = (
+    "this node is in protected mode: it serves clients on its own host only, because no authentication "
+    "is configured. Configure CURVE keys ([security] in the node's config, docs/security.md) or set "
+    "protected_mode = false in [security] to accept other hosts without authentication"
+)
+
+
+def is_loopback(host: str) -> bool:
+    """A peer on this host: a loopback address, or no address at all (not a TCP peer:
+    ``ipc://`` and ``inproc://`` connections are local by construction)."""
+    return not host or host.startswith(("127.", "::ffff:127.")) or host == "::1"
+
+
+class Gate:
+    def __init__(self, security: SecurityConfig, acls: Iterable[AclBinding] = ()) -> None:
+        self.security = security
+        self.authorizer = Authorizer(acls, security.super_users, enabled=security.authorizer == "acl")
+        self._protect = security.protected_mode and not security.uses_curve
+        self._peers: dict[bytes, tuple[Principal, str]] = {}
+        self._principals: dict[str, Principal] = {}
+
+    def set_acls(self, acls: Iterable[AclBinding]) -> None:
+        self.authorizer.replace(acls)
+
+    def authenticate(self, peer: bytes, header: Frame) -> tuple[Principal, str]:
+        known = self._peers.get(peer)
+        if known is None:
+            known = self._identify(header)
+            if len(self._peers) >= PEER_CACHE:
+                self._peers.clear()
+            self._peers[peer] = known
+        if self._protect and not is_loopback(known[1]):
+            raise ProtectedModeError(PROTECTED_MODE_MESSAGE)
+        return known
+
+    def _identify(self, header: Frame) -> tuple[Principal, str]:
+        get = getattr(header, "get", None)  # a zmq.Frame; plain bytes in unit tests
+        host = _prop(get, "Peer-Address")
+        user = _prop(get, "User-Id") if self.security.uses_curve else ""
+        if not user:
+            return ANONYMOUS, host
+        principal = self._principals.get(user)
+        if principal is None:
+            kind, _, name = user.partition(":")
+            principal = self._principals[user] = Principal(kind, name)
+        return principal, host
+
+    def authorize(self, request: Request) -> None:
+        if self.authorizer.enabled:
+            self.authorizer.authorize(str(request.principal), request.host, request.api, request.fields)
+
+
+def _prop(get: Any, name: str) -> str:
+    if get is None:
+        return ""
+    try:
+        value = get(name)
+    except (zmq.ZMQError, KeyError, TypeError):
+        return ""
+    return value if isinstance(value, str) else ""
+
+
+def install(ctx: zmq.Context[Any], security: SecurityConfig, node_id: int) -> Gate:
+    """Secure the context's sockets (CURVE, when configured) and return the gate."""
+    if security.uses_curve:
+        server, node = security.load(node_id)
+        curve.ZapHandler.start(ctx, security.authorized_keys_dir)
+        sockets.secure(ctx, server=server, client=curve.ClientKeys(server.public, node.public, node.secret))
+    return Gate(security)
