@@ -288,7 +288,9 @@ def handshake_error(event: int, value: int, endpoint: str, secured: bool) -> Aut
     """One clear line for a handshake the node refused."""
     if event & zmq.EVENT_HANDSHAKE_FAILED_AUTH:
         why = f"the node does not know this client's key (status {value})"
-    elif event & zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+    elif event & zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL or not secured:
+        # a plaintext client sees the mechanism mismatch as PROTOCOL or, when the node
+        # closes first, as NO_DETAIL (a race): either way the node requires CURVE
         why = (
             "the node does not use CURVE (drop the client's security settings)"
             if secured
