@@ -9,6 +9,13 @@ trees (ABBA order), medians reported; for "no regression" checks of a change.
 Each tree's own client and node run (``PYTHONPATH`` = the tree), on loopback ports
 6491 / 6492, data under ``--work`` (removed first). Run it on a quiet machine: every
 process here competes for the same cores.
+
+``--secure-new`` measures what security costs (docs/security.md): give the same tree
+twice; the "new" node runs with CURVE keys and the ACL authorizer, and its clients
+authenticate as ``User:perf``, allowed by ACLs (not a super user, so every request
+goes through the ACL decision)::
+
+    .venv/bin/python -m loadtest.sidebyside . . --secure-new --rounds 5 --e2e-seconds 20
 """
 
 from __future__ import annotations
@@ -27,19 +34,60 @@ from typing import Any
 METRICS = ("w1", "w2", "p50", "p99", "p99_9")
 
 
-def _env(tree: str) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=tree)
+_secure_env: dict[str, dict[str, str]] = {}  # tree+port -> the client's key variables
+
+
+def _env(tree: str, port: int = 0) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=tree, **_secure_env.get(f"{tree}:{port}", {}))
     env.pop("SLUICE_BOOTSTRAP", None)
     return env
 
 
-def _start(tree: str, port: int, work: str, name: str) -> subprocess.Popen[bytes]:
+def _secure(tree: str, port: int, work: str) -> list[str]:
+    """Keys for a secured node, its config flags; its clients authenticate as User:perf."""
+    keys = os.path.join(work, "keys")
+    shutil.rmtree(keys, ignore_errors=True)
+    sluice = [sys.executable, "-m", "appliance.cli", "keys", "generate", "--dir", keys]
+    for extra in (["--server"], ["--node", "0"], ["perf"], ["admin"]):
+        subprocess.run([*sluice, *extra], cwd=tree, env=_env(tree), check=True, capture_output=True)
+    authorized = os.path.join(keys, "authorized")
+    os.makedirs(authorized)
+    for name in ("node-0", "perf", "admin"):
+        shutil.copy(os.path.join(keys, f"{name}.key"), authorized)
+    config = os.path.join(work, "secure.toml")
+    with open(config, "w") as f:
+        f.write(
+            "[security]\n"
+            f'server_key_file = "{keys}/server.key_secret"\nnode_key_file = "{keys}/node-0.key_secret"\n'
+            f'authorized_keys_dir = "{authorized}"\nauthorizer = "acl"\nsuper_users = ["User:admin"]\n'
+        )
+    _secure_env[f"{tree}:{port}"] = {
+        "SLUICE_SERVER_KEY": f"{keys}/server.key",
+        "SLUICE_SECRET_KEY_FILE": f"{keys}/admin.key_secret",  # for the start check and the ACLs
+    }
+    return ["--config", config]
+
+
+def _grant_perf(tree: str, port: int, work: str) -> None:
+    """ACLs for User:perf (every topic and group, create and idempotent writes), then
+    its clients use its key."""
+    bootstrap = ["--bootstrap", f"tcp://127.0.0.1:{port}"]
+    acl = [sys.executable, "-m", "appliance.cli", "acls", "add", "--allow-principal", "User:perf", *bootstrap]
+    for resource in (["--topic", "*"], ["--group", "*"]):
+        subprocess.run([*acl, "--operation", "all", *resource], cwd=tree, env=_env(tree, port), check=True)
+    for op in ("create", "idempotent_write", "describe"):
+        subprocess.run([*acl, "--operation", op, "--cluster"], cwd=tree, env=_env(tree, port), check=True)
+    _secure_env[f"{tree}:{port}"]["SLUICE_SECRET_KEY_FILE"] = os.path.join(work, "keys", "perf.key_secret")
+
+
+def _start(tree: str, port: int, work: str, name: str, secure: bool = False) -> subprocess.Popen[bytes]:
     data = os.path.join(work, f"data-{name}")
     shutil.rmtree(data, ignore_errors=True)
+    extra = _secure(tree, port, work) if secure else []
     with open(os.path.join(work, f"node-{name}.log"), "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "appliance.cli", "serve", "--data-dir", data, "--listen", f"tcp://127.0.0.1:{port}"]
-            + ["--metrics-listen", "", "--log-level", "warning"],
+            + ["--metrics-listen", "", "--log-level", "warning", *extra],
             cwd=tree,
             env=_env(tree),
             stdout=log,
@@ -49,7 +97,9 @@ def _start(tree: str, port: int, work: str, name: str) -> subprocess.Popen[bytes
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         check = [sys.executable, "-m", "appliance.cli", "topics", "list", "--bootstrap", f"tcp://127.0.0.1:{port}"]
-        if subprocess.run(check, cwd=tree, env=_env(tree), capture_output=True, timeout=60).returncode == 0:
+        if subprocess.run(check, cwd=tree, env=_env(tree, port), capture_output=True, timeout=60).returncode == 0:
+            if secure:
+                _grant_perf(tree, port, work)
             return proc
         time.sleep(0.5)  # polling interval while the node starts
     os.killpg(proc.pid, signal.SIGKILL)
@@ -58,7 +108,7 @@ def _start(tree: str, port: int, work: str, name: str) -> subprocess.Popen[bytes
 
 def _perf(tree: str, port: int, *args: str) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "appliance.cli", "perf", *args, "--bootstrap", f"tcp://127.0.0.1:{port}", "--json"]
-    r = subprocess.run([*cmd, "--quiet"], cwd=tree, env=_env(tree), capture_output=True, timeout=900, text=True)
+    r = subprocess.run([*cmd, "--quiet"], cwd=tree, env=_env(tree, port), capture_output=True, timeout=900, text=True)
     if r.returncode:
         raise SystemExit(f"{tree}: perf {' '.join(args)} failed: {r.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
@@ -87,10 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--e2e-seconds", type=int, default=20)
     ap.add_argument("--work", default="/tmp/sluice-sidebyside")
+    ap.add_argument("--secure-new", action="store_true", help="the new node with CURVE keys and ACLs")
     a = ap.parse_args(argv)
     os.makedirs(a.work, exist_ok=True)
-    trees = {"old": (a.old, 6491), "new": (a.new, 6492)}
-    nodes = {name: _start(tree, port, a.work, name) for name, (tree, port) in trees.items()}
+    trees = {"old": (os.path.abspath(a.old), 6491), "new": (os.path.abspath(a.new), 6492)}
+    nodes = {
+        name: _start(tree, port, a.work, name, secure=a.secure_new and name == "new")
+        for name, (tree, port) in trees.items()
+    }
     runs: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
     try:
         for i in range(a.rounds):
