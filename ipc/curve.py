@@ -231,7 +231,7 @@ class ZapHandler:
         sock = self._sock
         try:
             while not self._stop.is_set():
-                if not sock.poll(200):
+                if not sock.poll(int(RELOAD_CHECK_S * 1000)):  # idle: one wake-up per check
                     self._maybe_reload()
                     continue
                 self._maybe_reload()
