@@ -36,6 +36,7 @@ LIVE = frozenset(
         "cleaner_interval_ms",  # workers (node_options)
         "metrics_listen",  # stored; read by the metrics exporter
         "auto_create_topics",  # read per metadata request
+        "auto_create_topics_per_request",
         "default_partitions",
         "heartbeat_timeout_ms",  # read by every supervisor tick; workers (node_options: their idle tick)
         "worker_start_timeout_ms",

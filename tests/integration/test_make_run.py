@@ -56,6 +56,10 @@ def test_make_run_serves_defaults_and_cli_needs_only_the_topic(tmp_path: Path) -
         wait_until(answering, 60, "make run to serve on the default endpoint")
         assert (tmp_path / "data" / "sluice").is_dir(), "data dir not under the user's data home"
 
+        created = subprocess.run(  # topics are not created on first use (auto_create_topics = false)
+            [sluice, "topics", "create", "greetings"], env=env, timeout=30, capture_output=True
+        )
+        assert created.returncode == 0, created.stderr
         first = subprocess.run(
             [sluice, "produce", "greetings"], input=b"hello\n", env=env, timeout=30, capture_output=True
         )

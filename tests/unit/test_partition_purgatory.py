@@ -19,6 +19,7 @@ from appliance.partition.purgatory import DelayedFetch, DelayedProduce, Purgator
 from appliance.partition.replica import Replica
 from ipc.control import RoleCommand
 from ipc.errors import NotLeaderError
+from ipc.peers import Delivery, PeerLedger, PeerResponder
 from ipc.protocol import Reply, Responder
 from ipc.records import decode_batches, encode_batch
 from ipc.shm import Role
@@ -199,3 +200,27 @@ def test_next_deadline_is_infinite_when_nothing_waits(s: Setup) -> None:
     s.park(1, offset=0, deadline=NOW + 0.3)
     s.wait_produce(2, required=1, deadline=NOW + 0.2)
     assert s.purgatory.next_deadline() == NOW + 0.2 and s.purgatory.waiting
+
+
+# ---- what a peer holds (ipc/peers.py) -------------------------------------------------------
+def test_a_stalled_peers_parked_fetches_are_released_unanswered(s: Setup) -> None:
+    """The ledger's ``on_stall``: the peer's parked fetches go, charges given back; a stall
+    found while answering (the loop in progress) drops the rest of its fetches there."""
+    sent: list[bytes] = []
+
+    def raw(peer: bytes, frames: list[object]) -> Delivery:
+        if peer == b"slow":
+            return Delivery.FULL
+        sent.append(peer)
+        return Delivery.SENT
+
+    peers = PeerLedger("t-0", raw, on_stall=s.purgatory.release)
+    for cid, peer in ((1, b"slow"), (2, b"slow"), (3, b"fine")):
+        acct = peers.park(peer, 1 << 20)
+        assert acct is not None
+        responder = PeerResponder(peers.send, peer, cid, "fetch", peers)
+        s.purgatory.park(DelayedFetch(responder, 0, 1 << 20, 1, NOW + 5, time.perf_counter(), False, acct))
+    s.append(b"a")
+    s.purgatory.hw_moved(s.follower_at(1))  # answering slow's first fails: slow stalls
+    assert sent == [b"fine"] and peers.stalled(b"slow")
+    assert s.purgatory.parked == [] and peers.held(b"slow") is None and peers.held(b"fine") is None
