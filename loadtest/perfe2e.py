@@ -2,12 +2,16 @@
 
 This process is the consumer. It assigns every partition of the topic at its end
 offset and has its first long-poll fetches in flight before the producer starts. The
-producer is a child process (``sluice perf produce --throughput R --duration S`` with
-timestamped values): each value starts with ``time.monotonic_ns()`` taken just before
-``send()`` and a sequence number. CLOCK_MONOTONIC is one clock for every process of
-a host, so the latency of a record is ``monotonic_ns()`` when ``poll()`` returned it
-minus the stamp: from the application's ``send()`` to the other application's hands
-(batching, the broker's append and the long poll included). The sequence numbers
+producer is a child process (``sluice perf produce --records N --throughput R`` with
+timestamped values, N = R × S): it sends exactly N records, paced at R records/s. It
+gets no ``--duration``: that would stop its send loop at a wall-clock deadline, so on a
+busy host a producer running a few milliseconds late would send a few records short
+of N, and the run's count would depend on the CPU. Each value starts with
+``time.monotonic_ns()`` taken just before ``send()`` and a sequence number.
+CLOCK_MONOTONIC is one clock for every process of a host, so the latency of a record
+is ``monotonic_ns()`` when ``poll()`` returned it minus the stamp: from the
+application's ``send()`` to the other application's hands (batching, the broker's
+append and the long poll included). The sequence numbers
 count missing and duplicated records.
 """
 
@@ -31,7 +35,8 @@ DRAIN_TIMEOUT_S = 10.0  # after the producer exits, wait this long for the last 
 def _producer_command(a: argparse.Namespace, total: int) -> list[str]:
     cmd = [sys.executable, "-m", "loadtest.perf", "produce", "--topic", a.topic, "--records", str(total)]
     cmd += ["--record-size", str(max(a.record_size, STAMP.size)), "--throughput", str(a.rate)]
-    cmd += ["--duration", str(a.duration), "--acks", a.acks, "--batch-size", str(a.batch_size)]
+    # no --duration: every one of the ``total`` records is sent (see the module docstring)
+    cmd += ["--acks", a.acks, "--batch-size", str(a.batch_size)]
     cmd += ["--linger-ms", str(a.linger_ms), "--max-in-flight", str(a.max_in_flight)]
     cmd += ["--compression", a.compression, "--timestamped", "--wait-go", "--json", "--quiet"]
     if a.bootstrap:
