@@ -203,7 +203,7 @@ class ZapHandler:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=2)
+        self._thread.join(timeout=RELOAD_CHECK_S + 1.0)  # it sees the stop after its current poll
         _handlers.pop(self.ctx, None)
 
     def _dir_mtime(self) -> float:
@@ -231,15 +231,17 @@ class ZapHandler:
         sock = self._sock
         try:
             while not self._stop.is_set():
-                if not sock.poll(int(RELOAD_CHECK_S * 1000)):  # idle: one wake-up per check
+                try:  # the context terminated (the process is stopping): ETERM, quietly
+                    if not sock.poll(int(RELOAD_CHECK_S * 1000)):  # idle: one wake-up per check
+                        self._maybe_reload()
+                        continue
                     self._maybe_reload()
-                    continue
-                self._maybe_reload()
-                try:
                     msg = sock.recv_multipart()
-                except zmq.ZMQError:
+                    sock.send_multipart(self.answer(msg))
+                except zmq.ZMQError as exc:
+                    if exc.errno != zmq.ETERM:
+                        log.error("the ZAP handler stopped: %s (no CURVE client can connect now)", exc)
                     return
-                sock.send_multipart(self.answer(msg))
         finally:
             sock.close(0)
 
