@@ -19,6 +19,7 @@ import orjson
 from appliance.coordinator import NodeInfo, PartitionState, StaleStateError, TopicInfo
 from appliance.log.checkpoint import atomic_write
 from ipc.errors import InvalidConfigError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
+from ipc.private import make_private_dir
 
 log = logging.getLogger(__name__)
 STATE_DIR = "__coordinator"
@@ -40,7 +41,7 @@ class LocalCoordinator:
     # ---- life cycle -------------------------------------------------------------------
     def start(self, wake: Callable[[], None]) -> None:
         self._wake = wake
-        os.makedirs(self.directory, exist_ok=True)
+        make_private_dir(self.directory)  # 0700, whatever the umask (ipc/private.py)
         try:
             with open(self.path, "rb") as f:
                 raw = orjson.loads(f.read())

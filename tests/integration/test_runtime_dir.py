@@ -149,19 +149,20 @@ def test_a_restarting_worker_refuses_a_control_socket_of_another_user(
     with node.admin() as admin:
         admin.create_topic("t", partitions=1)
     pid = node.wait_serving("t", 0)
+    wait_until(lambda: all(p["state"] == "serving" for p in node.status()["partitions"]), 30, "every worker up")
     path = runtime_dir(node) / "control.sock"
-    os.unlink(path)  # only root can, in the 0700 directory: the user's socket stands in
     with contextlib.closing(socket.socket(socket.AF_UNIX)) as fake:
-        fake.bind(str(path))
+        fake.bind(str(path) + ".fake")
         fake.listen(8)
         fake.setblocking(False)
-        shutil.chown(path, other_user)
+        shutil.chown(str(path) + ".fake", other_user)
+        os.replace(str(path) + ".fake", path)  # only root can, in the 0700 directory: the user's socket stands in
         os.kill(pid, signal.SIGKILL)
         wait_until(lambda: "refusing to connect" in node.log_path.read_text(), 30, "the new worker's refusal")
         with pytest.raises(BlockingIOError):
             fake.accept()  # nobody connected
     text = node.log_path.read_text()
-    assert f"control socket '{path}' belongs to uid" in text and "not to this node's user" in text
+    assert f"control socket '{path}' belongs to uid" in text and "not to this node's user" in text, node.log_tail()
 
 
 # ---- the node's files -------------------------------------------------------------------------
