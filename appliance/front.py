@@ -26,10 +26,12 @@ from typing import Any
 from appliance.acl_store import AclApis
 from appliance.children import ChildState
 from appliance.coordinator import NO_LEADER, PartitionState, TopicInfo
+from appliance.gate import is_loopback
 from appliance.groups.apis import GroupApis
 from appliance.groups.coordinator import GroupCoordinator
 from appliance.log.config import LogConfig
 from appliance.nodeview import NodeState, NodeView
+from appliance.quotas import QuotaApis, RequestQuota
 from appliance.status import table_status
 from appliance.topics import create_topic, is_internal, leader_endpoint, new_partition_states
 from ipc.errors import (
@@ -79,6 +81,8 @@ class FrontApi:
         self.groups = GroupCoordinator(node)
         self.group_apis = GroupApis(self.groups)
         self.acl_apis = AclApis(lambda: self.node.coordinator)
+        self.quota_apis = QuotaApis(lambda: self.node.coordinator)
+        self.request_quota = RequestQuota(node.clock)  # configured by the supervisor (appliance/quotas.py)
         self._pipeline: RequestPipeline | None = None
         # what the front holds for one client is bounded; one that does not read is not served
         self.peers = PeerLedger("front", lambda peer, frames: deliver(self.node.front, peer, frames), clock=node.clock)
@@ -88,8 +92,9 @@ class FrontApi:
         """One message from the front socket: ``[identity, header, *data]``."""
         if self._pipeline is None:
             gate = self.node.gate
+            authorize = self.request_quota.chain(gate.authorize)  # then the request-rate quota
             self._pipeline = RequestPipeline(
-                "front", self.send, self.handlers(), gate.authenticate, gate.authorize, peers=self.peers
+                "front", self.send, self.handlers(), gate.authenticate, authorize, peers=self.peers
             )
         self._pipeline.handle(frames)
 
@@ -109,6 +114,7 @@ class FrontApi:
             "reassign": self.reassign,
             **self.group_apis.handlers(),
             **self.acl_apis.handlers(),
+            **self.quota_apis.handlers(),
         }
         assert frozenset(handlers) == FRONT_APIS, sorted(frozenset(handlers) ^ FRONT_APIS)
         return handlers
@@ -273,6 +279,7 @@ class FrontApi:
         name = req.fields["topic"]
         info = self._topic_info(name)
         parts = []
+        local = is_loopback(req.host)  # worker pids only for clients on this host
         for i, st in enumerate(info.partitions):
             md = self._partition_md(name, i, st)
             r = self.node.replica(name, i)
@@ -280,7 +287,7 @@ class FrontApi:
                 status = self.node.table.read_status_or_none(r.slot) or WorkerStatus()
                 md.update(
                     state=r.state.value,
-                    pid=r.pid,
+                    pid=r.pid if local else 0,
                     restarts=r.restarts,
                     log_start_offset=status.log_start_offset,
                     log_end_offset=status.log_end_offset,
