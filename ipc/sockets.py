@@ -92,7 +92,11 @@ def bind_router(
     return sock, endpoint
 
 
-def dealer(ctx: zmq.Context[Any], endpoint: str, identity: bytes | None = None) -> zmq.Socket[Any]:
+def dealer(
+    ctx: zmq.Context[Any], endpoint: str, identity: bytes | None = None, connect: bool = True
+) -> zmq.Socket[Any]:
+    """A DEALER for ``endpoint``, connected unless ``connect`` is False (the caller then
+    connects it, e.g. after attaching a monitor that must see the first handshake)."""
     sock = _common(ctx.socket(zmq.DEALER))
     if identity is not None:
         sock.setsockopt(zmq.IDENTITY, identity)
@@ -101,7 +105,8 @@ def dealer(ctx: zmq.Context[Any], endpoint: str, identity: bytes | None = None) 
     keys = _clients.get(ctx) if endpoint.startswith("tcp://") else None
     if keys is not None:
         curve.configure_client(sock, keys)
-    sock.connect(endpoint)
+    if connect:
+        sock.connect(endpoint)
     return sock
 
 

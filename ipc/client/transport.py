@@ -131,15 +131,26 @@ def next_id() -> int:
 
 
 class Channel:
-    def __init__(self, ctx: Any, endpoint: str, zmq_module: ModuleType = _zmq) -> None:
+    def __init__(self, ctx: Any, endpoint: str, zmq_module: ModuleType = _zmq, watch: bool = True) -> None:
         self.ctx = ctx
         self.endpoint = endpoint
         self.zmq = zmq_module
-        self.sock: Any = sockets.dealer(ctx, endpoint)
         self.monitor: Any = None
         self.connection = Connection.CONNECTING
         self.pool: ChannelPool | None = None  # keeps its poller right across a reset
         self.refused: AuthenticationError | None = None  # the last handshake the node refused
+        self.sock: Any = None
+        self._connect(watch)
+
+    def _connect(self, watch: bool) -> None:
+        """A new DEALER; with ``watch`` its monitor is attached *before* it connects:
+        libzmq never retries a handshake the node refused, so a refusal that happened
+        before the first request would otherwise be missed and the request would wait
+        for its whole timeout instead of failing at once."""
+        self.sock = sockets.dealer(self.ctx, self.endpoint, connect=False)
+        if watch:
+            self.watch_disconnects()
+        self.sock.connect(self.endpoint)
 
     def send(self, api: str, frames: Sequence[Any] = (), **fields: Any) -> int:
         cid = next_id()
@@ -210,10 +221,11 @@ class Channel:
         pool = self.pool
         if pool is not None:
             pool._unregister(self)
+        watched = self.monitor is not None
         self._close_monitor()
         self.sock.close(0)
-        self.sock = sockets.dealer(self.ctx, self.endpoint)
         self.connection = Connection.CONNECTING
+        self._connect(watched)
         if pool is not None:
             pool._register(self)
 
@@ -289,7 +301,7 @@ class ChannelPool:
     def get(self, endpoint: str) -> Channel:
         ch = self.channels.get(endpoint)
         if ch is None:
-            ch = self.channels[endpoint] = Channel(self.ctx, endpoint, self.zmq)
+            ch = self.channels[endpoint] = Channel(self.ctx, endpoint, self.zmq, watch=self.watch)
             ch.pool = self
             self._register(ch)
         return ch
