@@ -52,12 +52,14 @@ from appliance.front import FrontApi
 from appliance.gate import Gate, install
 from appliance.nodeview import NodeState, ReplicaView
 from appliance.process import SignalPipe
+from appliance.quotas import NodeQuotas
 from appliance.reconcile import Reconciler, assigned
 from appliance.replicas import PartitionWorkers, Replica
 from appliance.systemd import Health, Notifier, ServiceNotifier, assess
 from ipc import sockets
 from ipc.control import AlterIsrEvent
 from ipc.errors import InvalidConfigError, SluiceError
+from ipc.quota_table import path_beside
 from ipc.shm import StatusTable
 from metrics.exporter import GroupSnap
 from metrics.node import NodeMetrics
@@ -103,6 +105,7 @@ class Supervisor:
         self.reconciler: Reconciler | None = None
         self._deadline_stop = 0.0
         self.api = FrontApi(self)
+        self.quotas = NodeQuotas(clock)  # byte-rate quotas: the workers' shared table (appliance/quotas.py)
         self.metrics = NodeMetrics(self)
 
     # ---- the node view (appliance/nodeview.py) -----------------------------------------------
@@ -139,6 +142,9 @@ class Supervisor:
     def reconcile(self) -> None:
         if self.reconciler is not None:
             self.reconciler.reconcile()
+            quotas = self.quotas.refresh(self.coordinator)  # a new version of the quotas document
+            if quotas is not None:
+                self.api.request_quota.configure(quotas)
 
     def wake(self) -> None:
         """Reconcile soon: called by the coordinator (any thread) when something it holds
@@ -186,6 +192,7 @@ class Supervisor:
             )
         self._remove_deleted_dirs()
         self.table = StatusTable.create(cfg.status_path, cfg.max_partitions, cfg.node_id)
+        self.quotas.open(path_beside(cfg.status_path), cfg.max_partitions)
         self.metrics.start()
         self.workers = PartitionWorkers(lambda: self.config, self.table, self.ctx, self.poller, mp, self, self.clock)
         self.reconciler = Reconciler(
@@ -273,6 +280,7 @@ class Supervisor:
                 self.api.tick(now)
                 self.systemd.tick(self.replicas.values(), stopping, self.config.advertised)
                 self.metrics.tick(now)
+                self.quotas.tick()
                 next_tick = now + TICK_S
             if self.state is NodeState.STOPPING and not workers.any_running():
                 self._set_state(NodeState.STOPPED)
@@ -349,5 +357,6 @@ class Supervisor:
         self.ctx.destroy(0)
         self.table.close()
         self.table.unlink()
+        self.quotas.close()
         os.close(self._lock_fd)
         log.info("node %d stopped", self.config.node_id)

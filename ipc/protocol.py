@@ -204,6 +204,13 @@ SCHEMAS: dict[str, dict[str, Field]] = {
     "create_acls": {"acls": Field(list, check=_dict_list(1000))},
     "describe_acls": {"filter": Field(dict, required=False, default={})},
     "delete_acls": {"filters": Field(list, check=_dict_list(1000))},
+    # quotas (front endpoint; docs/security.md, ipc/quota.py): a user's or the default's
+    "set_quota": {
+        "user": Field(str, required=False, check=_short_str),
+        "default": Field(bool, required=False, default=False),
+        "quotas": Field(dict, required=False, default={}),  # kind -> a positive number, or null: remove it
+    },
+    "describe_quotas": {"user": Field(str, required=False, check=_short_str)},
     # consumer groups (front endpoint, the group coordinator)
     "find_coordinator": {"group": GROUP},
     "join_group": {
@@ -288,6 +295,8 @@ FRONT_APIS = (
             "create_acls",
             "describe_acls",
             "delete_acls",
+            "set_quota",
+            "describe_quotas",
         }
     )
     | GROUP_APIS
@@ -326,7 +335,7 @@ Send = Callable[[bytes, list[Any]], None]
 class Responder:
     """Answers one request, now or later. Holds the peer; handlers only call it."""
 
-    __slots__ = ("_send", "_peer", "id", "api", "answered")
+    __slots__ = ("_send", "_peer", "id", "api", "answered", "on_reply")
 
     def __init__(self, send: Send, peer: bytes, cid: int, api: str) -> None:
         self._send = send
@@ -334,9 +343,13 @@ class Responder:
         self.id = cid
         self.api = api
         self.answered = False
+        # a quota's hook (ipc/throttle.py): sees the reply, may add throttle_time_ms
+        self.on_reply: Callable[[Responder, Response], Response] | None = None
 
     def send(self, response: Response) -> None:
         self.answered = True
+        if self.on_reply is not None:
+            response = self.on_reply(self, response)
         header = ok_reply(self.id, **response.fields)
         self._send(self._peer, [header, *response.frames] if response.frames else [header])
 
@@ -449,7 +462,11 @@ def ok_reply(cid: int, **fields: Any) -> bytes:
 
 def error_reply(cid: int, err: SluiceError) -> bytes:
     message = wire_message(err.message)  # no absolute path goes to a client (ipc/redact.py)
-    return orjson.dumps({"id": cid, "error": {"code": err.code, "message": message, "retriable": err.retriable}})
+    obj: dict[str, Any] = {"id": cid, "error": {"code": err.code, "message": message, "retriable": err.retriable}}
+    throttle = getattr(err, "throttle_time_ms", 0)  # a quota's refusal says how long to wait (ipc/quota.py)
+    if throttle:
+        obj["throttle_time_ms"] = throttle
+    return orjson.dumps(obj)
 
 
 @dataclasses.dataclass
@@ -480,5 +497,8 @@ def parse_reply(frames: Sequence[Frame]) -> Reply:
         if not isinstance(err, dict):
             raise InvalidRequestError("reply 'error' must be an object")
         error = error_for_code(str(err.get("code")), str(err.get("message", "")))
+        throttle = obj.get("throttle_time_ms")
+        if isinstance(throttle, int) and not isinstance(throttle, bool) and throttle > 0:
+            error.throttle_time_ms = throttle  # type: ignore[attr-defined]
     cid = obj.pop("id")
     return Reply(cid, obj, list(frames[1:]), error)

@@ -9,7 +9,7 @@ shared-memory status table and the supervisor: see ``metrics/exporter.py``.
 
 from __future__ import annotations
 
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -24,4 +24,11 @@ FETCH_LATENCY = Histogram(
     "Time from receiving a fetch request to answering it, including the long-poll wait for data.",
     ["topic", "partition"],
     buckets=LATENCY_BUCKETS,
+)
+# the quotas (docs/security.md): recorded where a request is throttled, by the partition
+# workers (produce, fetch) and by the supervisor's front endpoint (request)
+THROTTLE_TIME = Counter(
+    "sluice_quota_throttle_time_seconds",
+    "Throttle time given to a principal's requests for exceeding a quota (quota: produce, fetch or request).",
+    ["principal", "quota"],
 )

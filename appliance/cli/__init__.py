@@ -11,6 +11,7 @@
     sluice cluster status [--json] | reassign TOPIC --replicas 1,2,3 [--partition P]
     sluice keys generate NAME | --node N | --server [--dir DIR]
     sluice acls add|list|remove ...                (docs/security.md)
+    sluice quotas set|remove|list ...              (docs/security.md)
     sluice perf produce|consume|e2e|pipe|memory ...   (loadtest/perf.py)
 
 ``--bootstrap`` (or ``$SLUICE_BOOTSTRAP``) names the node for client commands. Errors
@@ -24,6 +25,7 @@ into exit statuses. Each command group lives in a module of its own:
 - ``topics.py``, ``groups.py``, ``cluster.py``: the admin commands (an ``Admin`` client);
 - ``records.py``: ``produce`` and ``consume``, records through stdin and stdout;
 - ``security.py``: ``keys`` (offline) and ``acls`` (an ``Admin`` client);
+- ``quotas.py``: ``quotas`` (an ``Admin`` client);
 - ``common.py``: ``CliError`` and what the commands share;
 - ``perf`` is ``loadtest/perf.py``.
 
@@ -45,6 +47,7 @@ from appliance.cli.common import EXIT_ERROR, CliError
 from appliance.cli.groups import cmd_groups
 from appliance.cli.node import cmd_serve, cmd_status
 from appliance.cli.parser import build_parser
+from appliance.cli.quotas import cmd_quotas
 from appliance.cli.records import cmd_consume, cmd_produce
 from appliance.cli.security import cmd_acls, cmd_keys
 from appliance.cli.topics import cmd_topics
@@ -69,6 +72,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "perf": cmd_perf,
     "keys": cmd_keys,
     "acls": cmd_acls,
+    "quotas": cmd_quotas,
 }
 
 

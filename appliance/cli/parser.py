@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from appliance.cli.quotas import add_parsers as add_quota_parsers
 from appliance.cli.security import add_parsers as add_security_parsers
 
 
@@ -175,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
 
     add_security_parsers(sub, client)
+    add_quota_parsers(sub, client)
 
     from loadtest.perf import add_parsers as add_perf_parsers  # argparse only: the modes import lazily
 

@@ -57,6 +57,7 @@ from appliance.log.log import Log
 from appliance.partition.follower import FollowerLink
 from appliance.partition.handlers import partition_pipeline
 from appliance.partition.purgatory import Purgatory
+from appliance.partition.quota import WorkerQuotas
 from appliance.partition.replica import Replica
 from appliance.partition.spec import WorkerSpec
 from appliance.partition.storage import PROBE_S, StorageCondition, is_storage_error, probe
@@ -80,8 +81,10 @@ from ipc.errors import NotLeaderError, SluiceError, StorageError
 from ipc.peers import PeerLedger, deliver
 from ipc.private import NotPrivateError, check_own_socket
 from ipc.protocol import Request
+from ipc.quota_table import path_beside
 from ipc.server import RequestPipeline
 from ipc.shm import Role, StatusTable, StatusWriter
+from ipc.throttle import MutedPeers
 from metrics.definitions import FETCH_LATENCY, PRODUCE_LATENCY
 
 log = logging.getLogger(__name__)
@@ -118,6 +121,8 @@ class PartitionWorker:
         self.purgatory: Purgatory
         self.pipeline: RequestPipeline
         self.peers: PeerLedger
+        self.muted: MutedPeers  # KIP-219: a throttled client's next requests wait (ipc/throttle.py)
+        self.quotas: WorkerQuotas
         self.gate: Gate
         self.cleaner: LogCleaner
         self.ctx: zmq.Context[Any]
@@ -207,6 +212,9 @@ class PartitionWorker:
             on_stall=self.purgatory.release,
         )
         self.pipeline = partition_pipeline(self.replica, self.purgatory, self.peers.send, self.gate, self.peers)
+        self.muted = MutedPeers(self.pipeline.handle, self.peers.send, self.clock)
+        self.quotas = WorkerQuotas(self.name, path_beside(spec.status_path), spec.slot, self.muted, self.clock)
+        self.pipeline.authorize = self.quotas.chain(self.pipeline.authorize)  # then the quota check
         self.follower = FollowerLink(self.replica, self.storage, self.poller, self.clock, self._on_replicated)
         now = self.clock()
         self._next_retention = now + self.retention_check_ms / 1000
@@ -317,7 +325,7 @@ class PartitionWorker:
         poller.register(signals.fileno(), zmq.POLLIN)
         next_tick = self.clock()
         tick_s = self.spec.tick_ms / 1000
-        handle = self.pipeline.handle
+        handle = self.muted.handle
         while self.state is WorkerState.SERVING:
             self.follower.register()
             timeout = max(0.0, min(self._next_deadline(), next_tick) - self.clock())
@@ -344,6 +352,7 @@ class PartitionWorker:
             self.follower.on_events(events, now)
             self.purgatory.expire(now)
             self.peers.expire(now)
+            self.muted.release(now)
             flush_due = self.log.next_flush_deadline()
             if flush_due is not None and time.time() >= flush_due:
                 self.log.maybe_flush()  # when due, not at the next tick: no 1 ms polls until then
@@ -383,7 +392,7 @@ class PartitionWorker:
 
     def _next_deadline(self) -> float:
         deadline = self.purgatory.next_deadline()
-        deadline = min(deadline, self.follower.due(self.clock()))
+        deadline = min(deadline, self.follower.due(self.clock()), self.muted.next_deadline())
         flush = self.log.next_flush_deadline()
         if flush is not None:
             # Log's clock is wall time; convert to our monotonic clock
@@ -416,6 +425,7 @@ class PartitionWorker:
             self.storage.fail(exc)
         if self.storage.probe_due(now):
             self._probe_storage()
+        self.quotas.tick()
         self._publish_status()
 
     def _probe_storage(self) -> None:

@@ -38,6 +38,16 @@ from ipc.errors import (
 from ipc.protocol import Reply, valid_topic_name
 
 
+class _Keep:
+    """The value of a quota ``set_quota`` leaves as it is."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP = _Keep()
+
+
 class Admin:
     """Topic administration against any node of the cluster.
 
@@ -275,6 +285,46 @@ class Admin:
         wire = [_filter(f).to_json() for f in filters]
         found = self._call("delete_acls", timeout_ms, filters=wire)["deleted"]
         return [[AclBinding.from_json(b) for b in group] for group in found]
+
+    # ---- quotas (docs/security.md) ------------------------------------------------------------
+    def set_quota(
+        self,
+        user: str | None = None,
+        *,
+        default: bool = False,
+        producer_byte_rate: float | None | _Keep = KEEP,
+        consumer_byte_rate: float | None | _Keep = KEEP,
+        request_rate: float | None | _Keep = KEEP,
+        timeout_ms: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Set (a number) or remove (None) quotas of ``user`` (the NAME of ``User:NAME``)
+        or, with ``default=True``, of every user without an override; a quota not named
+        is left as it is. Returns the entity's quotas afterwards."""
+        if (user is None) == (not default):
+            raise InvalidConfigError("set_quota: give a user name or default=True (one of them)")
+        changes = {
+            k: v
+            for k, v in (
+                ("producer_byte_rate", producer_byte_rate),
+                ("consumer_byte_rate", consumer_byte_rate),
+                ("request_rate", request_rate),
+            )
+            if not isinstance(v, _Keep)
+        }
+        if not changes:
+            raise InvalidConfigError("set_quota: name at least one quota (a number sets it, None removes it)")
+        fields: dict[str, Any] = {"quotas": changes}
+        if default:
+            fields["default"] = True
+        else:
+            fields["user"] = user
+        return list(self._call("set_quota", timeout_ms, **fields)["quotas"])
+
+    def describe_quotas(self, user: str | None = None, timeout_ms: int | None = None) -> list[dict[str, Any]]:
+        """Every entity's quotas (``{"entity": "User:alice" | "<default>", kind: rate}``);
+        with ``user``, that user's and the default's."""
+        fields = {} if user is None else {"user": user}
+        return list(self._call("describe_quotas", timeout_ms, **fields)["quotas"])
 
     def close(self) -> None:
         if self._link is not None:

@@ -47,6 +47,7 @@ from ipc.client.subscription import OffsetReset, SubscriptionState, TopicPartiti
 from ipc.client.transport import Channel, ChannelPool, Connection, backoff_s
 from ipc.errors import OffsetOutOfRangeError, RequestTimedOutError, SluiceError, UnknownTopicOrPartitionError
 from ipc.protocol import Reply
+from ipc.quota import MAX_THROTTLE_S
 from ipc.records import Headers, decode_batches
 
 log = logging.getLogger(__name__)
@@ -170,6 +171,7 @@ class Fetcher:
         self.leaders: dict[TopicPartition, str] = {}
         self._by_cid: dict[int, PartitionFetch] = {}
         self._rr = 0
+        self.throttled: dict[str, float] = {}  # endpoint -> until when it said to wait (a quota, KIP-219)
 
     # ---- the assignment ---------------------------------------------------------------------
     def sync(self) -> None:
@@ -303,6 +305,12 @@ class Fetcher:
                     st.deadline = now + self.request_timeout_s + self.fetch_max_wait_ms / 1000
                 self._back_off(st, now)
                 return
+        until = self.throttled.get(endpoint)
+        if until is not None:  # over a quota there: no request before the throttle time is over
+            if until > now:
+                st.retry_at = until
+                return
+            del self.throttled[endpoint]
         ch = self.channels.get(endpoint)
         assert st.fetch_offset is not None
         cid = ch.send(
@@ -354,6 +362,9 @@ class Fetcher:
             st.inflight = 0
             st.deadline = 0.0
             now = time.monotonic()
+            throttle = reply.fields.get("throttle_time_ms")
+            if isinstance(throttle, int) and throttle > 0:
+                self.throttled[ch.endpoint] = now + min(throttle / 1000, MAX_THROTTLE_S)
             if reply.error is not None:
                 self.on_fetch_error(st, reply.error, now)
                 continue

@@ -38,6 +38,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Mapping
 from types import ModuleType
 
 from ipc.client.accumulator import TP, RecordAccumulator
@@ -46,6 +47,7 @@ from ipc.client.idempotence import ProducerIdState, producer_id_from
 from ipc.client.metadata import ClusterMetadata
 from ipc.client.transport import BootstrapChannel, Channel, ChannelPool, backoff_s
 from ipc.errors import RequestTimedOutError, SluiceError
+from ipc.quota import MAX_THROTTLE_S
 from ipc.records import Compression
 
 log = logging.getLogger(__name__)
@@ -136,6 +138,7 @@ class Sender:
         self.poller.register(wakeup.fd, zmq_module.POLLIN)
         self.channels = ChannelPool(ctx, self.poller, zmq_module)
         self.inflight: dict[int, _InFlight] = {}
+        self.throttled: dict[str, float] = {}  # endpoint -> until when it said to wait (a quota)
         self.need_metadata: set[str] = set()
         self.next_metadata = 0.0
         self.metadata_failures = 0  # consecutive incomplete refreshes: their back-off
@@ -194,12 +197,24 @@ class Sender:
         for f in lost:
             self.fail(f, RequestTimedOutError(f"connection to {ch.endpoint} lost with the request in flight"))
 
+    def _sendable(self, now: float) -> Mapping[TP, str]:
+        """The leaders this producer may send to now: not those of a node that throttled
+        it (a reply's ``throttle_time_ms``, KIP-219: wait that long before the next request)."""
+        throttled = self.throttled
+        if not throttled:
+            return self.leaders
+        for endpoint in [e for e, until in throttled.items() if until <= now]:
+            del throttled[endpoint]
+        return {tp: e for tp, e in self.leaders.items() if e not in throttled} if throttled else self.leaders
+
     def next_timeout(self, now: float) -> float:
         t = 1.0
         for f in self.inflight.values():
             t = min(t, f.deadline - now)
+        for until in self.throttled.values():
+            t = min(t, until - now)
         no_id = self.ids is not None and not self.ids.ready
-        queued, wait_for_id = self.acc.next_due(now, self.leaders, no_id)
+        queued, wait_for_id = self.acc.next_due(now, self._sendable(now), no_id)
         t = min(t, queued)
         if self.need_metadata:
             t = min(t, self.next_metadata - now)
@@ -275,7 +290,10 @@ class Sender:
 
     def send_ready(self, now: float) -> None:
         no_id = self.ids is not None and not self.ids.ready
-        to_send, no_leader = self.acc.drain(now, self.leaders, no_id)
+        leaders = self._sendable(now)
+        to_send, no_leader = self.acc.drain(now, leaders, no_id)
+        if leaders is not self.leaders:  # a throttled partition has a leader: no metadata for it
+            no_leader -= {tp[0] for tp, e in self.leaders.items() if e in self.throttled}
         self.need_metadata.update(no_leader)
         for tp, endpoint, batches in to_send:
             self.send(tp, endpoint, batches, now)
@@ -331,6 +349,9 @@ class Sender:
             if f is None:
                 continue  # a reply to a request we already gave up on
             self.acc.request_ended(f.key)
+            throttle = reply.fields.get("throttle_time_ms")
+            if isinstance(throttle, int) and throttle > 0:  # over a quota: wait before the next request
+                self.throttled[ch.endpoint] = time.monotonic() + min(throttle / 1000, MAX_THROTTLE_S)
             if reply.error is None:
                 offsets = reply.fields.get("base_offsets")
                 self.acc.complete(f.batches, offsets if isinstance(offsets, list) else None, None)
