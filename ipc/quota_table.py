@@ -53,8 +53,8 @@ import struct
 import time
 from collections.abc import Iterator, Mapping
 
-from ipc.errors import SluiceError
 from ipc.private import open_private
+from ipc.shm import ShmBusyError
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +78,8 @@ SEQ = struct.Struct("<Q")
 READ_TRIES = 1000
 
 
-class QuotaTableError(SluiceError):
-    code = "SHARED_MEMORY_BUSY"
-    retriable = True
+class QuotaTableError(ShmBusyError):
+    """The quota table is missing, not this build's, or a block stayed mid-write."""
 
 
 def path_beside(status_path: str) -> str:

@@ -4,7 +4,8 @@ Topic requests go to any node (the bootstrap channel). Group requests go to the 
 coordinator (``CoordinatorLink``: found with ``find_coordinator``, found again when it
 moves); ``list_groups`` asks every node of the cluster (from ``metadata``) and merges,
 since each node lists the groups it coordinates. ACLs (``create_acls``, ``describe_acls``,
-``delete_acls``) go to any node: they are one cluster document in the coordinator."""
+``delete_acls``) and quotas (``set_quota``, ``describe_quotas``) go to any node: each is one
+cluster document in the coordinator."""
 
 from __future__ import annotations
 
