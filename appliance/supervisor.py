@@ -59,6 +59,7 @@ from appliance.systemd import Health, Notifier, ServiceNotifier, assess
 from ipc import sockets
 from ipc.control import AlterIsrEvent
 from ipc.errors import InvalidConfigError, SluiceError
+from ipc.peers import CONGESTED_RETRY_S
 from ipc.quota_table import path_beside
 from ipc.shm import StatusTable
 from metrics.exporter import GroupSnap
@@ -257,6 +258,8 @@ class Supervisor:
         while self.state is not NodeState.STOPPED:
             # workers queued to start: no sleep (they start a few per pass, between requests)
             timeout = 0.0 if workers.children.pending_starts else max(0.0, next_tick - self.clock())
+            if self.api.peers.congested:  # replies wait for room in a client's queue: retry soon
+                timeout = min(timeout, CONGESTED_RETRY_S)
             events = dict(self.poller.poll(int(timeout * 1000) + 1))
             if signals.fileno() in events or signals.pending:
                 for signum in signals.drain():
@@ -273,6 +276,8 @@ class Supervisor:
             if self.state is NodeState.RUNNING and self.front in events:
                 self._handle_front()
             self.api.on_events(events)
+            if self.api.peers.congested:
+                self.api.peers.flush()
             now = self.clock()
             if now >= next_tick:
                 stopping = self.state is NodeState.STOPPING

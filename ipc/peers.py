@@ -4,12 +4,18 @@ A serving process (the front endpoint, a partition worker) answers many peers on
 ROUTER socket. Three things pile up for a peer that sends and does not read, and each
 has its own bound:
 
-1. **Replies queued in ZeroMQ** for the peer. A ROUTER queues at most its send
-   high-water mark (``ipc.sockets.ROUTER_HWM`` messages) per peer, and no reply is
-   larger than the server's caps (a fetch's data: ``MAX_FETCH_BYTES`` or its first
-   batch); so the bytes queued for one peer are at most ``ROUTER_HWM`` x the largest
-   reply. A full queue shows as ``zmq.Again`` on the ``NOBLOCK`` send
-   (``ROUTER_MANDATORY`` is set): that peer is **stalled**.
+1. **Replies queued** for the peer. A ROUTER queues at most its send high-water mark
+   (``ipc.sockets.ROUTER_HWM`` messages) per peer, and no reply is larger than the
+   server's caps (a fetch's data: ``MAX_FETCH_BYTES`` or its first batch). A full queue
+   shows as ``zmq.Again`` on the ``NOBLOCK`` send (``ROUTER_MANDATORY`` is set). That
+   alone does not mean the peer does not read: a process answering a burst of small
+   requests fills the queue faster than its own I/O thread empties it into the kernel.
+   So a reply that finds the queue full waits in the peer's **backlog** (in order; the
+   peer's later replies queue behind it), which ``flush`` retries on every turn of the
+   process's loop (``congested`` asks for a short poll then). A backlog over
+   ``max_backlog_bytes`` or ``max_backlog_replies`` means the peer really does not
+   read: it is **stalled** and its backlog dropped. The bytes held for one peer are at
+   most ``ROUTER_HWM`` x the largest reply plus the backlog's bound.
 2. **Parked fetches** (long polls, ``appliance/partition/purgatory.py``): at most
    ``max_parked_fetches`` per peer and ``max_parked_bytes`` of their ``max_bytes``
    summed. A fetch over the bound is answered at once with what there is, as if its
@@ -45,6 +51,7 @@ it is given (``deliver`` is the real one), so the logic is tested without ZeroMQ
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import logging
@@ -60,6 +67,7 @@ from ipc.protocol import Frame, Responder, error_reply, peek_id
 log = logging.getLogger(__name__)
 
 MAX_FETCH_BYTES = 8 * 1024 * 1024  # a fetch reply's data: min(max_bytes, this), or its first batch
+CONGESTED_RETRY_S = 0.002  # how soon a serving loop retries its backlogs (``PeerLedger.congested``)
 
 
 class Delivery(enum.Enum):
@@ -92,7 +100,18 @@ class PeerLimits:
     max_parked_bytes: int = 64 * 1024 * 1024
     max_waiting_produces: int = 1024
     max_waiting_produce_bytes: int = 64 * 1024 * 1024
+    max_backlog_bytes: int = 16 * 1024 * 1024  # replies waiting for room in the peer's queue
+    max_backlog_replies: int = 1024
     drop_after_s: float = 30.0
+
+
+@dataclasses.dataclass(slots=True)
+class Backlog:
+    """Replies that found the peer's queue full, in order, waiting for room."""
+
+    since: float
+    replies: collections.deque[tuple[list[Any], int]] = dataclasses.field(default_factory=collections.deque)
+    nbytes: int = 0
 
 
 @dataclasses.dataclass(eq=False, slots=True)
@@ -133,7 +152,8 @@ class PeerLedger:
         self.clock = clock
         self.on_stall = on_stall
         self._accounts: dict[bytes, PeerAccount] = {}
-        self._stalled: dict[bytes, float] = {}  # peer -> when its queue was found full
+        self._stalled: dict[bytes, float] = {}  # peer -> when it was found not reading
+        self._backlogs: dict[bytes, Backlog] = {}  # peers whose queue was full: replies waiting for room
         self.discarded = 0  # requests of stalled peers, not served
         self.stalls = 0
         self.drops = 0
@@ -158,14 +178,51 @@ class PeerLedger:
         return False
 
     def send(self, peer: bytes, frames: list[Any]) -> None:
-        """The pipeline's send: put a reply on the wire and note a full or gone peer."""
+        """The pipeline's send: put a reply on the wire; a full queue keeps it in the
+        peer's backlog (behind any reply already there), a gone peer is forgotten."""
+        backlog = self._backlogs.get(peer)
+        if backlog is not None:
+            self._keep(peer, backlog, frames)
+            return
         result = self._raw_send(peer, frames)
         if result is Delivery.SENT:
             return
-        if result is Delivery.FULL:
-            self._stall(peer)
-        else:
+        if result is Delivery.GONE:
             self._forget(peer, "its connection is gone")
+        elif peer not in self._stalled:  # a stalled peer's replies are dropped: it does not read
+            backlog = self._backlogs[peer] = Backlog(self.clock())
+            self._keep(peer, backlog, frames)
+
+    def _keep(self, peer: bytes, backlog: Backlog, frames: list[Any]) -> None:
+        size = sum(len(f) for f in frames)
+        backlog.replies.append((frames, size))
+        backlog.nbytes += size
+        lim = self.limits
+        if backlog.nbytes > lim.max_backlog_bytes or len(backlog.replies) > lim.max_backlog_replies:
+            del self._backlogs[peer]
+            self._stall(peer)
+
+    @property
+    def congested(self) -> bool:
+        """Replies wait for room in some peer's queue: call ``flush`` again soon."""
+        return bool(self._backlogs)
+
+    def flush(self) -> None:
+        """Send what the backlogs hold, in order, while the peers' queues take it."""
+        for peer, backlog in list(self._backlogs.items()):
+            replies = backlog.replies
+            while replies:
+                result = self._raw_send(peer, replies[0][0])
+                if result is Delivery.FULL:
+                    break
+                if result is Delivery.GONE:
+                    del self._backlogs[peer]
+                    self._forget(peer, "its connection is gone")
+                    break
+                backlog.nbytes -= replies.popleft()[1]
+                backlog.since = self.clock()  # progress: it reads
+            else:
+                del self._backlogs[peer]
 
     def stalled(self, peer: bytes) -> bool:
         return peer in self._stalled
@@ -183,6 +240,7 @@ class PeerLedger:
             self.on_stall(acct)  # release its parked fetches
 
     def _forget(self, peer: bytes, why: str) -> None:
+        self._backlogs.pop(peer, None)
         acct = self._accounts.pop(peer, None)
         was_stalled = self._stalled.pop(peer, None) is not None
         if acct is not None:
@@ -193,10 +251,14 @@ class PeerLedger:
             log.info("%s: forgetting peer %s: %s", self.name, _show(peer), why)
 
     def expire(self, now: float) -> None:
-        """Drop the peers stalled for ``drop_after_s`` (cheap when none is stalled)."""
+        """Drop the peers stalled for ``drop_after_s``, and stall those whose backlog
+        made no progress for as long (cheap when none is stalled or congested)."""
+        limit = now - self.limits.drop_after_s
+        for peer in [p for p, b in self._backlogs.items() if b.since <= limit]:
+            del self._backlogs[peer]
+            self._stall(peer)
         if not self._stalled:
             return
-        limit = now - self.limits.drop_after_s
         for peer in [p for p, since in self._stalled.items() if since <= limit]:
             self.drops += 1
             self._forget(peer, f"stalled for {self.limits.drop_after_s:.0f} s (dropped)")
@@ -297,6 +359,7 @@ def _show(peer: bytes) -> str:
 
 
 __all__ = [
+    "CONGESTED_RETRY_S",
     "MAX_FETCH_BYTES",
     "NO_ACCOUNT",
     "Delivery",

@@ -78,7 +78,7 @@ from ipc.control import (
 )
 from ipc.control import encode as encode_control
 from ipc.errors import NotLeaderError, SluiceError, StorageError
-from ipc.peers import PeerLedger, deliver
+from ipc.peers import CONGESTED_RETRY_S, PeerLedger, deliver
 from ipc.private import NotPrivateError, check_own_socket
 from ipc.protocol import Request
 from ipc.quota_table import path_beside
@@ -329,6 +329,8 @@ class PartitionWorker:
         while self.state is WorkerState.SERVING:
             self.follower.register()
             timeout = max(0.0, min(self._next_deadline(), next_tick) - self.clock())
+            if self.peers.congested:  # replies wait for room in a peer's queue: retry soon
+                timeout = min(timeout, CONGESTED_RETRY_S)
             events = dict(poller.poll(int(timeout * 1000) + 1))
             if events:
                 next_tick = min(next_tick, self.clock() + tick_s)  # busy again: the short tick
@@ -351,6 +353,8 @@ class PartitionWorker:
             now = self.clock()
             self.follower.on_events(events, now)
             self.purgatory.expire(now)
+            if self.peers.congested:
+                self.peers.flush()
             self.peers.expire(now)
             self.muted.release(now)
             flush_due = self.log.next_flush_deadline()

@@ -53,10 +53,54 @@ def test_a_reader_is_served_and_costs_no_state() -> None:
     assert wire.sent == [(b"a", [b"reply"])] and not peers.stalled(b"a") and peers.held(b"a") is None
 
 
-def test_a_full_queue_stalls_the_peer_and_its_requests_are_discarded_until_it_drains() -> None:
-    peers, wire, clock, _ = ledger()
+def stall(peers: PeerLedger, wire: Wire, peer: bytes) -> None:
+    """Fill ``peer``'s backlog past its bound: a peer that does not read."""
+    wire.full.add(peer)
+    for _ in range(peers.limits.max_backlog_replies + 1):
+        peers.send(peer, [b"reply"])
+
+
+def test_a_full_queue_keeps_replies_in_order_until_the_peer_reads() -> None:
+    """A burst of replies fills the queue faster than the I/O thread empties it: nothing
+    is lost, nothing is reordered, the peer is not stalled."""
+    peers, wire, _, _ = ledger()
+    peers.send(b"a", [b"r0"])
     wire.full.add(b"a")
-    peers.send(b"a", [b"reply"])
+    peers.send(b"a", [b"r1"])
+    wire.full.clear()
+    peers.send(b"a", [b"r2"])  # behind r1, even though the queue has room now
+    assert [f for _, (f,) in wire.sent] == [b"r0"] and peers.congested and not peers.stalled(b"a")
+    assert peers.admit(b"a", HEADER)  # still served
+    peers.flush()
+    assert [f for _, (f,) in wire.sent] == [b"r0", b"r1", b"r2"] and not peers.congested
+
+
+def test_a_backlog_over_its_bound_stalls_the_peer() -> None:
+    peers, wire, _, released = ledger(PeerLimits(max_backlog_bytes=10))
+    acct = peers.park(b"a", 5)
+    wire.full.add(b"a")
+    peers.send(b"a", [b"123456"])
+    assert not peers.stalled(b"a")
+    peers.send(b"a", [b"123456"])  # 12 bytes waiting > 10
+    assert peers.stalled(b"a") and not peers.congested and released == [acct]
+
+
+def test_a_backlog_without_progress_stalls_the_peer_after_drop_after_s() -> None:
+    peers, wire, clock, _ = ledger(PeerLimits(drop_after_s=30))
+    wire.full.add(b"a")
+    peers.send(b"a", [b"r"])
+    clock.now += 29
+    peers.flush()
+    peers.expire(clock.now)
+    assert peers.congested and not peers.stalled(b"a")
+    clock.now += 2
+    peers.expire(clock.now)
+    assert peers.stalled(b"a") and not peers.congested
+
+
+def test_a_stalled_peers_requests_are_discarded_until_it_drains() -> None:
+    peers, wire, clock, _ = ledger()
+    stall(peers, wire, b"a")
     assert peers.stalled(b"a") and peers.stalls == 1
     assert not peers.admit(b"a", HEADER) and peers.discarded == 1  # the probe did not go through
     assert peers.admit(b"b", HEADER)  # others are served
@@ -74,8 +118,7 @@ def test_a_stall_releases_what_is_parked_and_a_drop_forgets_the_peer() -> None:
     peers, wire, clock, released = ledger(PeerLimits(drop_after_s=30))
     acct = peers.park(b"a", 1000)
     assert acct is not None and peers.held(b"a") is acct
-    wire.full.add(b"a")
-    peers.send(b"a", [b"reply"])
+    stall(peers, wire, b"a")
     assert released == [acct] and acct.stalled
     clock.now += 29
     peers.expire(clock.now)
@@ -135,9 +178,8 @@ def test_the_pipeline_discards_a_stalled_peers_request_unprocessed() -> None:
     msg = [b"a", encode_request("list_topics", 1)]
     pipeline.handle(msg)
     assert len(seen) == 1 and len(wire.sent) == 1
-    wire.full.add(b"a")
-    pipeline.handle(msg)  # its reply finds the queue full: stalled
-    assert len(seen) == 2 and peers.stalled(b"a")
+    stall(peers, wire, b"a")  # its replies fill its backlog: it does not read
+    assert len(seen) == 1 and peers.stalled(b"a")
     for _ in range(100):
         pipeline.handle(msg)
-    assert len(seen) == 2 and peers.discarded == 100  # not processed
+    assert len(seen) == 1 and peers.discarded == 100  # not processed
