@@ -296,6 +296,13 @@ class Consumer:
         assert st.position is not None
         return st.position
 
+    def highwater(self, topic: str, partition: int) -> int | None:
+        """The high watermark the last fetch reply of this assigned partition carried
+        (None before the first reply): no network round trip, as kafka-python's. With
+        ``position()`` it tells whether the consumer has caught up."""
+        st = self._fetcher.fetches.get((topic, partition))
+        return None if st is None or st.high_watermark < 0 else st.high_watermark
+
     def beginning_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         return {tp: self._fetcher.list_offset(tp, EARLIEST) for tp in partitions}
 
