@@ -6,6 +6,8 @@ test_streams_crash.py."""
 from __future__ import annotations
 
 import collections
+import heapq
+import random
 import time
 from typing import Any
 
@@ -115,3 +117,71 @@ def test_bad_setup_is_refused_at_start(node: Node) -> None:
     app.stream("orders").join(app.table("customers"), lambda o, c: o).to("out")
     with pytest.raises(CoPartitionError, match="not co-partitioned"):
         app.run(max_seconds=5)
+
+
+def test_orders_join_customers_as_of_each_order(node: Node) -> None:
+    """Customer updates arrive between orders (by timestamp): each enriched order carries
+    the customer version current at its position; the left join emits None for unknown ids."""
+    with node.admin() as a:
+        for t in ("orders", "customers", "enriched", "enriched-left"):
+            a.create_topic(t, partitions=2)
+    customers, orders, want, want_left = [], [], [], []
+    version: dict[str, int] = {}
+    ts = 1_000
+    for i in range(200):
+        ts += 10
+        cid = f"c{i % 7}"
+        if i % 5 == 0:
+            version[cid] = version.get(cid, 0) + 1
+            customers.append((cid, {"v": version[cid]}, ts))
+        else:
+            oid = f"c{i % 9}"  # c7 and c8 never exist
+            orders.append((oid, {"id": i}, ts))
+            if oid in version:
+                want.append((i, version[oid]))
+            want_left.append((i, version.get(oid)))
+    for topic, rows in (("customers", customers), ("orders", orders)):
+        produce(node.bootstrap, topic, [(k.encode(), orjson.dumps(v)) for k, v, _ in rows], [t for _, _, t in rows])
+    app = StreamsApp("enricher", bootstrap=node.bootstrap, key_serde="str", value_serde="json")
+    table = app.table("customers")
+    stream = app.stream("orders")
+    stream.join(table, lambda o, c: [o["id"], c["v"]]).to("enriched")
+    stream.left_join(table, lambda o, c: [o["id"], c and c["v"]]).to("enriched-left")
+    app.run(max_seconds=60, until=lambda a: a.counters.records_processed >= 200)
+    got = sorted(tuple(orjson.loads(r.value)) for r in read_topic(node.bootstrap, "enriched", 2, len(want)))
+    assert got == sorted(want)
+    got_left = sorted(tuple(orjson.loads(r.value)) for r in read_topic(node.bootstrap, "enriched-left", 2,
+                                                                        len(want_left)))
+    assert got_left == sorted(want_left)
+
+
+def test_clicks_join_impressions_within_a_window(node: Node) -> None:
+    """Stream-stream join, event time, out-of-order and late records: the output equals
+    the brute-force reference over the same input (in the order the task processes it)."""
+    from ipc.streams import JoinWindows
+    from tests.unit.test_streams_joins import reference_join
+
+    with node.admin() as a:
+        for t in ("clicks", "impressions", "attributed"):
+            a.create_topic(t, partitions=1)
+    rng = random.Random(7)
+    w = JoinWindows(before_ms=10_000, after_ms=0, grace_ms=5_000)
+    events, t = [], 1_000_000
+    for i in range(400):
+        t += rng.randint(0, 700)
+        side = "L" if rng.random() < 0.5 else "R"
+        events.append((side, rng.choice("abcd"), t - rng.choice([0, 0, 0, 3000, 30_000]), i))
+    clicks = [e for e in events if e[0] == "L"]
+    imps = [e for e in events if e[0] == "R"]
+    produce(node.bootstrap, "clicks", [(k.encode(), orjson.dumps(i)) for _, k, _, i in clicks], [e[2] for e in clicks])
+    produce(node.bootstrap, "impressions", [(k.encode(), orjson.dumps(i)) for _, k, _, i in imps], [e[2] for e in imps])
+    # the task takes the smallest head timestamp of its two partitions first (ties: by topic name)
+    order = list(heapq.merge(clicks, imps, key=lambda e: e[2]))
+    want, late = reference_join(order, w, "left")
+    app = StreamsApp("attribution", bootstrap=node.bootstrap, key_serde="str", value_serde="json")
+    app.stream("clicks").left_join(app.stream("impressions"), lambda c, i: [c, i], window=w).to("attributed")
+    app.run(max_seconds=60, until=lambda a: a.counters.records_processed >= 400)  # late ones included
+    got = sorted(((r.key.decode(), *orjson.loads(r.value)) for r in read_topic(
+        node.bootstrap, "attributed", 1, len(want))), key=repr)
+    assert got == want
+    assert app.counters.late_records_dropped == late
