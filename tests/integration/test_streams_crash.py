@@ -156,5 +156,40 @@ def test_windowed_count_survives_sigkill_and_scales(node_factory: Any, tmp_path:
         b.kill()
 
 
+def test_stream_table_join_app_restarts_after_sigkill(node_factory: Any) -> None:
+    """The join app (clicks joined with the users table, aggregated per user) is SIGKILLed
+    mid-stream and started again: the table is rebuilt from its topic, the aggregate from
+    its changelog, and each user's list holds every click exactly once."""
+    node = node_factory().start()
+    with node.admin() as a:
+        for t in ("clicks", "users", "joined-out"):
+            a.create_topic(t, partitions=PARTITIONS)
+    users = [f"u{i}" for i in range(20)]
+    with Producer(node.bootstrap) as p:
+        for i, u in enumerate(users):
+            p.send("users", orjson.dumps({"v": i}), key=u.encode(), timestamp_ms=1)
+        for n in range(1500):
+            p.send("clicks", orjson.dumps({"n": n}), key=users[n % 20].encode(), timestamp_ms=1000 + n)
+        p.flush(30)
+    want = {u: sorted([n, i] for n in range(1500) if n % 20 == i) for i, u in enumerate(users)}
+    a = start_app(node, "join", "join-a", delay_ms=3.0)
+    try:
+        wait_until(lambda: (a.events("progress") or [{"processed": 0}])[-1]["processed"] > 300, 60,
+                   "the join app to process some records")
+        a.kill()
+    finally:
+        a.kill()
+    b = start_app(node, "join", "join-b", delay_ms=0.0)
+    try:
+        def done() -> bool:
+            got = {k.decode(): sorted(orjson.loads(v)) for k, v in latest_by_key(node.bootstrap, "joined-out").items()}
+            return got == want
+
+        wait_until(done, 120, "every user's joined clicks, each exactly once", interval=1.0)
+        assert b.events("progress")[-1]["restored"] > 0
+    finally:
+        b.kill()
+
+
 if __name__ == "__main__":
     main()
