@@ -39,6 +39,8 @@ class NodeConfig:
     data_dir: str = dataclasses.field(default_factory=default_data_dir)
     listen: str = DEFAULT_LISTEN
     advertised_listen: str = ""  # empty: same as listen
+    kafka_listen: str = ""  # HOST:PORT: a Kafka-protocol listener (appliance/kafka/); empty: none
+    advertised_kafka_listen: str = ""  # HOST:PORT Kafka clients are told; empty: kafka_listen
     metrics_listen: str = DEFAULT_METRICS_LISTEN  # empty: no metrics endpoint
     metrics_tls_cert_file: str = ""  # with metrics_tls_key_file: /metrics over https (PEM)
     metrics_tls_key_file: str = ""
@@ -94,6 +96,15 @@ class NodeConfig:
         assert m is not None
         host = m.group("host")
         return "127.0.0.1" if host in ("*", "0.0.0.0") else host
+
+    @property
+    def kafka_advertised(self) -> tuple[str, int]:
+        """(host, port) Kafka clients are told for this node; a wildcard kafka_listen
+        without advertised_kafka_listen advertises loopback."""
+        m = _HOSTPORT.match(self.advertised_kafka_listen or self.kafka_listen)
+        assert m is not None, "only with kafka_listen set"
+        host = m.group("host").strip("[]")
+        return ("127.0.0.1" if host in ("0.0.0.0", "::") else host), int(m.group("port"))
 
     @property
     def resolved_runtime_dir(self) -> str:
@@ -198,6 +209,13 @@ def _check(name: str, value: Any) -> Any:
             raise InvalidConfigError(f"{name}={value!r}: expected tcp://HOST:PORT with a port in 1..65535")
         if name == "advertised_listen" and m.group("host") in ("*", "0.0.0.0"):
             raise InvalidConfigError(f"{name}={value!r}: advertise an address clients can reach, not a wildcard")
+    elif name in ("kafka_listen", "advertised_kafka_listen"):
+        if value:
+            m = _HOSTPORT.match(value)
+            if not m or not 0 < int(m.group("port")) < 65536:
+                raise InvalidConfigError(f"{name}={value!r}: expected HOST:PORT with a port in 1..65535")
+            if name == "advertised_kafka_listen" and m.group("host") in ("0.0.0.0", "[::]"):
+                raise InvalidConfigError(f"{name}={value!r}: advertise an address clients can reach, not a wildcard")
     elif name == "metrics_listen":
         if value:
             m = _HOSTPORT.match(value)
@@ -271,6 +289,11 @@ def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = N
         checked["data_dir"] = os.path.abspath(os.path.expanduser(checked["data_dir"]))
     cfg = NodeConfig(**checked)
     _check_metrics_tls(cfg)
+    if cfg.kafka_listen and cfg.security.authorizer == "acl":
+        raise InvalidConfigError(
+            f"kafka_listen={cfg.kafka_listen!r}: the Kafka listener has no authentication yet, so it cannot run "
+            'with [security] authorizer = "acl" (its clients would all be User:ANONYMOUS); see docs/kafka.md'
+        )
     if cfg.security.uses_curve:
         cfg.security.load(cfg.node_id)  # refuse bad key files at start, not in the first worker
     if cfg.restart_backoff_max_ms < cfg.restart_backoff_ms:

@@ -50,6 +50,7 @@ from appliance.coordinator.local import LocalCoordinator
 from appliance.datadir import lock_data_dir
 from appliance.front import FrontApi
 from appliance.gate import Gate, install
+from appliance.kafka.child import KafkaListenerChild, check_bindable
 from appliance.nodeview import NodeState, ReplicaView
 from appliance.process import SignalPipe
 from appliance.quotas import NodeQuotas
@@ -103,6 +104,7 @@ class Supervisor:
         self.gate = Gate(config.security)  # install() secures the context in setup
         self.poller = zmq.Poller()
         self.workers: PartitionWorkers | None = None  # made in setup (sockets)
+        self.kafka: KafkaListenerChild | None = None  # the Kafka listener (kafka_listen), a child like a worker
         self.reconciler: Reconciler | None = None
         self._deadline_stop = 0.0
         self.api = FrontApi(self)
@@ -192,6 +194,8 @@ class Supervisor:
                 f"max_partitions={cfg.max_partitions}: the stored topics have {needed} partitions on this node"
             )
         self._remove_deleted_dirs()
+        if cfg.kafka_listen:
+            check_bindable(cfg)  # a port in use is a start-up error, not a crash-looping child
         self.table = StatusTable.create(cfg.status_path, cfg.max_partitions, cfg.node_id)
         self.quotas.open(path_beside(cfg.status_path), cfg.max_partitions)
         self.metrics.start()
@@ -208,6 +212,9 @@ class Supervisor:
             self.gate,
         )
         self.reconciler.node_epoch = node_epoch
+        if cfg.kafka_listen:
+            self.kafka = KafkaListenerChild(lambda: self.config, mp, self.poller, self.workers.supervision, self.clock)
+            self.kafka.start()
         self.poller.register(self.front, zmq.POLLIN)
         self.poller.register(self._wake_r, zmq.POLLIN)
         self.reconcile()
@@ -273,6 +280,8 @@ class Supervisor:
                     self.reconcile()
             reconciler.on_events(events)
             workers.children.on_events(events)
+            if self.kafka is not None:
+                self.kafka.on_events(events)
             if self.state is NodeState.RUNNING and self.front in events:
                 self._handle_front()
             self.api.on_events(events)
@@ -282,12 +291,15 @@ class Supervisor:
             if now >= next_tick:
                 stopping = self.state is NodeState.STOPPING
                 workers.check(now, restart=self.state is NodeState.RUNNING, stop_deadline=self._stop_deadline())
+                if self.kafka is not None:
+                    self.kafka.check(now, self.state is NodeState.RUNNING, self._stop_deadline())
                 self.api.tick(now)
                 self.systemd.tick(self.replicas.values(), stopping, self.config.advertised)
                 self.metrics.tick(now)
                 self.quotas.tick()
                 next_tick = now + TICK_S
-            if self.state is NodeState.STOPPING and not workers.any_running():
+            kafka_running = self.kafka is not None and self.kafka.running
+            if self.state is NodeState.STOPPING and not workers.any_running() and not kafka_running:
                 self._set_state(NodeState.STOPPED)
         self._cleanup()
         return 0
@@ -346,6 +358,8 @@ class Supervisor:
         self._deadline_stop = self.clock() + self.config.shutdown_timeout_ms / 1000
         if self.workers is not None:
             self.workers.stop_all()
+        if self.kafka is not None:
+            self.kafka.stop()
 
     def _cleanup(self) -> None:
         self.metrics.stop()

@@ -171,7 +171,7 @@ def encode(fields: Sequence[Field], w: Writer, v: int, flex: bool, value: Mappin
         x = value.get(fld.name)
         if x is None:
             x = _default(fld, v)
-            if x is None and not fld.nullable(v):
+            if x is None and not fld.nullable(v) and fld.type != "uuid":  # a null uuid: all zeros
                 raise ValueError(f"field {fld.name} is not nullable in version {v}")
         t = fld.type
         if isinstance(t, Array):

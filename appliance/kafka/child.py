@@ -1,0 +1,150 @@
+"""The Kafka listener as a child of the node: one more ``ChildSpec`` (appliance/children.py),
+kept alive, restarted with backoff, killed when silent, stopped at shutdown, exactly as
+the partition workers are (``appliance/replicas.py`` shows the pattern).
+
+Heartbeat and readiness go through one small file the listener alone writes,
+``<runtime_dir>/kafka-listener.beat`` (16 bytes: the listener's pid as int64, then its
+last heartbeat as a float64 on the system-wide monotonic clock, little-endian; one
+``pwrite`` each time, every ``BEAT_S``). The node reads it: the child's pid in the file
+means the listener has bound its port and serves (STARTING → SERVING); the heartbeat
+is judged like a worker's. A value torn by a concurrent write is a pid that does not
+match or a time in the future, and is ignored for that tick.
+
+The port is tried by the node at start (``check_bindable``), so ``kafka_listen`` on a
+port in use is one clear start-up error, not a crash-looping child.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from appliance.children import Child, Children, ChildSpec, ChildState, Supervision
+from appliance.config import NodeConfig
+from appliance.kafka.spec import BEAT, BEAT_FILE, ListenerSpec
+from ipc.errors import InvalidConfigError
+
+log = logging.getLogger(__name__)
+
+def split_hostport(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def check_bindable(cfg: NodeConfig) -> None:
+    """Refuse a ``kafka_listen`` whose port cannot be bound (in use, no such address)."""
+    host, port = split_hostport(cfg.kafka_listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            why = "in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise InvalidConfigError(f"kafka_listen={cfg.kafka_listen!r}: cannot bind: {why}") from None
+
+
+def read_beat(path: str) -> tuple[int, float] | None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        data = os.pread(fd, BEAT.size, 0)
+    finally:
+        os.close(fd)
+    if len(data) != BEAT.size:
+        return None
+    pid, beat = BEAT.unpack(data)
+    return int(pid), float(beat)
+
+
+class KafkaListenerChild:
+    """The node's side of its Kafka listener (``ChildEvents`` of its own ``Children``)."""
+
+    def __init__(
+        self,
+        config: Callable[[], NodeConfig],
+        mp: Any,
+        poller: zmq.Poller,
+        supervision: Callable[[], Supervision],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = config
+        self.clock = clock
+        self.beat_path = os.path.join(config().resolved_runtime_dir, BEAT_FILE)
+        self.children = Children(mp, poller, self, clock)
+        self.child = Child(ChildSpec("kafka-listener", self._start, self._heartbeat, supervision))
+
+    def _spec(self) -> ListenerSpec:
+        cfg = self._config()
+        host, port = split_hostport(cfg.kafka_listen)
+        adv_host, adv_port = cfg.kafka_advertised
+        return ListenerSpec(
+            node_id=cfg.node_id,
+            bind_host=host,
+            bind_port=port,
+            advertised_host=adv_host,
+            advertised_port=adv_port,
+            front=cfg.advertised,
+            security=cfg.security,
+            max_request_bytes=cfg.max_request_bytes,
+            beat_path=self.beat_path,
+            supervisor_pid=os.getpid(),
+            log_level=cfg.log_level,
+        )
+
+    def _start(self) -> tuple[Callable[..., None], tuple[Any, ...]]:
+        from appliance.kafka.listener import run_listener
+
+        try:
+            os.unlink(self.beat_path)  # the previous listener's: never judge the new one by it
+        except FileNotFoundError:
+            pass
+        return run_listener, (self._spec(),)
+
+    def _heartbeat(self) -> float | None:
+        got = read_beat(self.beat_path)
+        if got is None or got[0] != self.child.pid or got[1] > self.clock() + 1.0:
+            return None
+        return got[1]
+
+    # ---- the node's loop --------------------------------------------------------------------
+    def start(self) -> None:
+        self.children.enqueue(self.child)
+
+    def on_events(self, events: dict[Any, int]) -> None:
+        self.children.on_events(events)
+
+    def check(self, now: float, restart: bool, stop_deadline: float | None) -> None:
+        if self.child.state is ChildState.STARTING and self.child.running and self._heartbeat() is not None:
+            self.children.serving(self.child)
+        self.children.check([self.child], now, restart, stop_deadline)
+
+    def stop(self) -> None:
+        if self.child.running or self.child.queued:
+            self.children.stop(self.child)
+
+    @property
+    def running(self) -> bool:
+        return self.child.running
+
+    # ---- ChildEvents --------------------------------------------------------------------------
+    def child_state_changed(self, child: Child, old: ChildState) -> None:
+        pass  # logged by Children
+
+    def child_exited(self, child: Child, code: int) -> None:
+        pass
+
+    def child_stopped(self, child: Child) -> None:
+        try:
+            os.unlink(self.beat_path)
+        except FileNotFoundError:
+            pass

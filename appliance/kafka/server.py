@@ -1,0 +1,203 @@
+"""The Kafka listener's TCP side: connections, framing, and responses in order.
+
+Each connection is read by one task: a frame is an int32 size (8 bytes at least,
+``max_request_bytes`` at most: anything else closes the connection with a logged
+reason, before the size is allocated) and that many bytes. Requests are handled
+concurrently (pipelining: a long-polling fetch does not hold up the ApiVersions behind
+it) but answered strictly in the order they came, as Kafka requires: every request
+puts its task in the connection's queue and the writer task awaits them in turn. At
+most ``MAX_IN_FLIGHT`` requests of one connection are in hand; the reader waits
+beyond that, so a client that pipelines without reading is held by TCP, not by our
+memory. A request that gets no response (a produce with acks=0) answers ``None``.
+
+A frame that cannot be decoded (``KafkaDecodeError``: an unknown API key, a version
+outside the served range, a lying length, bytes left over) closes the connection with
+the reason logged, as Kafka does; ApiVersions at a version Sluice does not serve is
+answered instead with ``UNSUPPORTED_VERSION`` and the served ranges in version 0, so
+the client can pick one (KIP-511). An unexpected error in a handler is logged with its
+traceback and closes that connection only.
+
+Protected mode: with ``[security] protected_mode`` on (the default), a connection from
+an address that is not loopback is closed at once with a logged reason: the listener
+has no authentication, so it serves only its own host unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import struct
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from appliance.gate import is_loopback
+from ipc.kafka import errors as kerr
+from ipc.kafka.protocol import (
+    API_VERSIONS_KEY,
+    APIS,
+    UnsupportedVersionError,
+    encode_response,
+    peek_header,
+    read_request,
+    supported_versions,
+)
+from ipc.kafka.schema import Api
+from ipc.kafka.wire import KafkaDecodeError
+
+log = logging.getLogger(__name__)
+
+MAX_IN_FLIGHT = 32  # requests of one connection in hand at once
+MIN_FRAME = 8  # api key, version, correlation id, client id length
+MAX_CONNECTIONS = 10_000
+_SIZE = struct.Struct(">i")
+
+
+@dataclasses.dataclass(frozen=True)
+class KafkaRequest:
+    api: Api
+    version: int
+    correlation_id: int
+    client_id: str | None
+    body: dict[str, Any]
+    host: str  # the client's address
+
+
+Handler = Callable[[KafkaRequest], Awaitable[dict[str, Any] | None]]
+
+
+class KafkaServer:
+    def __init__(self, handlers: dict[int, Handler], max_request_bytes: int, protected_mode: bool) -> None:
+        self.handlers = handlers
+        self.max_request_bytes = max_request_bytes
+        self.protected_mode = protected_mode
+        self.connections = 0
+
+    async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        host = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        name = f"{host}:{peer[1]}" if isinstance(peer, tuple) and len(peer) > 1 else host
+        if self.protected_mode and not is_loopback(host):
+            log.warning(
+                "kafka: closing the connection from %s: protected mode (no authentication on this "
+                "listener; set protected_mode = false in [security] to serve other hosts)",
+                name,
+            )
+            writer.close()
+            return
+        if self.connections >= MAX_CONNECTIONS:
+            log.warning("kafka: closing the connection from %s: %d connections open", name, self.connections)
+            writer.close()
+            return
+        self.connections += 1
+        queue: asyncio.Queue[asyncio.Task[bytes | None] | None] = asyncio.Queue(MAX_IN_FLIGHT)
+        writing = asyncio.get_running_loop().create_task(self._write(queue, writer, name))
+        try:
+            await self._read(reader, queue, host, name)
+        finally:
+            if not writing.done():
+                try:
+                    queue.put_nowait(None)  # the writer answers what is in hand, then stops
+                except asyncio.QueueFull:
+                    writing.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await writing
+            self.connections -= 1
+            writer.close()
+
+    async def _read(
+        self,
+        reader: asyncio.StreamReader,
+        queue: asyncio.Queue[asyncio.Task[bytes | None] | None],
+        host: str,
+        name: str,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                head = await reader.readexactly(4)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            (size,) = _SIZE.unpack(head)
+            if size < MIN_FRAME or size > self.max_request_bytes:
+                log.warning(
+                    "kafka: closing %s: request size %d outside %d..%d", name, size, MIN_FRAME, self.max_request_bytes
+                )
+                return
+            try:
+                frame = await reader.readexactly(size)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                log.info("kafka: %s closed the connection in the middle of a request", name)
+                return
+            try:
+                task = loop.create_task(self._handle(frame, host))
+            except KafkaDecodeError as exc:
+                log.warning("kafka: closing %s: %s", name, exc.message)
+                return
+            await queue.put(task)
+
+    def _handle(self, frame: bytes, host: str) -> Coroutine[Any, Any, bytes | None]:
+        """Decode now (a bad frame raises here, in the reader), answer later."""
+        try:
+            header, api, body = read_request(frame)
+        except UnsupportedVersionError:
+            key, version, cid = peek_header(frame)
+            if key != API_VERSIONS_KEY:
+                raise
+            out = encode_response(
+                APIS[API_VERSIONS_KEY],
+                0,
+                cid,
+                {"error_code": kerr.UNSUPPORTED_VERSION, "api_keys": supported_versions()},
+            )
+            return _done(out)
+        request = KafkaRequest(api, header.api_version, header.correlation_id, header.client_id, body, host)
+        return self._answer(request)
+
+    async def _answer(self, req: KafkaRequest) -> bytes | None:
+        handler = self.handlers.get(req.api.key)
+        if handler is None:
+            raise KafkaDecodeError(f"{req.api.name} is not served")
+        body = await handler(req)
+        if body is None:
+            return None
+        return encode_response(req.api, req.version, req.correlation_id, body)
+
+    async def _write(
+        self, queue: asyncio.Queue[asyncio.Task[bytes | None] | None], writer: asyncio.StreamWriter, name: str
+    ) -> None:
+        try:
+            await self._write_in_order(queue, writer, name)
+        finally:
+            writer.close()
+            while not queue.empty():  # the reader may still be putting: cancel what is left
+                task = queue.get_nowait()
+                if task is not None:
+                    task.cancel()
+
+    async def _write_in_order(
+        self, queue: asyncio.Queue[asyncio.Task[bytes | None] | None], writer: asyncio.StreamWriter, name: str
+    ) -> None:
+        try:
+            while True:
+                task = await queue.get()
+                if task is None:
+                    return
+                try:
+                    out = await task
+                except KafkaDecodeError as exc:
+                    log.warning("kafka: closing %s: %s", name, exc.message)
+                    return
+                except Exception:  # noqa: BLE001 - one bad request closes its connection, never the listener
+                    log.exception("kafka: closing %s: unexpected error", name)
+                    return
+                if out is not None:
+                    writer.write(out)
+                    await writer.drain()
+        except ConnectionError:
+            pass
+
+
+async def _done(value: bytes) -> bytes:
+    return value
