@@ -28,6 +28,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from appliance.kafka import handlers_admin as admin
 from appliance.kafka import handlers_data as data
 from appliance.kafka import handlers_groups as groups
 from appliance.kafka.backend import Backend
@@ -35,7 +36,7 @@ from appliance.kafka.server import Handler, KafkaRequest, KafkaServer
 from appliance.kafka.spec import BEAT, BEAT_S, ListenerSpec
 from appliance.partition.process import _close_forkserver_alive_fd
 from appliance.process import die_with_parent, pid_alive, setup_logging
-from ipc.kafka import apis_data, apis_groups
+from ipc.kafka import apis_admin, apis_data, apis_groups
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,12 @@ HANDLERS: dict[int, NodeHandler] = {
     apis_groups.LIST_GROUPS.key: groups.list_groups,
     apis_groups.DESCRIBE_GROUPS.key: groups.describe_groups,
     apis_groups.DELETE_GROUPS.key: groups.delete_groups,
+    apis_admin.CREATE_TOPICS.key: admin.create_topics,
+    apis_admin.DELETE_TOPICS.key: admin.delete_topics,
+    apis_admin.CREATE_PARTITIONS.key: admin.create_partitions,
+    apis_admin.DESCRIBE_CONFIGS.key: admin.describe_configs,
+    apis_admin.ALTER_CONFIGS.key: admin.alter_configs,
+    apis_admin.INCREMENTAL_ALTER_CONFIGS.key: admin.incremental_alter_configs,
 }
 
 

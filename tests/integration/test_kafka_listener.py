@@ -244,3 +244,26 @@ def test_pipelined_requests_are_answered_in_order(kafka_node: Node) -> None:
             assert frame is not None
             cids.append(struct.unpack(">i", frame[:4])[0])
     assert cids == list(range(20))
+
+
+def test_kafka_python_admin(kafka_node: Node) -> None:
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka_node.kafka)  # type: ignore[attr-defined]
+    try:
+        admin.create_topics([NewTopic("adm", 2, 1, topic_configs={"retention.ms": "3600000"})])
+        assert "adm" in admin.list_topics()
+        admin.create_partitions({"adm": NewPartitions(4)})
+        res = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, "adm")])
+        configs = next(iter(res.values()))["adm"]  # {type: {name: {key: data}}}: the overrides
+        assert set(configs) == {"retention.ms"}, res
+        assert "3600000" in str(configs["retention.ms"]), res
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, "adm", {"retention.ms": "7200000"})])
+        with kafka_node.admin() as sluice_admin:
+            desc = sluice_admin.describe_topic("adm")
+            assert len(desc["partitions"]) == 4 and desc["overrides"] == {"retention.ms": "7200000"}
+        admin.delete_topics(["adm"])
+        wait_until(lambda: "adm" not in admin.list_topics(), 20, "the topic to go")
+    finally:
+        admin.close()
