@@ -15,7 +15,7 @@ from typing import Any
 
 from appliance.kafka.backend import Backend
 from appliance.kafka.server import KafkaRequest
-from ipc.errors import SluiceError
+from ipc.errors import CorruptRecordError, SluiceError
 from ipc.kafka import errors as kerr
 from ipc.kafka.batch import iter_to_sluice, sluice_to_kafka
 from ipc.kafka.protocol import supported_versions
@@ -132,12 +132,10 @@ async def _produce_partition(
         return topic, out
     try:
         if data is None:
-            raise SluiceError("null records")
+            raise CorruptRecordError("null records")
         batches = iter_to_sluice(data)
     except SluiceError as exc:
-        out["error_code"] = kerr.kafka_code(exc) if exc.code != "INVALID_REQUEST" else kerr.CORRUPT_MESSAGE
-        if exc.code == "UNKNOWN_SERVER_ERROR":
-            out["error_code"] = kerr.CORRUPT_MESSAGE
+        out["error_code"] = kerr.kafka_code(exc)
         out["error_message"] = exc.message[:500]
         return topic, out
     backend = node.backend

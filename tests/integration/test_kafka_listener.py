@@ -267,3 +267,29 @@ def test_kafka_python_admin(kafka_node: Node) -> None:
         wait_until(lambda: "adm" not in admin.list_topics(), 20, "the topic to go")
     finally:
         admin.close()
+
+
+def test_kcat_balanced_group_of_two(kafka_node: Node) -> None:
+    """Two `kcat -G` members share the partitions; every record is read, and the
+    group's commits are Sluice's (``describe_group``)."""
+    kcat, addr = _kcat(), kafka_node.kafka  # type: ignore[attr-defined]
+    with kafka_node.admin() as admin:
+        admin.create_topic("shared", partitions=4)
+    lines = "".join(f"{i}:v{i}\n" for i in range(400))
+    subprocess.run([kcat, "-b", addr, "-P", "-t", "shared", "-K:"], input=lines, text=True, check=True, timeout=30)
+    cmd = [kcat, "-b", addr, "-G", "pair", "shared", "-q", "-e", "-o", "beginning"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = []
+    try:
+        for p in procs:
+            out, _err = p.communicate(timeout=60)
+            outs.append(out)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+    assert set("".join(outs).split()) == {f"v{i}" for i in range(400)}
+    with kafka_node.admin() as admin:
+        desc = admin.describe_group("pair")
+    assert sum(p["committed_offset"] for p in desc["partitions"]) == 400
