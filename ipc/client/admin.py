@@ -17,7 +17,7 @@ from typing import Any
 import zmq as _zmq
 
 from ipc.acl import AclBinding, AclFilter
-from ipc.client.group import CoordinatorLink
+from ipc.client.coordinator import CoordinatorLink
 from ipc.client.transport import (
     Bootstrap,
     BootstrapChannel,
