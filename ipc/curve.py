@@ -238,8 +238,8 @@ class ZapHandler:
                     self._maybe_reload()
                     msg = sock.recv_multipart()
                     sock.send_multipart(self.answer(msg))
-                except zmq.ZMQError as exc:
-                    if exc.errno != zmq.ETERM:
+                except zmq.ZMQError as exc:  # ETERM, or ENOTSOCK after the context's destroy()
+                    if exc.errno not in (zmq.ETERM, zmq.ENOTSOCK):
                         log.error("the ZAP handler stopped: %s (no CURVE client can connect now)", exc)
                     return
         finally:
