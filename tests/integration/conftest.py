@@ -89,9 +89,15 @@ class Node:
             if isinstance(v, dict):
                 lines.append(f"[{k}]")
                 for kk, vv in v.items():
-                    lines.append(f'"{kk}" = "{vv}"' if isinstance(vv, str) else f'"{kk}" = {vv!r}')
+                    if isinstance(vv, bool):  # TOML's true/false, not Python's repr
+                        lines.append(f'"{kk}" = {"true" if vv else "false"}')
+                    else:
+                        lines.append(f'"{kk}" = "{vv}"' if isinstance(vv, str) else f'"{kk}" = {vv!r}')
         self.config_path.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen[bytes] | None = None
+        # the client side of [security] (ipc/client/transport.py client_context) for the
+        # harness's own Admin clients: set it when the node has CURVE keys
+        self.client_security: dict[str, str] | None = None
         self.known_pids: set[int] = set()
         self.status_path = os.path.join(resolve_runtime_dir("", str(self.data_dir)), "status.shm")
 
@@ -122,14 +128,14 @@ class Node:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"node exited with {self.proc.returncode}:\n{self.log_tail()}")
-            with Admin(self.bootstrap, timeout_ms=500) as admin:
+            with Admin(self.bootstrap, timeout_ms=500, security=self.client_security) as admin:
                 admin.list_topics()
             return True
 
         wait_until(ready, timeout, "the node to answer")
 
     def admin(self, timeout_ms: int = 30_000) -> Admin:
-        return Admin(self.bootstrap, timeout_ms=timeout_ms)
+        return Admin(self.bootstrap, timeout_ms=timeout_ms, security=self.client_security)
 
     def status(self) -> dict[str, Any]:
         st = read_status(self.status_path)
