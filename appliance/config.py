@@ -13,13 +13,16 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.log.config import LogConfig
 from appliance.security_config import SecurityConfig
 from ipc.errors import InvalidConfigError
 from metrics.password import BadPasswordHash, parse_hash
 from metrics.tls import server_context
+
+if TYPE_CHECKING:
+    from appliance.connect.config import ConnectorConfig
 
 DEFAULT_LISTEN = "tcp://127.0.0.1:6100"
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
@@ -71,6 +74,7 @@ class NodeConfig:
     offsets_retention_ms: int = 7 * 24 * 3600 * 1000  # committed offsets of an empty group expire after
     topic_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     security: SecurityConfig = dataclasses.field(default_factory=SecurityConfig)  # [security]
+    connectors: tuple[ConnectorConfig, ...] = ()  # [[connectors]] (appliance/connect/config.py)
 
     # ---- derived ------------------------------------------------------------------------
     @property
@@ -199,6 +203,10 @@ def _check(name: str, value: Any) -> Any:
         return dict(value)
     if name == "metrics_basic_auth_users":
         return _check_basic_auth_users(value)
+    if name == "connectors":
+        from appliance.connect.config import parse_connectors
+
+        return parse_connectors(value)
     if not isinstance(value, str):
         raise InvalidConfigError(f"{name}={value!r}: expected a string")
     if name in ("listen", "advertised_listen"):

@@ -44,6 +44,7 @@ import zmq
 
 from appliance import reload as config_reload
 from appliance.config import NodeConfig
+from appliance.connect.manager import ConnectorManager
 from appliance.controller import Controller
 from appliance.coordinator import Coordinator
 from appliance.coordinator.local import LocalCoordinator
@@ -106,6 +107,7 @@ class Supervisor:
         self.workers: PartitionWorkers | None = None  # made in setup (sockets)
         self.kafka: KafkaListenerChild | None = None  # the Kafka listener (kafka_listen), a child like a worker
         self.reconciler: Reconciler | None = None
+        self.connect: ConnectorManager | None = None  # the connectors (appliance/connect/), children like workers
         self._deadline_stop = 0.0
         self.api = FrontApi(self)
         self.quotas = NodeQuotas(clock)  # byte-rate quotas: the workers' shared table (appliance/quotas.py)
@@ -215,6 +217,10 @@ class Supervisor:
         if cfg.kafka_listen:
             self.kafka = KafkaListenerChild(lambda: self.config, mp, self.poller, self.workers.supervision, self.clock)
             self.kafka.start()
+        self.connect = ConnectorManager(
+            self, mp, self.poller, self.workers.supervision, self.clock, self.metrics.worker_gone
+        )
+        self.connect.setup()
         self.poller.register(self.front, zmq.POLLIN)
         self.poller.register(self._wake_r, zmq.POLLIN)
         self.reconcile()
@@ -282,6 +288,8 @@ class Supervisor:
             workers.children.on_events(events)
             if self.kafka is not None:
                 self.kafka.on_events(events)
+            if self.connect is not None:
+                self.connect.on_events(events)
             if self.state is NodeState.RUNNING and self.front in events:
                 self._handle_front()
             self.api.on_events(events)
@@ -293,13 +301,19 @@ class Supervisor:
                 workers.check(now, restart=self.state is NodeState.RUNNING, stop_deadline=self._stop_deadline())
                 if self.kafka is not None:
                     self.kafka.check(now, self.state is NodeState.RUNNING, self._stop_deadline())
+                if self.connect is not None:
+                    self.connect.check(now, self.state is NodeState.RUNNING, self._stop_deadline())
+                    if self.state is NodeState.RUNNING and self.connect.node_may_stop(now):
+                        self.begin_shutdown()
                 self.api.tick(now)
                 self.systemd.tick(self.replicas.values(), stopping, self.config.advertised)
                 self.metrics.tick(now)
                 self.quotas.tick()
                 next_tick = now + TICK_S
             kafka_running = self.kafka is not None and self.kafka.running
-            if self.state is NodeState.STOPPING and not workers.any_running() and not kafka_running:
+            connectors_running = self.connect is not None and self.connect.any_running
+            others_running = kafka_running or connectors_running
+            if self.state is NodeState.STOPPING and not workers.any_running() and not others_running:
                 self._set_state(NodeState.STOPPED)
         self._cleanup()
         return 0
@@ -350,6 +364,8 @@ class Supervisor:
         self.systemd.reloaded(self.config.advertised)
 
     def begin_shutdown(self) -> None:
+        if self.connect is not None and self.connect.stop_before_node(self.clock()):
+            return  # the connectors first: they flush through this node (the loop comes back here)
         self._set_state(NodeState.STOPPING)
         self.systemd.stopping(f"stopping: {sum(r.child.running for r in self.replicas.values())} worker(s) left")
         # stop accepting: close the front endpoint; workers answer their in-flight requests
@@ -360,6 +376,8 @@ class Supervisor:
             self.workers.stop_all()
         if self.kafka is not None:
             self.kafka.stop()
+        if self.connect is not None:
+            self.connect.stop_all()
 
     def _cleanup(self) -> None:
         self.metrics.stop()

