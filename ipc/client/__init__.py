@@ -8,6 +8,9 @@ from ipc.client.admin import Admin
 from ipc.client.batch import RecordMetadata
 from ipc.client.consumer import Consumer, ConsumerClosedError, ConsumerRecord
 from ipc.client.producer import FutureRecordMetadata, Producer, ProducerClosedError
+from ipc.client.rebalance import ConsumerRebalanceListener
+from ipc.client.serde import RecordDeserializationError, SerializationError
+from ipc.client.structs import OffsetAndTimestamp, TopicPartition
 from ipc.client.transport import DEFAULT_BOOTSTRAP, parse_bootstrap
 
 __all__ = [
@@ -15,10 +18,15 @@ __all__ = [
     "Admin",
     "Consumer",
     "ConsumerClosedError",
+    "ConsumerRebalanceListener",
     "ConsumerRecord",
     "FutureRecordMetadata",
+    "OffsetAndTimestamp",
     "Producer",
     "ProducerClosedError",
+    "RecordDeserializationError",
     "RecordMetadata",
+    "SerializationError",
+    "TopicPartition",
     "parse_bootstrap",
 ]

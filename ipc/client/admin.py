@@ -227,9 +227,9 @@ class Admin:
         body = []
         for (topic, partition), offset in offsets.items():
             self._check_topic(topic)
-            if type(offset) is not int or offset < 0:
+            if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
                 raise ValueError(f"offset for {topic}-{partition}: {offset!r} is not an integer >= 0")
-            body.append({"topic": topic, "partition": partition, "offset": offset, "metadata": ""})
+            body.append({"topic": topic, "partition": partition, "offset": int(offset), "metadata": ""})
         self._group_call(group, "offset_commit", timeout_ms, member_id="", generation=-1, offsets=body)
 
     # ---- cluster ---------------------------------------------------------------------------

@@ -40,9 +40,9 @@ def commit_body(offsets: dict[TopicPartition, int | tuple[int, str]]) -> CommitB
     out: CommitBody = {}
     for tp, v in offsets.items():
         off, md = (v, "") if isinstance(v, int) else v
-        if type(off) is not int or off < 0 or not isinstance(md, str):
+        if not isinstance(off, int) or isinstance(off, bool) or off < 0 or not isinstance(md, str):
             raise ValueError(f"offset for {tp}: {v!r} is not an offset >= 0 (or (offset, metadata))")
-        out[(str(tp[0]), int(tp[1]))] = (off, md)
+        out[(str(tp[0]), int(tp[1]))] = (int(off), md)
     return out
 
 

@@ -9,6 +9,8 @@ buffer (fetch-ahead), until a partition holds ``4 × max_poll_records``. ``take`
 records out in offset order per partition, up to ``max_poll_records`` per call, starting
 from a different partition each time so that none starves, and moves each partition's
 position (``TopicPartitionState``, ``ipc/client/subscription.py``) past what it handed out.
+A paused partition (``Consumer.pause``) sends no fetch and hands nothing out; what it has
+buffered (and a reply to a fetch in flight when it was paused) waits for ``resume``.
 
 A partition without a position gets one from ``list_offsets`` at the end the reset
 policy names. OFFSET_OUT_OF_RANGE drops the partition's buffer and position (reset
@@ -250,6 +252,10 @@ class Fetcher:
 
     def list_offset(self, tp: TopicPartition, timestamp: int) -> int:
         """``list_offsets`` at ``tp``'s leader, retried while retriable (forgetting the leader)."""
+        return self.list_offset_and_timestamp(tp, timestamp)[0]
+
+    def list_offset_and_timestamp(self, tp: TopicPartition, timestamp: int) -> tuple[int, int]:
+        """``list_offset``, with the timestamp of the record found (-1 for the ends)."""
         deadline = time.monotonic() + self.request_timeout_s
         failures = 0
         while True:
@@ -264,8 +270,7 @@ class Fetcher:
                     timestamp=timestamp,
                 )
                 reply.raise_for_error()
-                offset: int = reply.fields["offset"]
-                return offset
+                return int(reply.fields["offset"]), int(reply.fields.get("timestamp", -1))
             except SluiceError as exc:
                 if not exc.retriable or time.monotonic() >= deadline:
                     raise
@@ -283,7 +288,7 @@ class Fetcher:
         for st in self.fetches.values():
             if st.deadline and now >= st.deadline:
                 self._timed_out(st, now)
-            if st.inflight:
+            if st.inflight or st.assigned.paused:
                 continue
             if now < st.retry_at or len(st.buffer) >= self.max_poll_records * 4:
                 continue
@@ -328,13 +333,16 @@ class Fetcher:
             st.deadline = now + self.request_timeout_s + self.fetch_max_wait_ms / 1000
         self._by_cid[cid] = st
 
-    def take(self) -> list[ConsumerRecord]:
-        """Up to ``max_poll_records`` buffered records, starting from the next partition."""
+    def take(self, max_records: int | None = None) -> list[ConsumerRecord]:
+        """Up to ``max_records`` (default ``max_poll_records``) buffered records of the
+        partitions not paused, starting from the next partition."""
         states = list(self.fetches.values())
+        if self.subscription.paused_count:
+            states = [st for st in states if not st.assigned.paused]
         if not states:
             return []
         self._rr = (self._rr + 1) % len(states)  # rotate the first partition: none starves
-        return take_records(states[self._rr :] + states[: self._rr], self.max_poll_records)
+        return take_records(states[self._rr :] + states[: self._rr], max_records or self.max_poll_records)
 
     def wait(self, now: float, deadline: float) -> None:
         """Wait for replies until ``deadline`` at most (less when a back-off ends first),
@@ -376,7 +384,7 @@ class Fetcher:
                 log.error("corrupt data from %s-%d at offset %d: %s", st.topic, st.partition, start, exc)
                 self._back_off(st, now)
                 continue
-            if reply.frames and len(st.buffer) < self.max_poll_records * 4:
+            if reply.frames and len(st.buffer) < self.max_poll_records * 4 and not st.assigned.paused:
                 self._send_fetch(st, now)  # fetch ahead while the application consumes
 
     def on_fetch_error(self, st: PartitionFetch, err: SluiceError, now: float) -> None:

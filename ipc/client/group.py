@@ -147,6 +147,7 @@ class GroupMembership:
         before_revoke: Callable[[list[TP]], None],
         apply: Callable[[list[TP], bool], None],
         deadline: float,
+        on_lost: Callback | None = None,
     ) -> bool:
         """(Re)join if needed; returns True when the member has a current assignment.
 
@@ -154,7 +155,9 @@ class GroupMembership:
         keep the positions of the partitions it drops for the next assignment (which starts
         a partition at the larger of that position and the committed offset): the
         coordinator changed or restarted since this member joined, so the generation ended
-        with it and not because the group moved the partitions on."""
+        with it and not because the group moved the partitions on. Partitions lost (the
+        membership ended behind the member's back) go to ``on_lost``, or to
+        ``on_revoke`` without one."""
         self.last_poll = time.monotonic()
         if self._thread is None:
             self._thread = threading.Thread(target=self._heartbeat_loop, name="sluice-heartbeat", daemon=True)
@@ -172,8 +175,9 @@ class GroupMembership:
                 # so no commit
                 lost = list(self.assignment)
                 log.warning("group %s: partitions lost: %s", self.group_id, lost)
-                if on_revoke:
-                    on_revoke(lost)
+                lost_cb = on_lost or on_revoke
+                if lost_cb:
+                    lost_cb(lost)
                 self.assignment = []
                 apply([], carry)
             self.lost = False
@@ -293,6 +297,17 @@ class GroupMembership:
                     log.warning("group %s: heartbeat failed: %s", self.group_id, exc)
         finally:
             link.close()
+
+    def leave(self, send: bool = True) -> None:
+        """Stop being a member now (``Consumer.unsubscribe``): the assignment is dropped
+        and the next ``ensure_active`` joins afresh; ``send``: tell the coordinator (not
+        for a static member, whose partitions wait for it as on close)."""
+        with self._lock:
+            member_id = self.member_id
+            self.member_id, self.generation, self.needs_rejoin, self.lost = "", -1, True, False
+        self.assignment = []
+        if send and member_id:
+            self._leave(self.link, member_id)
 
     def _leave(self, link: CoordinatorLink, member_id: str) -> None:
         try:

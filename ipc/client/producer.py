@@ -50,6 +50,7 @@ from ipc.client.idempotence import resolve_idempotence
 from ipc.client.metadata import ClusterMetadata
 from ipc.client.partitioner import KeyPartitioner
 from ipc.client.sender import Sender, Wakeup
+from ipc.client.serde import Serializer, resolve_serializer, serialize
 from ipc.client.transport import Bootstrap, BootstrapChannel, Security, check_ints, client_context, parse_bootstrap
 from ipc.errors import InvalidConfigError
 from ipc.protocol import valid_topic_name
@@ -80,10 +81,17 @@ class Producer:
         max_block_ms: int = 60_000,
         buffer_memory: int = 64 * 1024 * 1024,
         enable_idempotence: bool | None = None,
+        key_serializer: str | Serializer | None = None,
+        value_serializer: str | Serializer | None = None,
         security: Security = None,
         zmq_module: ModuleType = _zmq,
     ) -> None:
         self.endpoints = parse_bootstrap(bootstrap)
+        self._key_serializer = resolve_serializer(key_serializer, "key_serializer")
+        self._value_serializer = resolve_serializer(value_serializer, "value_serializer")
+        if self._key_serializer is not None or self._value_serializer is not None:
+            # only a producer with serializers pays for them: send stays as it is otherwise
+            self.send = self._send_serialized  # type: ignore[method-assign]
         if acks not in (0, 1, -1, "all"):
             raise ValueError(f"acks={acks!r}: allowed 0, 1, 'all'")
         self.acks: int | str = "all" if acks in (-1, "all") else acks
@@ -156,13 +164,15 @@ class Producer:
     def send(
         self,
         topic: str,
-        value: bytes | None = None,
-        key: bytes | None = None,
+        value: Any = None,
+        key: Any = None,
         partition: int | None = None,
         headers: Sequence[tuple[str, bytes | None]] | None = None,
         timestamp_ms: int | None = None,
     ) -> FutureRecordMetadata:
-        """Queue one record; returns a future for its metadata. Raises at once on bad input."""
+        """Queue one record; returns a future for its metadata. Raises at once on bad input.
+        ``value`` and ``key`` are bytes (``bytearray``, ``memoryview``) or None, or what the
+        producer's serializers take (hence ``Any``)."""
         acc = self._acc
         if acc.closed:
             raise ProducerClosedError("send() on a closed producer")
@@ -232,6 +242,24 @@ class Producer:
         if wakeup.armed and acc.in_flight.get(tp, 0) < acc.max_in_flight:
             wakeup.wake()
         return new_future(FutureRecordMetadata, (b, index))
+
+    def _send_serialized(
+        self,
+        topic: str,
+        value: Any = None,
+        key: Any = None,
+        partition: int | None = None,
+        headers: Sequence[tuple[str, bytes | None]] | None = None,
+        timestamp_ms: int | None = None,
+    ) -> FutureRecordMetadata:
+        """``send`` for a producer with a key or value serializer (``ipc/client/serde.py``):
+        a ``None`` key or value is passed through as it is."""
+        ks, vs = self._key_serializer, self._value_serializer
+        if vs is not None and value is not None:
+            value = serialize(vs, value, "value", topic)
+        if ks is not None and key is not None:
+            key = serialize(ks, key, "key", topic)
+        return Producer.send(self, topic, value, key, partition, headers, timestamp_ms)
 
     def flush(self, timeout: float | None = None) -> None:
         """Block until every record sent before this call is acknowledged or failed."""

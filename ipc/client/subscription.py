@@ -65,6 +65,7 @@ class TopicPartitionState:
     topic: str
     partition: int
     position: int | None = None  # the next offset handed to the application; None: reset first
+    paused: bool = False  # ``Consumer.pause``: not fetched, its buffered records not handed out
 
 
 def start_offset(committed: int | None, carried: int | None) -> int | None:
@@ -108,6 +109,7 @@ class SubscriptionState:
         # positions of partitions dropped when the group coordinator changed: the next
         # assignment resumes them
         self.carried: dict[TopicPartition, int] = {}
+        self.paused_count = 0  # assigned partitions paused: 0 costs the fetcher nothing
 
     # ---- subscribing ------------------------------------------------------------------------
     def subscribe(self, topics: Sequence[str] | str) -> None:
@@ -127,6 +129,15 @@ class SubscriptionState:
         self.topics = sorted(set(self.subscription)) if isinstance(self.subscription, list) else []
         self._next_check = 0.0
         self.partition_counts = None
+
+    def unsubscribe(self) -> None:
+        """No subscription and no assignment (``Consumer.unsubscribe``); ``assign`` and
+        ``subscribe`` are both allowed again."""
+        self.subscription = None
+        self.topics = []
+        self.partition_counts = None
+        self.carried.clear()
+        self._set([])
 
     def subscribed_topics(
         self, now: float, topic_partitions: Callable[[], Mapping[str, int | None]]
@@ -200,8 +211,8 @@ class SubscriptionState:
 
     def _set(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
         for tp in list(self.assignment):
-            if tp not in partitions:
-                del self.assignment[tp]
+            if tp not in partitions and self.assignment.pop(tp).paused:  # leaving: no longer paused
+                self.paused_count -= 1
         added = [tp for tp in partitions if tp not in self.assignment]
         for tp in added:
             self.assignment[tp] = TopicPartitionState(tp[0], tp[1])
@@ -220,6 +231,27 @@ class SubscriptionState:
         if st is None:
             raise ValueError(f"{topic}-{partition} is not assigned to this consumer")
         return st
+
+    # ---- pausing ---------------------------------------------------------------------------
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        """Stop fetching ``partitions`` and handing out their buffered records (kept
+        until ``resume``); ValueError for one not assigned (and nothing changes)."""
+        states = [self.state(*tp) for tp in partitions]
+        for st in states:
+            if not st.paused:
+                st.paused = True
+                self.paused_count += 1
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        """Undo ``pause``; partitions not assigned or not paused are ignored."""
+        for tp in partitions:
+            st = self.assignment.get(tp)
+            if st is not None and st.paused:
+                st.paused = False
+                self.paused_count -= 1
+
+    def paused(self) -> list[TopicPartition]:
+        return [tp for tp, st in self.assignment.items() if st.paused]
 
     def positions(self) -> dict[TopicPartition, int | tuple[int, str]]:
         """The position of every assigned partition that has one (what a commit stores)."""
