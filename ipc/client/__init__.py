@@ -10,7 +10,7 @@ from ipc.client.consumer import Consumer, ConsumerClosedError, ConsumerRecord
 from ipc.client.producer import FutureRecordMetadata, Producer, ProducerClosedError
 from ipc.client.rebalance import ConsumerRebalanceListener
 from ipc.client.serde import RecordDeserializationError, SerializationError
-from ipc.client.structs import OffsetAndTimestamp, TopicPartition
+from ipc.client.structs import NewTopic, OffsetAndTimestamp, TopicPartition
 from ipc.client.transport import DEFAULT_BOOTSTRAP, parse_bootstrap
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "ConsumerRebalanceListener",
     "ConsumerRecord",
     "FutureRecordMetadata",
+    "NewTopic",
     "OffsetAndTimestamp",
     "Producer",
     "ProducerClosedError",

@@ -18,6 +18,8 @@ import zmq as _zmq
 
 from ipc.acl import AclBinding, AclFilter
 from ipc.client.coordinator import CoordinatorLink
+from ipc.client.offsets import list_offsets
+from ipc.client.structs import NewTopic, OffsetAndTimestamp
 from ipc.client.transport import (
     Bootstrap,
     BootstrapChannel,
@@ -125,6 +127,59 @@ class Admin:
         except TopicAlreadyExistsError:
             if not exist_ok:
                 raise
+
+    def create_topics(
+        self,
+        new_topics: Iterable[NewTopic | str | Mapping[str, Any]],
+        timeout_ms: int | None = None,
+        exist_ok: bool = False,
+    ) -> None:
+        """Create several topics (``NewTopic``, a name, or a dict of ``create_topic``'s
+        arguments), each as ``create_topic`` does, one after the other. Every topic is
+        tried; if any failed, the first failure is raised with every failure named in its
+        message and ``.errors`` (``{name: error}``); the others were created."""
+        calls = [_create_args(t) for t in new_topics]
+        for args in calls:  # checked before anything is sent
+            self._check_topic(args["name"])
+        self._each(
+            [a["name"] for a in calls],
+            lambda i: self.create_topic(**calls[i], timeout_ms=timeout_ms, exist_ok=exist_ok),
+            "create",
+        )
+
+    def delete_topics(self, names: Iterable[str], timeout_ms: int | None = None) -> None:
+        """Delete several topics, as ``delete_topic``; failures as ``create_topics``'s."""
+        names = list(names)
+        for n in names:
+            self._check_topic(n)
+        self._each(names, lambda i: self.delete_topic(names[i], timeout_ms), "delete")
+
+    @staticmethod
+    def _each(names: list[str], call: Any, what: str) -> None:
+        errors: dict[str, SluiceError] = {}
+        for i, name in enumerate(names):
+            try:
+                call(i)
+            except SluiceError as exc:
+                errors[name] = exc
+        if errors:
+            first = next(iter(errors.values()))
+            failed = "; ".join(f"{n}: {e}" for n, e in errors.items())
+            first.message = f"could not {what} {len(errors)} of {len(names)} topic(s): {failed}"
+            first.errors = errors  # type: ignore[attr-defined]
+            raise first
+
+    def list_offsets(
+        self, specs: Mapping[tuple[str, int], int | str], timeout_ms: int | None = None
+    ) -> dict[tuple[str, int], OffsetAndTimestamp | None]:
+        """Offsets of partitions from their leaders: ``{(topic, partition): spec}`` where a
+        spec is ``"earliest"``, ``"latest"`` or a timestamp in ms; each answer an
+        ``OffsetAndTimestamp`` (timestamp -1 for the ends), or None for a timestamp no
+        record reaches (``ipc/client/offsets.py``)."""
+        for topic, _ in specs:
+            self._check_topic(topic)
+        timeout = self.timeout_s if timeout_ms is None else timeout_ms / 1000
+        return list_offsets(self.ctx, self.zmq, self.channel, specs, timeout)
 
     def partition_count(self, name: str, timeout_ms: int | None = None) -> int:
         """How many partitions ``name`` has (from metadata: Describe on the topic is
@@ -338,6 +393,22 @@ class Admin:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _create_args(t: NewTopic | str | Mapping[str, Any]) -> dict[str, Any]:
+    """``create_topic``'s arguments for one of ``create_topics``' items."""
+    if isinstance(t, str):
+        return {"name": t}
+    if isinstance(t, NewTopic):
+        return {
+            "name": t.name,
+            "partitions": t.num_partitions,
+            "replication_factor": t.replication_factor,
+            "config": t.topic_configs,
+        }
+    if isinstance(t, Mapping):
+        return dict(t)
+    raise TypeError(f"create_topics takes NewTopic, names or dicts, got {type(t).__name__}")
 
 
 def _binding(b: AclBinding | Mapping[str, Any]) -> AclBinding:

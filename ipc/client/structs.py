@@ -4,6 +4,8 @@
   tuple: equal to the plain pair and hashed alike, so it can be passed wherever the
   client takes a pair and used as a key of the dicts it returns (kafka-python's
   ``kafka.structs.TopicPartition``).
+- ``NewTopic(name, num_partitions=1, replication_factor=1, topic_configs=None)``: one
+  topic for ``Admin.create_topics`` (kafka-python's ``kafka.admin.NewTopic`` fields).
 - ``OffsetAndTimestamp``: what ``Consumer.offsets_for_times`` gives per partition: the
   offset (it is an ``int`` subclass equal to the offset, so code that treated the old
   plain-int answer as an offset keeps working) with ``.offset`` and ``.timestamp``, the
@@ -12,14 +14,21 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-__all__ = ["OffsetAndTimestamp", "TopicPartition"]
+__all__ = ["NewTopic", "OffsetAndTimestamp", "TopicPartition"]
 
 
 class TopicPartition(NamedTuple):
     topic: str
     partition: int
+
+
+class NewTopic(NamedTuple):
+    name: str
+    num_partitions: int = 1
+    replication_factor: int = 1
+    topic_configs: dict[str, Any] | None = None
 
 
 class OffsetAndTimestamp(int):
