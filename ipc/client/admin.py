@@ -62,11 +62,12 @@ class Admin:
         self,
         bootstrap: Bootstrap = None,
         *,
+        bootstrap_servers: Bootstrap = None,
         timeout_ms: int = 30_000,
         security: Security = None,
         zmq_module: ModuleType = _zmq,
     ) -> None:
-        self.endpoints = parse_bootstrap(bootstrap)
+        self.endpoints = parse_bootstrap(bootstrap, bootstrap_servers)
         if timeout_ms <= 0:
             raise ValueError(f"timeout_ms={timeout_ms}: must be positive")
         self.timeout_s = timeout_ms / 1000

@@ -160,6 +160,32 @@ class FutureRecordMetadata(tuple[ProducerBatch, int]):
         self._wait(timeout)
         return self[0].error
 
+    def get(self, timeout: float | None = None) -> RecordMetadata:
+        """kafka-python's name for ``result``."""
+        return self.result(timeout)
+
+    def add_callback(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> FutureRecordMetadata:
+        """kafka-python's: ``fn(record_metadata, *args, **kwargs)`` on success only (in the
+        I/O thread, or at once if already done); returns the future, for chaining."""
+
+        def on_done(fut: FutureRecordMetadata) -> None:
+            if fut[0].error is None:
+                fn(fut.result(), *args, **kwargs)
+
+        self.add_done_callback(on_done)
+        return self
+
+    def add_errback(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> FutureRecordMetadata:
+        """kafka-python's: ``fn(exception, *args, **kwargs)`` on failure only; returns the future."""
+
+        def on_done(fut: FutureRecordMetadata) -> None:
+            err = fut[0].error
+            if err is not None:
+                fn(err, *args, **kwargs)
+
+        self.add_done_callback(on_done)
+        return self
+
     def add_done_callback(self, fn: Callable[[FutureRecordMetadata], Any]) -> None:
         """Call ``fn(future)`` when done (at once if already done; else in the I/O thread)."""
         b = self[0]

@@ -72,6 +72,7 @@ class Consumer:
         self,
         bootstrap: Bootstrap = None,
         *,
+        bootstrap_servers: Bootstrap = None,
         auto_offset_reset: str = "latest",
         max_poll_records: int = 500,
         fetch_max_bytes: int = 1024 * 1024,
@@ -98,7 +99,7 @@ class Consumer:
         security: Security = None,
         zmq_module: ModuleType = _zmq,
     ) -> None:
-        self.endpoints = parse_bootstrap(bootstrap)
+        self.endpoints = parse_bootstrap(bootstrap, bootstrap_servers)
         self._key_deserializer = resolve_deserializer(key_deserializer, "key_deserializer")
         self._value_deserializer = resolve_deserializer(value_deserializer, "value_deserializer")
         self._deserializing = self._key_deserializer is not None or self._value_deserializer is not None

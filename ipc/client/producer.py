@@ -70,6 +70,7 @@ class Producer:
         self,
         bootstrap: Bootstrap = None,
         *,
+        bootstrap_servers: Bootstrap = None,
         acks: int | str = "all",
         linger_ms: int = 5,
         batch_size: int = 65536,
@@ -86,7 +87,7 @@ class Producer:
         security: Security = None,
         zmq_module: ModuleType = _zmq,
     ) -> None:
-        self.endpoints = parse_bootstrap(bootstrap)
+        self.endpoints = parse_bootstrap(bootstrap, bootstrap_servers)
         self._key_serializer = resolve_serializer(key_serializer, "key_serializer")
         self._value_serializer = resolve_serializer(value_serializer, "value_serializer")
         if self._key_serializer is not None or self._value_serializer is not None:

@@ -42,9 +42,14 @@ _ENDPOINT = re.compile(r"^(tcp://(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):\d{1,5}|ipc
 Bootstrap = str | Sequence[str] | None
 
 
-def parse_bootstrap(bootstrap: Bootstrap) -> list[str]:
+def parse_bootstrap(bootstrap: Bootstrap, bootstrap_servers: Bootstrap = None) -> list[str]:
     """Endpoints from ``"tcp://a:6100,tcp://b:6100"``, a list, or ``$SLUICE_BOOTSTRAP``.
-    A plain ``HOST:PORT`` (as Kafka's ``bootstrap_servers``) means ``tcp://HOST:PORT``."""
+    A plain ``HOST:PORT`` (as Kafka's ``bootstrap_servers``) means ``tcp://HOST:PORT``.
+    ``bootstrap_servers`` is kafka-python's name for the same argument (one of them)."""
+    if bootstrap_servers is not None:
+        if bootstrap is not None:
+            raise ValueError("give bootstrap or bootstrap_servers (kafka-python's name for it), not both")
+        bootstrap = bootstrap_servers
     if bootstrap is None:
         bootstrap = os.environ.get("SLUICE_BOOTSTRAP") or DEFAULT_BOOTSTRAP
     items = bootstrap.split(",") if isinstance(bootstrap, str) else list(bootstrap)

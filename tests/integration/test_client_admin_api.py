@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from ipc.client import NewTopic, Producer
+from ipc.client import Admin, NewTopic, Producer
 from ipc.client.structs import OffsetAndTimestamp
 from ipc.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
 from tests.integration.conftest import Node, wait_until
@@ -51,3 +51,14 @@ def test_list_offsets_from_the_leaders(node: Node) -> None:
         with pytest.raises(ValueError, match="offset spec"):
             admin.list_offsets({("lo", 0): "middle"})
         assert "nosuch" not in admin.list_topics()
+
+
+def test_bootstrap_servers_host_port_and_future_aliases(node: Node) -> None:
+    with Admin(bootstrap_servers=f"127.0.0.1:{node.port}") as admin:
+        admin.create_topic("al")
+    got: list[int] = []
+    with Producer(bootstrap_servers=[f"127.0.0.1:{node.port}"]) as p:
+        fut = p.send("al", b"v").add_callback(lambda md: got.append(md.offset))
+        assert fut.get(timeout=30).offset == 0
+        p.flush(timeout=30)
+    assert got == [0]
