@@ -24,6 +24,8 @@ A **sink task** writes records into another system::
 A task raises ``ConnectorError`` for anything that stops it as a whole (a wrong
 password, a missing table, ``wal_level`` not ``logical``): the connector's process
 exits non-zero, its status shows the message, and the node restarts it with backoff.
+``RetriableConnectorError`` (the database is down or restarting) makes the process start
+the task again itself, after a backoff (0.5 s doubling to 10 s), its status "retrying".
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ Offset = dict[str, Any]
 
 class ConnectorError(Exception):
     """The connector cannot go on (its message is shown by ``sluice connect status``)."""
+
+
+class RetriableConnectorError(ConnectorError):
+    """The other system is unreachable for now (refused connections, a server restarting,
+    a connection dropped): the process starts the task again after a backoff, without
+    exiting, so an outage of the database does not crash-loop the connector offline."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

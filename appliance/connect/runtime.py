@@ -30,7 +30,14 @@ import time
 from typing import Any
 
 from appliance.connect import metrics
-from appliance.connect.api import ConnectorError, SinkTask, SourceRecord, SourceTask, TopicPartition
+from appliance.connect.api import (
+    ConnectorError,
+    RetriableConnectorError,
+    SinkTask,
+    SourceRecord,
+    SourceTask,
+    TopicPartition,
+)
 from appliance.connect.config import module_of
 from appliance.connect.dlq import dlq_headers
 from appliance.connect.offsets import OffsetStore
@@ -44,6 +51,8 @@ from ipc.errors import SluiceError
 log = logging.getLogger(__name__)
 
 POLL_S = 0.2
+RETRY_FIRST_S = 0.5  # after a RetriableConnectorError; doubles up to RETRY_MAX_S
+RETRY_MAX_S = 10.0
 MAX_UNFLUSHED = 20_000  # records sent but not yet flushed: flush early beyond this
 DELIVERY_TIMEOUT_S = 120.0
 
@@ -78,13 +87,31 @@ def run(spec: ConnectorSpec, stop: Stop) -> int:
             if k in previous:
                 counters.doc[k] = previous[k]
     counters.publish(force=True)
+    beat = LazyBeat(spec.beat_path)
+    delay = RETRY_FIRST_S
     try:
         mod = module_of(spec.cls)
-        task = mod.TASK(spec.name, spec.options)
-        runner = (
-            SourceRunner(spec, task, counters, stop) if mod.KIND == "source" else SinkRunner(spec, task, counters, stop)
-        )
-        runner.run()
+        while not stop.requested:
+            task = mod.TASK(spec.name, spec.options)
+            runner: SourceRunner | SinkRunner
+            if mod.KIND == "source":
+                runner = SourceRunner(spec, task, counters, stop, beat)
+            else:
+                runner = SinkRunner(spec, task, counters, stop, beat)
+            try:
+                runner.run()
+                break
+            except RetriableConnectorError as exc:
+                log.warning("connector %s: %s; starting again in %.1f s", spec.name, exc, delay)
+                metrics.ERRORS.labels(spec.name).inc()
+                counters.add("errors", 1)
+                counters.set(state="retrying", last_error=f"{type(exc).__name__}: {exc}")
+                counters.publish(force=True)
+                until = time.monotonic() + delay
+                while time.monotonic() < until and not stop.requested:
+                    runner.tick()
+                    time.sleep(0.1)  # the backoff, beating
+                delay = min(delay * 2, RETRY_MAX_S)
     except (ConnectorError, SluiceError, OSError) as exc:
         return _failed(spec, counters, f"{type(exc).__name__}: {exc}", traceback=False)
     except Exception as exc:  # noqa: BLE001 - the process's outermost loop: log, report, exit non-zero
@@ -107,20 +134,37 @@ def _failed(spec: ConnectorSpec, counters: Counters, message: str, traceback: bo
     return 1
 
 
+class LazyBeat:
+    """The heartbeat file, made at the first ``ready`` (the node then sees the connector
+    as set up) and kept across the task's in-process restarts."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.beat: Beat | None = None
+
+    def ready(self) -> None:
+        if self.beat is None:
+            self.beat = Beat(self.path)
+        self.beat()
+
+    def __call__(self) -> None:
+        if self.beat is not None:
+            self.beat()
+
+
 class Runner:
-    def __init__(self, spec: ConnectorSpec, counters: Counters, stop: Stop) -> None:
+    def __init__(self, spec: ConnectorSpec, counters: Counters, stop: Stop, beat: LazyBeat) -> None:
         self.spec = spec
         self.counters = counters
         self.stop = stop
-        self.beat: Beat | None = None
+        self.beat = beat
         self.interval_s = int(spec.options["offset.flush.interval.ms"]) / 1000
         self.failures: collections.deque[BaseException] = collections.deque(maxlen=16)
         self.topics: set[str] = set()
 
     def tick(self) -> None:
         """Heartbeat (once set up), the supervisor check, the status file."""
-        if self.beat is not None:
-            self.beat()
+        self.beat()
         if not pid_alive(self.spec.supervisor_pid):
             log.warning("connector %s: supervisor %d is gone; stopping", self.spec.name, self.spec.supervisor_pid)
             self.stop.requested = True
@@ -128,8 +172,7 @@ class Runner:
 
     def ready(self) -> None:
         """Set up: the first heartbeat tells the node (STARTING -> SERVING)."""
-        self.beat = Beat(self.spec.beat_path)
-        self.beat()
+        self.beat.ready()
         self.counters.set(last_error=None)
 
     def ensure_topic(self, admin: Admin, topic: str, partitions: int = 1) -> None:
@@ -158,8 +201,8 @@ class Runner:
 
 
 class SourceRunner(Runner):
-    def __init__(self, spec: ConnectorSpec, task: SourceTask, counters: Counters, stop: Stop) -> None:
-        super().__init__(spec, counters, stop)
+    def __init__(self, spec: ConnectorSpec, task: SourceTask, counters: Counters, stop: Stop, beat: LazyBeat) -> None:
+        super().__init__(spec, counters, stop, beat)
         self.task = task
         self.unflushed = 0  # records sent since the last stored position
         self.stored: dict[str, Any] | None = None
@@ -229,8 +272,8 @@ class SourceRunner(Runner):
 
 
 class SinkRunner(Runner):
-    def __init__(self, spec: ConnectorSpec, task: SinkTask, counters: Counters, stop: Stop) -> None:
-        super().__init__(spec, counters, stop)
+    def __init__(self, spec: ConnectorSpec, task: SinkTask, counters: Counters, stop: Stop, beat: LazyBeat) -> None:
+        super().__init__(spec, counters, stop, beat)
         self.task = task
         self.positions: dict[TopicPartition, int] = {}
         self.unflushed = 0
