@@ -28,6 +28,7 @@ TOPIC = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 CLASSES: dict[str, str] = {
     "file-sink": "appliance.connect.file_sink",
     "postgres-cdc": "appliance.connect.pg_source",
+    "postgres-sink": "appliance.connect.pg_sink",
 }
 
 REQUIRED = object()
