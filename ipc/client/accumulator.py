@@ -75,6 +75,9 @@ class RecordAccumulator:
         self._sticky_next = 0
         self.in_flight: collections.Counter[TP] = collections.Counter()
         self.closed = False
+        # records completed, counted per batch in ``complete`` (``Producer.metrics()``)
+        self.records_sent = 0
+        self.records_failed = 0
 
     # ---- the application threads' side ----------------------------------------------------
     def stick(self, topic: str, partitions: int) -> TP:
@@ -241,7 +244,9 @@ class RecordAccumulator:
         events = []
         callbacks = []
         with self.lock:
+            records = 0
             for i, b in enumerate(batches):
+                records += len(b.values)
                 b.base_offset = base_offsets[i] if base_offsets is not None and i < len(base_offsets) else -1
                 b.error = error
                 b.done = True
@@ -253,6 +258,10 @@ class RecordAccumulator:
                 if b.callbacks:
                     callbacks.extend(b.callbacks)
                     b.callbacks = None
+            if error is None:
+                self.records_sent += records
+            else:
+                self.records_failed += records
             self.space.notify_all()
         for ev in events:
             ev.set()

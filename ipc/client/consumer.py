@@ -45,6 +45,7 @@ from ipc.client.iteration import IterationBuffer
 from ipc.client.metadata import ClusterMetadata
 from ipc.client.rebalance import RebalanceCallbacks
 from ipc.client.serde import Deserializer, deserialize, resolve_deserializer
+from ipc.client.stats import consumer_metrics
 from ipc.client.structs import OffsetAndTimestamp
 from ipc.client.subscription import METADATA_REFRESH_S, SubscriptionState, TopicPartition
 from ipc.client.transport import Bootstrap, BootstrapChannel, Security, check_ints, client_context, parse_bootstrap
@@ -482,6 +483,13 @@ class Consumer:
 
     def _drop_iter_buffer(self) -> None:
         self._iter_buf.drop()
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters since construction (records consumed and fetched, fetches, latency) and
+        each assigned partition's lag as of its last fetch reply: docs/client.md#metrics."""
+        fetches = self._fetcher.fetches.items()
+        lags = [(tp, st.assigned.position, st.high_watermark) for tp, st in fetches]
+        return consumer_metrics(self._fetcher.stats, lags)
 
     def close(self, timeout_ms: int | None = None) -> None:
         """Commit (with auto commit), leave the group (unless a static member), close."""

@@ -45,6 +45,7 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 from ipc.client.metadata import ClusterMetadata
+from ipc.client.stats import ConsumerStats
 from ipc.client.subscription import OffsetReset, SubscriptionState, TopicPartition, TopicPartitionState
 from ipc.client.transport import Channel, ChannelPool, Connection, backoff_s
 from ipc.errors import OffsetOutOfRangeError, RequestTimedOutError, SluiceError, UnknownTopicOrPartitionError
@@ -83,6 +84,7 @@ class PartitionFetch:
     retry_at: float = 0.0
     failures: int = 0  # consecutive failed attempts (connection lost, error, timeout): the back-off
     high_watermark: int = -1
+    sent_at: float = 0.0  # monotonic time the fetch in flight was sent: its reply's latency
 
     def add_records(self, reply: Reply) -> None:
         """Decode a fetch reply's batches into the buffer, from ``fetch_offset`` on (a batch
@@ -174,6 +176,7 @@ class Fetcher:
         self._by_cid: dict[int, PartitionFetch] = {}
         self._rr = 0
         self.throttled: dict[str, float] = {}  # endpoint -> until when it said to wait (a quota, KIP-219)
+        self.stats = ConsumerStats()  # per fetch and per poll, never per record (ipc/client/stats.py)
 
     # ---- the assignment ---------------------------------------------------------------------
     def sync(self) -> None:
@@ -329,6 +332,8 @@ class Fetcher:
         )
         st.inflight = cid
         st.channel = ch
+        st.sent_at = now
+        self.stats.requests += 1
         if not st.deadline:  # a re-send (after a lost connection) keeps the first deadline
             st.deadline = now + self.request_timeout_s + self.fetch_max_wait_ms / 1000
         self._by_cid[cid] = st
@@ -342,7 +347,9 @@ class Fetcher:
         if not states:
             return []
         self._rr = (self._rr + 1) % len(states)  # rotate the first partition: none starves
-        return take_records(states[self._rr :] + states[: self._rr], max_records or self.max_poll_records)
+        out = take_records(states[self._rr :] + states[: self._rr], max_records or self.max_poll_records)
+        self.stats.records_consumed += len(out)
+        return out
 
     def wait(self, now: float, deadline: float) -> None:
         """Wait for replies until ``deadline`` at most (less when a back-off ends first),
@@ -370,16 +377,23 @@ class Fetcher:
             st.inflight = 0
             st.deadline = 0.0
             now = time.monotonic()
+            stats = self.stats
+            stats.replied(now - st.sent_at)
             throttle = reply.fields.get("throttle_time_ms")
             if isinstance(throttle, int) and throttle > 0:
                 self.throttled[ch.endpoint] = now + min(throttle / 1000, MAX_THROTTLE_S)
+                stats.throttle_max_ms = max(stats.throttle_max_ms, throttle)
             if reply.error is not None:
                 self.on_fetch_error(st, reply.error, now)
                 continue
             st.failures = 0
             start = st.fetch_offset
+            buffered = len(st.buffer)
+            if reply.frames:
+                stats.bytes += len(reply.frames[0])
             try:
                 st.add_records(reply)
+                stats.records_fetched += len(st.buffer) - buffered
             except SluiceError as exc:
                 log.error("corrupt data from %s-%d at offset %d: %s", st.topic, st.partition, start, exc)
                 self._back_off(st, now)
@@ -390,6 +404,7 @@ class Fetcher:
     def on_fetch_error(self, st: PartitionFetch, err: SluiceError, now: float) -> None:
         """A fetch failed: reset an out-of-range position, back off from a retriable error
         (forgetting the leader), raise anything else."""
+        self.stats.errors += 1
         if isinstance(err, OffsetOutOfRangeError):
             reset = self.subscription.reset
             if reset is OffsetReset.NONE:
@@ -423,6 +438,8 @@ class Fetcher:
         for st in self.fetches.values():
             tp = (st.topic, st.partition)
             if (st.inflight and st.channel is ch) or self.leaders.get(tp) == endpoint:
+                if st.inflight:
+                    self.stats.errors += 1  # that fetch is lost
                 if self.leaders.pop(tp, None) is not None:
                     log.info("%s-%d: connection to %s lost; refreshing metadata", st.topic, st.partition, endpoint)
                 self._forget(st)

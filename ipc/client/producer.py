@@ -51,6 +51,7 @@ from ipc.client.metadata import ClusterMetadata
 from ipc.client.partitioner import KeyPartitioner
 from ipc.client.sender import Sender, Wakeup
 from ipc.client.serde import Serializer, resolve_serializer, serialize
+from ipc.client.stats import producer_metrics
 from ipc.client.transport import Bootstrap, BootstrapChannel, Security, check_ints, client_context, parse_bootstrap
 from ipc.errors import InvalidConfigError
 from ipc.protocol import valid_topic_name
@@ -270,6 +271,20 @@ class Producer:
         for b in pending:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             new_future(FutureRecordMetadata, (b, 0))._wait(left)
+
+    def metrics(self) -> dict[str, Any]:
+        """The producer's counters since it was made (records sent and failed, batches,
+        retries, requests, request latency, buffer use): docs/client.md#metrics. Kept per
+        request and batch by the I/O thread; read here without a lock."""
+        acc = self._acc
+        return producer_metrics(
+            self._sender.stats,
+            records_sent=acc.records_sent,
+            records_failed=acc.records_failed,
+            buffered=acc.buffered,
+            buffer_memory=acc.buffer_memory,
+            in_flight=len(self._sender.inflight),
+        )
 
     def close(self, timeout: float | None = None) -> None:
         """Flush (up to ``timeout``), then stop the I/O thread; unsent records fail."""

@@ -45,6 +45,7 @@ from ipc.client.accumulator import TP, RecordAccumulator
 from ipc.client.batch import ProducerBatch, ProducerClosedError
 from ipc.client.idempotence import ProducerIdState, producer_id_from
 from ipc.client.metadata import ClusterMetadata
+from ipc.client.stats import ProducerStats
 from ipc.client.transport import BootstrapChannel, Channel, ChannelPool, backoff_s
 from ipc.errors import RequestTimedOutError, SluiceError
 from ipc.quota import MAX_THROTTLE_S
@@ -97,14 +98,17 @@ def forgets_leader(err: SluiceError) -> bool:
 
 
 class _InFlight:
-    __slots__ = ("cid", "channel", "batches", "deadline", "key")
+    __slots__ = ("cid", "channel", "batches", "deadline", "key", "sent")
 
-    def __init__(self, cid: int, channel: Channel, batches: list[ProducerBatch], deadline: float, key: TP):
+    def __init__(
+        self, cid: int, channel: Channel, batches: list[ProducerBatch], deadline: float, key: TP, sent: float
+    ) -> None:
         self.cid = cid
         self.channel = channel
         self.batches = batches
         self.deadline = deadline
         self.key = key
+        self.sent = sent  # monotonic time it was sent: the reply's latency
 
 
 class Sender:
@@ -146,6 +150,7 @@ class Sender:
         self.ids = ProducerIdState() if idempotent else None
         self.next_id_attempt = 0.0
         self.error: BaseException | None = None  # what ended the thread, if it failed
+        self.stats = ProducerStats()  # written by this thread only, per request (ipc/client/stats.py)
 
     def run(self) -> None:
         """The thread's body: loop until closed with nothing in flight. If the loop fails,
@@ -326,10 +331,14 @@ class Sender:
         )
         for b in batches:
             b.attempts += 1
+        stats = self.stats
+        stats.requests += 1
+        stats.batches += len(batches)
+        stats.bytes += sum(map(len, frames))
         if acks == 0:
             acc.complete(batches, None, None)
             return
-        self.inflight[cid] = _InFlight(cid, ch, batches, now + self.request_timeout_s, tp)
+        self.inflight[cid] = _InFlight(cid, ch, batches, now + self.request_timeout_s, tp, now)
         acc.request_started(tp)
 
     def encode(self, tp: TP, b: ProducerBatch) -> bytes:
@@ -349,9 +358,12 @@ class Sender:
             if f is None:
                 continue  # a reply to a request we already gave up on
             self.acc.request_ended(f.key)
+            now = time.monotonic()
+            self.stats.replied(now - f.sent)
             throttle = reply.fields.get("throttle_time_ms")
             if isinstance(throttle, int) and throttle > 0:  # over a quota: wait before the next request
-                self.throttled[ch.endpoint] = time.monotonic() + min(throttle / 1000, MAX_THROTTLE_S)
+                self.throttled[ch.endpoint] = now + min(throttle / 1000, MAX_THROTTLE_S)
+                self.stats.throttle_max_ms = max(self.stats.throttle_max_ms, throttle)
             if reply.error is None:
                 offsets = reply.fields.get("base_offsets")
                 self.acc.complete(f.batches, offsets if isinstance(offsets, list) else None, None)
@@ -362,6 +374,7 @@ class Sender:
         """A request failed: retry its batches (at the head of their queue) or fail them."""
         acc = self.acc
         now = time.monotonic()
+        self.stats.errors += 1
         if not err.retriable:
             acc.complete(f.batches, None, err)
             if self.ids is not None:
@@ -379,6 +392,7 @@ class Sender:
                 self.ids.unresolved(f.key, expired, f"given up after {err}")
         if retry:
             log.info("retrying %d batch(es) to %s-%d after %s", len(retry), f.key[0], f.key[1], err)
+            self.stats.retries += len(retry)
             for b in retry:
                 b.not_before = now + self.retry_backoff_s * min(2 ** (b.attempts - 1), 32)
             acc.reenqueue(f.key, retry)
