@@ -60,6 +60,11 @@ class IterationBuffer:
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 raise StopIteration
+        self.hold(records)
+
+    def hold(self, records: list[ConsumerRecord]) -> None:
+        """Keep ``records`` (a ``poll``'s) to be handed out later: each partition's position
+        goes back to its first record and moves again as they are handed out."""
         first: dict[TopicPartition, int] = {}
         for r in records:
             first.setdefault((r.topic, r.partition), r.offset)
@@ -69,6 +74,22 @@ class IterationBuffer:
             if st is not None:
                 st.position = offset
         self.records.extend(records)
+
+    def take(self, max_records: int) -> list[ConsumerRecord]:
+        """Hand out up to ``max_records`` held records at once (the asyncio façade's
+        ``poll``), moving each partition's position past its last one."""
+        buf = self.records
+        n = min(max_records, len(buf))
+        out = [buf.popleft() for _ in range(n)]
+        assignment = self.subscription.assignment
+        last: dict[TopicPartition, int] = {}
+        for r in out:
+            last[(r.topic, r.partition)] = r.offset
+        for tp, offset in last.items():
+            st = assignment.get(tp)
+            if st is not None:
+                st.position = offset + 1
+        return out
 
     def drop(self) -> None:
         """Forget the records not handed out: their partitions fetch again from their
