@@ -45,6 +45,7 @@ LIVE = frozenset(
         "max_restarts",
         "restart_window_ms",
         "shutdown_timeout_ms",
+        "connectors",  # what runs is re-derived every second (appliance/connect/manager.py)
     }
 )
 _ALL = frozenset(f.name for f in dataclasses.fields(NodeConfig))

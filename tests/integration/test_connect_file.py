@@ -19,7 +19,7 @@ import pytest
 
 from ipc.client import Consumer, Producer
 from tests.integration.conftest import SLUICE, Node, wait_until
-from tests.integration.test_connect_support import declare, wait_connector
+from tests.integration.test_connect_support import connect_status, declare, wait_connector
 
 pytestmark = pytest.mark.slow
 
@@ -111,6 +111,25 @@ def test_dead_letter_topic_and_cli(node_factory: Any, tmp_path: Path) -> None:
     assert headers["__connect.errors.exception.class.name"] == b"LineError"
     assert b"line break" in headers["__connect.errors.exception.message"]
 
+    assert node.stop() == 0
+
+
+def test_reload_starts_stops_and_changes_connectors(node_factory: Any, tmp_path: Path) -> None:
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    node: Node = node_factory()
+    base = node.config_path.read_text()
+    declare(node, "a", "file-sink", topics="in", file=str(a))
+    node.start()
+    with node.admin() as admin:
+        admin.create_topic("in")
+    with Producer(node.bootstrap) as p:
+        p.send("in", b"x").result(10)
+    wait_until(lambda: lines(a) == ["x"], 30, "a's file")
+    node.config_path.write_text(base)  # a removed, b added
+    declare(node, "b", "file-sink", topics="in", file=str(b))
+    node.signal(signal.SIGHUP)
+    wait_until(lambda: lines(b) == ["x"], 30, "b's file after the reload")
+    wait_until(lambda: "a" not in connect_status(node), 30, "a stopped and gone")
     assert node.stop() == 0
 
 
