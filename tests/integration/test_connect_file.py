@@ -12,13 +12,14 @@ import os
 import signal
 import subprocess
 import threading
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ipc.client import Consumer, Producer
-from tests.integration.conftest import SLUICE, Node, wait_until
+from tests.integration.conftest import SLUICE, Node, free_port, wait_until
 from tests.integration.test_connect_support import connect_status, declare, wait_connector
 
 pytestmark = pytest.mark.slow
@@ -111,6 +112,38 @@ def test_dead_letter_topic_and_cli(node_factory: Any, tmp_path: Path) -> None:
     assert headers["__connect.errors.exception.class.name"] == b"LineError"
     assert b"line break" in headers["__connect.errors.exception.message"]
 
+    assert node.stop() == 0
+
+
+def test_prometheus_metrics(node_factory: Any, tmp_path: Path) -> None:
+    port = free_port()
+    node: Node = node_factory(metrics_listen=f"127.0.0.1:{port}")
+    declare(node, "m", "file-sink", topics="in", file=str(tmp_path / "m.txt"), **{"offset.flush.interval.ms": 50})
+    node.start()
+    with node.admin() as admin:
+        admin.create_topic("in")
+    with Producer(node.bootstrap) as p:
+        for v in (b"a", b"b\nc", b"d"):
+            p.send("in", v)
+        p.flush()
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+    def has(text: str) -> bool:
+        return all(
+            line in text
+            for line in (
+                'sluice_connect_records_polled_total{connector="m"} 3.0',
+                'sluice_connect_records_written_total{connector="m"} 2.0',
+                'sluice_connect_dead_letter_records_total{connector="m"} 1.0',
+                'sluice_connect_errors_total{connector="m"} 1.0',
+                'sluice_connect_lag{connector="m",unit="records"} 0.0',
+            )
+        )
+
+    wait_until(lambda: has(scrape()), 30, "the connector's metrics")
     assert node.stop() == 0
 
 
