@@ -6,11 +6,16 @@ leader epoch and writes it; ``read`` returns whole batches sliced from the segme
 files. Durability follows ``LogConfig.fsync``; ``reconfigure`` takes a live change of
 the topic's configuration.
 
-At about 530 lines this module is longer than the house's 500: it is the one class
+At about 600 lines this module is longer than the house's 500: it is the one class
 behind a partition's storage, and every method keeps the same invariants (the segment
-list and its base offsets, the log start offset, the recovery point); retention and
-truncation are a few lines each on top of those, and splitting them out would spread
-the invariants over modules.
+list and its base offsets, the log start offset, the recovery point); retention,
+``advance_log_start`` (DeleteRecords) and truncation are a few lines each on top of
+those, and splitting them out would spread the invariants over modules.
+
+The log start offset is the first segment's base offset, or higher once
+``advance_log_start`` moved it into a segment: that is saved in
+``log-start-offset-checkpoint`` before any segment goes, and opening the log takes the
+larger of the two (a crash in between leaves segments wholly below it, deleted then).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ log = logging.getLogger(__name__)
 
 RECOVERY_POINT_FILE = "recovery-point-offset-checkpoint"
 LEADER_EPOCH_FILE = "leader-epoch-checkpoint"
+LOG_START_FILE = "log-start-offset-checkpoint"
 CLEAN_SHUTDOWN_FILE = ".clean-shutdown"
 RECOVERY_CHECKPOINT_INTERVAL_S = 10.0
 
@@ -76,6 +82,7 @@ class Log:
         self.log_start_offset = 0
         self.recovery_point = 0
         self._recovery_ckpt = OffsetCheckpoint(os.path.join(directory, RECOVERY_POINT_FILE))
+        self._start_ckpt = OffsetCheckpoint(os.path.join(directory, LOG_START_FILE))
         self.leader_epochs: LeaderEpochCache | None = None
         self._unflushed_since: float | None = None
         self._last_checkpoint = 0.0
@@ -152,6 +159,18 @@ class Log:
         self.log_start_offset = self.segments[0].base_offset
         self.leader_epochs = LeaderEpochCache(os.path.join(self.directory, LEADER_EPOCH_FILE))
         self.leader_epochs.truncate_from_end(self.log_end_offset)
+        saved_start = self._start_ckpt.read(0)
+        if saved_start > self.log_end_offset:  # the tail past it was lost in a crash
+            log.warning(
+                "%s: log start offset %d is past the recovered end %d: starting empty there",
+                self.directory,
+                saved_start,
+                self.log_end_offset,
+            )
+            self.truncate_fully_and_start_at(saved_start)
+        elif saved_start > self.log_start_offset:
+            self.log_start_offset = saved_start
+            self._delete_segments_below_start()  # a crash after the checkpoint left them
         if self.was_clean_shutdown:
             os.unlink(clean_marker)
             fsync_dir(self.directory)
@@ -410,12 +429,14 @@ class Log:
         return b""
 
     def offset_for_timestamp(self, timestamp: int) -> tuple[int, int] | None:
-        """(offset, timestamp) of the first record with timestamp >= ``timestamp``."""
+        """(offset, timestamp) of the first record with timestamp >= ``timestamp``. One
+        below the log start offset (``advance_log_start`` left it in the first segment)
+        answers the log start offset, with the timestamp of the record found."""
         for seg in self.segments:
             if seg.max_timestamp >= timestamp:
                 found = seg.find_time(timestamp)
                 if found is not None:
-                    return found
+                    return (self.log_start_offset, found[1]) if found[0] < self.log_start_offset else found
         return None
 
     # ---- truncation -------------------------------------------------------------------
@@ -454,11 +475,13 @@ class Log:
     def truncate_fully_and_start_at(self, offset: int, keep_start: bool = False) -> int:
         """Delete every segment and start empty at ``offset``.
 
-        The new start is checkpointed first and segments go newest first, so a crash
-        leaves either a prefix of the old log or an empty log at the new start."""
+        The new start is checkpointed first (recovery point and log start) and segments go
+        newest first, so a crash leaves either a prefix of the old log or an empty log at
+        the new start."""
         start = min(offset, self.log_start_offset) if keep_start else offset
         self.recovery_point = start
         self._recovery_ckpt.write(start)
+        self._start_ckpt.write(start)
         for seg in reversed(self.segments):
             self._delete_segment(seg)
         seg = LogSegment(self.directory, start, self.config.index_interval_bytes)
@@ -505,6 +528,38 @@ class Log:
             self.directory,
         )
 
+    # ---- the log start offset (DeleteRecords) ---------------------------------------------
+    def advance_log_start(self, offset: int) -> int:
+        """Make ``offset`` the log start offset (Kafka's DeleteRecords): reads below it
+        fail with OFFSET_OUT_OF_RANGE and ``list_offsets`` earliest answers it. Never moves
+        it back; ``offset`` past the log end offset raises OffsetOutOfRangeError (the
+        leader bounds it by its high watermark first). Saved durably before anything else
+        changes; then the segments wholly below it are deleted (crash-safe, as retention
+        deletes). A batch that straddles it stays whole, as in Kafka: a fetch at the new
+        start returns it, and the client skips the records below its fetch offset.
+        Returns the log start offset."""
+        if offset > self.log_end_offset:
+            raise OffsetOutOfRangeError(
+                f"cannot start {self.directory} at {offset}: past its log end offset {self.log_end_offset}"
+            )
+        if offset <= self.log_start_offset:
+            return self.log_start_offset
+        self._start_ckpt.write(offset)  # raises OSError (a full disk): nothing changed
+        self.log_start_offset = offset
+        deleted = self._delete_segments_below_start()
+        log.info("%s: log start offset now %d (%d segment(s) deleted)", self.directory, offset, deleted)
+        return offset
+
+    def _delete_segments_below_start(self) -> int:
+        """Delete the sealed segments whose every offset is below the log start offset."""
+        deleted = 0
+        while len(self.segments) > 1 and self.segments[1].base_offset <= self.log_start_offset:
+            seg = self.segments.pop(0)
+            self._bases.pop(0)
+            self._delete_segment(seg)
+            deleted += 1
+        return deleted
+
     # ---- retention ----------------------------------------------------------------------
     def apply_retention(self, now_ms: int | None = None) -> int:
         """Delete sealed segments past retention.ms / retention.bytes; return how many."""
@@ -522,7 +577,8 @@ class Log:
                 break
             self.segments.pop(0)
             self._bases.pop(0)
-            self.log_start_offset = self.segments[0].base_offset
+            # never back: advance_log_start may have moved it into the next segment already
+            self.log_start_offset = max(self.log_start_offset, self.segments[0].base_offset)
             self._step("retention.selected")
             self._delete_segment(seg)
             excess -= seg.size
