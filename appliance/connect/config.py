@@ -26,6 +26,7 @@ TOPIC = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 
 # class name -> module that holds it (the module has OPTIONS, KIND and TASK)
 CLASSES: dict[str, str] = {
+    "file-source": "appliance.connect.file_source",
     "file-sink": "appliance.connect.file_sink",
     "postgres-cdc": "appliance.connect.pg_source",
     "postgres-sink": "appliance.connect.pg_sink",

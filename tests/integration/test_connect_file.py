@@ -115,6 +115,42 @@ def test_dead_letter_topic_and_cli(node_factory: Any, tmp_path: Path) -> None:
     assert node.stop() == 0
 
 
+def test_file_source_across_a_sigkill(node_factory: Any, tmp_path: Path) -> None:
+    src = tmp_path / "in.log"
+    node: Node = node_factory()
+    declare(node, "tail", "file-source", file=str(src), topic="lines-in", **{"offset.flush.interval.ms": 50})
+    node.start()
+    pid = int(wait_connector(node, "tail", lambda c: c["state"] == "serving", "serving")["pid"])
+    written: list[str] = []
+
+    def append(n: int) -> None:
+        with open(src, "a") as f:
+            for _ in range(n):
+                written.append(f"event {len(written)}")
+                f.write(written[-1] + "\n")
+
+    def topic() -> list[str]:
+        with Consumer(node.bootstrap, auto_offset_reset="earliest", fetch_max_wait_ms=50) as c:
+            c.assign([("lines-in", 0)])
+            end = c.end_offsets([("lines-in", 0)])[("lines-in", 0)]
+            got: list[str] = []
+            while c.position("lines-in", 0) < end:
+                got.extend(r.value.decode() for r in c.poll(200))
+            return got
+
+    append(3000)
+    wait_until(lambda: len(topic()) >= 3000, 30, "the first lines")
+    size = src.stat().st_size
+    stored = lambda c: ((c["task"] or {}).get("offset") or {}).get("position") == size  # noqa: E731
+    wait_connector(node, "tail", stored, "the position stored")
+    os.kill(pid, signal.SIGKILL)
+    append(2000)
+    wait_connector(node, "tail", lambda c: c["state"] == "serving" and c["pid"] != pid, "restarted")
+    wait_until(lambda: set(topic()) == set(written), 30, "every line in the topic")
+    assert topic() == written  # in order, once: the lines after the stored position, not before
+    assert node.stop() == 0
+
+
 def test_prometheus_metrics(node_factory: Any, tmp_path: Path) -> None:
     port = free_port()
     node: Node = node_factory(metrics_listen=f"127.0.0.1:{port}")

@@ -113,3 +113,31 @@ def test_file_sink_appends_to_a_file_without_position_and_refuses_a_cut_file(tmp
     (tmp_path / "out.txt.offsets").write_text("{}")
     with pytest.raises(ConnectorError, match="not a position file"):
         sink(out).start()
+
+
+def test_file_source_follows_appends_rotation_and_truncation(tmp_path: Path) -> None:
+    from appliance.connect.file_source import FileSource
+
+    path = tmp_path / "in.txt"
+    src = FileSource("s", {"file": str(path), "topic": "t", "batch.max.bytes": 1024})
+    src.start(None)
+    assert src.poll(0) == []  # no file yet
+    path.write_bytes(b"a\nb\npartial")
+    assert [r.value for r in src.poll(0)] == [b"a", b"b"]
+    assert src.offset()["position"] == 4
+    with open(path, "ab") as f:
+        f.write(b" line\n")
+    assert [r.value for r in src.poll(0)] == [b"partial line"]
+    again = FileSource("s", {"file": str(path), "topic": "t", "batch.max.bytes": 1024})
+    again.start(src.offset())  # a restart resumes after the stored position
+    assert again.poll(0) == []
+    path.write_bytes(b"x\n")  # truncated (same inode)
+    assert [r.value for r in again.poll(0)] == [b"x"]
+    os.replace(tmp_path / "in.txt", tmp_path / "old.txt")
+    (tmp_path / "new.txt").write_bytes(b"y\n")
+    os.replace(tmp_path / "new.txt", path)  # rotated: a new inode
+    assert [r.value for r in again.poll(0)] == [b"y"]
+    path.write_bytes(b"z" * 2000)
+    long = FileSource("s", {"file": str(path), "topic": "t", "batch.max.bytes": 1024})
+    with pytest.raises(ConnectorError, match="a line longer than batch.max.bytes=1024 at byte 0"):
+        long.poll(0)
