@@ -86,6 +86,8 @@ def toml_text(options: Mapping[str, Any]) -> str:
 
 
 def _toml_value(v: Any) -> str:
+    if isinstance(v, (list, tuple)):  # e.g. [security] super_users
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):
@@ -235,7 +237,7 @@ class ClusterNode:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"node {self.node_id} exited with {self.proc.returncode}:\n{self.log_tail(40)}")
-            with Admin(self.endpoint, timeout_ms=500) as admin:
+            with Admin(self.endpoint, timeout_ms=500, security=self.cluster.client_security) as admin:
                 admin.list_topics()
             return True
 
@@ -316,7 +318,7 @@ class ClusterNode:
     # ---- inspection ----------------------------------------------------------------------------
     def admin(self, timeout_ms: int = 10_000) -> Admin:
         """An ``Admin`` that talks to this node only."""
-        return Admin(self.endpoint, timeout_ms=timeout_ms)
+        return Admin(self.endpoint, timeout_ms=timeout_ms, security=self.cluster.client_security)
 
     def metadata(self, topics: list[str] | None = None, timeout_ms: int = 5000) -> dict[str, Any]:
         """This node's raw ``metadata`` reply (brokers, controller, topics; docs/protocol.md)."""
@@ -344,6 +346,9 @@ class Cluster:
         self.chroot = f"/sluice-{os.getpid()}-{next(_chroots)}"
         self.coordinator = bed.zk_url(self.chroot)
         self.isolated: dict[int, str] = {}
+        # the client side of [security] (ipc/client/transport.py client_context) for the
+        # harness's own clients: set it when the nodes have CURVE keys
+        self.client_security: dict[str, str] | None = None
         self.nodes = [ClusterNode(self, i, options or {}) for i in range(bed.nodes)]
         self.bootstrap = ",".join(n.endpoint for n in self.nodes)
 
@@ -410,7 +415,7 @@ class Cluster:
     # ---- clients -------------------------------------------------------------------------------
     def admin(self, timeout_ms: int = 30_000) -> Admin:
         """An ``Admin`` bootstrapped from every node."""
-        return Admin(self.bootstrap, timeout_ms=timeout_ms)
+        return Admin(self.bootstrap, timeout_ms=timeout_ms, security=self.client_security)
 
     def create_topic(
         self,
