@@ -50,6 +50,8 @@ from typing import Any, Protocol
 
 import zmq
 
+from appliance.proctitle import set_title
+
 log = logging.getLogger(__name__)
 
 # A gap this long between two checks means the node's own loop was not scheduled (the
@@ -58,6 +60,13 @@ log = logging.getLogger(__name__)
 PAUSE_S = 1.0
 # Time the loop spends starting queued children in one pass (at least one is started).
 START_BUDGET_S = 0.05
+
+
+def run_titled(name: str, target: Callable[..., object], args: tuple[Any, ...]) -> None:
+    """A child's entry point in the forked process: title it ``sluice: <name>``
+    (``appliance/proctitle.py``; a worker adds its role), then run its target."""
+    set_title(name)
+    target(*args)
 
 
 class ChildState(enum.Enum):
@@ -162,7 +171,7 @@ class Children:
     # ---- start, stop, signal ------------------------------------------------------------
     def start(self, child: Child) -> None:
         target, args = child.spec.start()
-        proc = self.mp.Process(target=target, args=args, name=f"sluice-{child.name}")
+        proc = self.mp.Process(target=run_titled, args=(child.name, target, args), name=f"sluice-{child.name}")
         proc.start()
         child.proc = proc
         child.pid = proc.pid or 0

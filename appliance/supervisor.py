@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
-import multiprocessing.forkserver
 import os
 import shutil
 import signal
@@ -42,6 +40,7 @@ from typing import Any
 
 import zmq
 
+from appliance import forkserver
 from appliance import reload as config_reload
 from appliance.config import NodeConfig
 from appliance.connect.manager import ConnectorManager
@@ -54,9 +53,11 @@ from appliance.gate import Gate, install
 from appliance.kafka.child import KafkaListenerChild, check_bindable
 from appliance.nodeview import NodeState, ReplicaView
 from appliance.process import SignalPipe
+from appliance.proctitle import node_title, set_title
 from appliance.quotas import NodeQuotas
 from appliance.reconcile import Reconciler, assigned
 from appliance.replicas import PartitionWorkers, Replica
+from appliance.rundir import RunDir
 from appliance.systemd import Health, Notifier, ServiceNotifier, assess
 from ipc import sockets
 from ipc.control import AlterIsrEvent
@@ -89,9 +90,11 @@ class Supervisor:
         load_config: Callable[[], NodeConfig] | None = None,
         systemd: ServiceNotifier | None = None,
         lock_fd: int = -1,
+        rundir: RunDir | None = None,
     ) -> None:
         self.config = config
         self._lock_fd = lock_fd  # the data-dir lock (appliance/datadir.py), if the caller took it
+        self.rundir = rundir  # the claimed runtime directory (appliance/rundir.py), removed at a clean stop
         self.load_config = load_config  # SIGHUP reads the configuration again with this
         self.systemd = systemd if systemd is not None else ServiceNotifier(Notifier(None))
         self.clock = clock
@@ -165,10 +168,9 @@ class Supervisor:
     # ---- start-up -----------------------------------------------------------------------
     def setup(self) -> None:
         cfg = self.config
+        set_title(node_title(cfg.node_id))
         # Fork server first: this process has no other thread and no socket yet.
-        mp = multiprocessing.get_context("forkserver")
-        mp.set_forkserver_preload(["appliance.partition.process"])
-        multiprocessing.forkserver.ensure_running()
+        mp = forkserver.start(cfg.resolved_runtime_dir, ["appliance.partition.process"])
         if self._lock_fd < 0:
             self._lock_fd = lock_data_dir(cfg.data_dir)
         runtime = cfg.resolved_runtime_dir
@@ -263,7 +265,11 @@ class Supervisor:
 
     # ---- the loop -------------------------------------------------------------------------
     def run(self, signals: SignalPipe) -> int:
-        self.setup()
+        try:
+            self.setup()
+        except BaseException:
+            self._failed_start()
+            raise
         workers, reconciler = self.workers, self.reconciler
         assert workers is not None and reconciler is not None
         self.poller.register(signals.fileno(), zmq.POLLIN)
@@ -379,6 +385,15 @@ class Supervisor:
         if self.connect is not None:
             self.connect.stop_all()
 
+    def _failed_start(self) -> None:
+        """Start-up failed (a port in use, the coordinator unreachable): stop the fork
+        server and the resource tracker, and remove the runtime directory, so a node that
+        never ran leaves nothing behind (the caller reports the error). A child already
+        started dies with the fork server (its parent-death signal)."""
+        forkserver.stop()
+        if self.rundir is not None:
+            self.rundir.remove()
+
     def _cleanup(self) -> None:
         self.metrics.stop()
         try:
@@ -395,5 +410,8 @@ class Supervisor:
         self.table.close()
         self.table.unlink()
         self.quotas.close()
+        forkserver.stop()  # every child is gone: the fork server and the resource tracker exit now
+        if self.rundir is not None:
+            self.rundir.remove()
         os.close(self._lock_fd)
         log.info("node %d stopped", self.config.node_id)

@@ -14,6 +14,7 @@ import signal
 from appliance.partition.spec import WorkerSpec
 from appliance.partition.worker import PartitionWorker
 from appliance.process import SignalPipe, die_with_parent, setup_logging
+from appliance.proctitle import set_title, worker_title
 
 
 def _close_forkserver_alive_fd() -> None:
@@ -39,6 +40,7 @@ def run_worker(spec: WorkerSpec) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the supervisor, which stops us
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is the supervisor's; it sends us node_options
     setup_logging(spec.log_level)
+    set_title(worker_title(f"{spec.topic}-{spec.partition}"))  # role and epoch once it has them
     signals = SignalPipe((signal.SIGTERM,))
     worker = PartitionWorker(spec)
     code = worker.run(signals)

@@ -62,6 +62,7 @@ from appliance.partition.replica import Replica
 from appliance.partition.spec import WorkerSpec
 from appliance.partition.storage import PROBE_S, StorageCondition, is_storage_error, probe
 from appliance.process import SignalPipe, pid_alive
+from appliance.proctitle import set_title, worker_title
 from ipc import sockets
 from ipc.control import (
     AclsCommand,
@@ -497,6 +498,7 @@ class PartitionWorker:
         if role is Role.FOLLOWER and endpoint:
             self.follower.follow(self.ctx, endpoint, self.spec.node_id, r.node_epoch, epoch)
         log.info("%s: %s at leader epoch %d (isr %s)", self.name, role.name.lower(), epoch, sorted(cmd.isr))
+        set_title(worker_title(self.name, role.name.lower(), epoch))
 
     def _check_isr(self, now: float) -> None:
         r = self.replica
