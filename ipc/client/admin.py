@@ -246,6 +246,7 @@ class Admin:
             for ch in channels.values():
                 waiting[ch.send(api)] = ch
                 poller.register(ch.sock, self.zmq.POLLIN)
+                poller.register(ch.monitor, self.zmq.POLLIN)  # a refused handshake fails at once
             replies: list[Reply] = []
             while waiting:
                 left = deadline - time.monotonic()
@@ -254,6 +255,9 @@ class Admin:
                     raise RequestTimedOutError(f"no reply to {api} from {silent} in time")
                 events = dict(poller.poll(left * 1000 + 1))
                 for ch in channels.values():
+                    if ch.monitor in events:
+                        ch.disconnected()
+                        ch.raise_refused()
                     if ch.sock not in events:
                         continue
                     for reply in ch.replies():

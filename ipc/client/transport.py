@@ -192,7 +192,7 @@ class Channel:
         or as soon as the connection is refused or drops when ``fail_fast``."""
         self.watch_disconnects()  # a refused handshake fails every request at once
         self.disconnected()  # events from before this request only update the state
-        self._raise_refused()
+        self.raise_refused()
         if fail_fast and self.connection is Connection.DOWN:
             raise RequestTimedOutError(f"{self.endpoint} refused or dropped the connection ({api})")
         cid = self.send(api, frames, **fields)
@@ -207,7 +207,7 @@ class Channel:
                 gone = self.disconnected()
                 if self.refused is not None:
                     self.reset()
-                    self._raise_refused()
+                    self.raise_refused()
                 if fail_fast and gone:
                     self.reset()
                     raise RequestTimedOutError(f"{self.endpoint} refused or dropped the connection ({api})")
@@ -247,7 +247,7 @@ class Channel:
             self.monitor = self.sock.get_monitor_socket(events)
         return self.monitor
 
-    def _raise_refused(self) -> None:
+    def raise_refused(self) -> None:
         if self.refused is not None:
             err, self.refused = self.refused, None
             raise err
