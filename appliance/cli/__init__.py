@@ -12,6 +12,7 @@
     sluice keys generate NAME | --node N | --server [--dir DIR]
     sluice acls add|list|remove ...                (docs/security.md)
     sluice quotas set|remove|list ...              (docs/security.md)
+    sluice connect create|list|status|pause|resume|restart|delete ...   (docs/connect.md)
     sluice perf produce|consume|e2e|pipe|memory ...   (loadtest/perf.py)
 
 ``--bootstrap`` (or ``$SLUICE_BOOTSTRAP``) names the node for client commands. Errors
@@ -26,6 +27,7 @@ into exit statuses. Each command group lives in a module of its own:
 - ``records.py``: ``produce`` and ``consume``, records through stdin and stdout;
 - ``security.py``: ``keys`` (offline) and ``acls`` (an ``Admin`` client);
 - ``quotas.py``: ``quotas`` (an ``Admin`` client);
+- ``connect.py``: ``connect``, the node's connectors (files of the node on this host);
 - ``common.py``: ``CliError`` and what the commands share;
 - ``perf`` is ``loadtest/perf.py``.
 
@@ -44,6 +46,7 @@ from collections.abc import Callable, Sequence
 
 from appliance.cli.cluster import cmd_cluster
 from appliance.cli.common import EXIT_ERROR, CliError
+from appliance.cli.connect import cmd_connect
 from appliance.cli.groups import cmd_groups
 from appliance.cli.node import cmd_serve, cmd_status
 from appliance.cli.parser import build_parser
@@ -73,6 +76,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "keys": cmd_keys,
     "acls": cmd_acls,
     "quotas": cmd_quotas,
+    "connect": cmd_connect,
 }
 
 

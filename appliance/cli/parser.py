@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from appliance.cli.connect import add_parsers as add_connect_parsers
 from appliance.cli.quotas import add_parsers as add_quota_parsers
 from appliance.cli.security import add_parsers as add_security_parsers
 
@@ -177,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_security_parsers(sub, client)
     add_quota_parsers(sub, client)
+    add_connect_parsers(sub)
 
     from loadtest.perf import add_parsers as add_perf_parsers  # argparse only: the modes import lazily
 
