@@ -3,22 +3,31 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Two stamps: what running needs (the package and its dependencies) and, on top of it,
+# what the tests need (the "test" extras: pytest, ruff, mypy, locust, Kafka clients, ...).
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 
 .PHONY: run test lint typecheck unit system-deps clean bench bench-cluster install install-venv install-files uninstall systemd-check
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null || \
 	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): pyproject.toml $(RUN_STAMP)
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
 venv: $(STAMP)
 
-# Start a single-node appliance on the embedded defaults.
-run: $(STAMP)
+# Start a single-node appliance on the embedded defaults (installs only what running needs).
+run: $(RUN_STAMP)
 	$(BIN)/sluice serve
 
 # Debian packages the suite needs (installed only as root; skipped otherwise).
@@ -76,6 +85,9 @@ install-venv:
 	$(INSTALL_PYTHON) -m venv $(VENV_NEW)
 	rm -rf build  # a stale build/lib would be packaged too
 	$(VENV_NEW)/bin/python -m pip install -q --disable-pip-version-check .
+	@# the commit sluice_build_info reports (metrics/build.py); none outside a git checkout
+	install -d -m 0755 $(VENV_NEW)/share/sluice
+	git rev-parse HEAD > $(VENV_NEW)/share/sluice/commit 2>/dev/null || rm -f $(VENV_NEW)/share/sluice/commit
 	@# the venv was built in venv.new (under DESTDIR): point its scripts at $(PREFIX)/venv
 	grep -rlI -- '$(VENV_NEW)' $(VENV_NEW)/bin $(VENV_NEW)/pyvenv.cfg | xargs -r sed -i 's|$(VENV_NEW)|$(PREFIX)/venv|g'
 	@# swap: a running node keeps the files it has open until it is restarted
@@ -86,7 +98,7 @@ install-venv:
 
 install-files:
 	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" != 0 ]; then echo "make install: run as root (or stage with DESTDIR=DIR)" >&2; exit 1; fi
-	install -d -m 0755 $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(PREFIX)/share/doc
+	install -d -m 0755 $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(PREFIX)/share/doc $(DESTDIR)$(PREFIX)/share/metrics
 	install -d -m 0750 $(DESTDIR)$(SYSCONFDIR)
 	sed -e 's|/opt/sluice|$(PREFIX)|g' -e 's|/etc/sluice|$(SYSCONFDIR)|g' systemd/sluice.service > $(DESTDIR)$(UNITDIR)/sluice.service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/sluice.service
@@ -99,7 +111,9 @@ install-files:
 	else \
 	  install -m 0640 systemd/sluice.toml $(DESTDIR)$(SYSCONFDIR)/sluice.toml && echo "installed $(SYSCONFDIR)/sluice.toml"; \
 	fi
-	install -m 0644 docs/operations.md docs/configuration.md $(DESTDIR)$(PREFIX)/share/doc/
+	install -m 0644 docs/operations.md docs/configuration.md docs/metrics.md $(DESTDIR)$(PREFIX)/share/doc/
+	@# the alerting rules (rule_files: [$(PREFIX)/share/metrics/rules.yml]) and the Grafana dashboard (import it)
+	install -m 0644 metrics/rules.yml metrics/grafana-dashboard.json $(DESTDIR)$(PREFIX)/share/metrics/
 	@if [ -z "$(DESTDIR)" ]; then \
 	  set -x; systemd-sysusers $(SYSUSERSDIR)/sluice.conf && systemd-tmpfiles --create $(TMPFILESDIR)/sluice.conf; \
 	  if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi; \

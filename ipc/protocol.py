@@ -335,7 +335,7 @@ Send = Callable[[bytes, list[Any]], None]
 class Responder:
     """Answers one request, now or later. Holds the peer; handlers only call it."""
 
-    __slots__ = ("_send", "_peer", "id", "api", "answered", "on_reply")
+    __slots__ = ("_send", "_peer", "id", "api", "answered", "on_reply", "on_fail")
 
     def __init__(self, send: Send, peer: bytes, cid: int, api: str) -> None:
         self._send = send
@@ -345,6 +345,8 @@ class Responder:
         self.answered = False
         # a quota's hook (ipc/throttle.py): sees the reply, may add throttle_time_ms
         self.on_reply: Callable[[Responder, Response], Response] | None = None
+        # the pipeline's error count (ipc/server.py): (api, error code) of each error reply
+        self.on_fail: Callable[[str, str], None] | None = None
 
     def send(self, response: Response) -> None:
         self.answered = True
@@ -358,6 +360,8 @@ class Responder:
 
     def fail(self, err: SluiceError) -> None:
         self.answered = True
+        if self.on_fail is not None:
+            self.on_fail(self.api, err.code)
         self._send(self._peer, [error_reply(self.id, err)])
 
 

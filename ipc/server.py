@@ -61,6 +61,14 @@ def allow_all(request: Request) -> None:
     """The authorize hook without ACLs."""
 
 
+def count_error(api: str, code: str) -> None:
+    """``sluice_request_errors_total{api, error}`` (metrics/definitions.py), imported on the
+    first error: a process that never answers one never loads prometheus_client here."""
+    from metrics.definitions import REQUEST_ERRORS
+
+    REQUEST_ERRORS.labels(api, code).inc()
+
+
 class RequestPipeline:
     """Parse, authenticate, authorize, dispatch, encode: one place for every request.
 
@@ -76,8 +84,10 @@ class RequestPipeline:
         authenticate: Authenticate = anonymous,
         authorize: Authorize = allow_all,
         peers: PeerLedger | None = None,
+        on_error: Callable[[str, str], None] = count_error,
     ) -> None:
         self.name = name
+        self.on_error = on_error  # every error reply, by API and code (a request too bad to parse: "unparsed")
         self.peers = peers  # bounds what is held per peer; ``send`` is then ``peers.send`` (ipc/peers.py)
         self._send = send
         self.handlers = dict(handlers)
@@ -95,12 +105,14 @@ class RequestPipeline:
         try:
             req = parse_request(body, self.apis)
         except SluiceError as exc:
+            self.on_error("unparsed", exc.code)
             self._send(peer, [error_reply(peek_id(body[0]) if body else 0, exc)])
             return
         if peers is None:
             responder = Responder(self._send, peer, req.id, req.api)
         else:
             responder = PeerResponder(self._send, peer, req.id, req.api, peers)
+        responder.on_fail = self.on_error
         req.responder = responder
         try:
             req.principal, req.host = self.authenticate(peer, body[0])

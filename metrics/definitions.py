@@ -32,3 +32,10 @@ THROTTLE_TIME = Counter(
     "Throttle time given to a principal's requests for exceeding a quota (quota: produce, fetch or request).",
     ["principal", "quota"],
 )
+# every error reply of the request pipeline (ipc/server.py), in the supervisor's front
+# endpoint and the workers: api (or "unparsed"), error (the wire code, docs/protocol.md)
+REQUEST_ERRORS = Counter(
+    "sluice_request_errors",
+    "Requests answered with an error, by API and error code (api=unparsed: the request could not be parsed).",
+    ["api", "error"],
+)

@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING
 
 from appliance.nodeview import NodeState
 from ipc.errors import InvalidConfigError
+from metrics.build import BuildInfo
 from metrics.exporter import MetricsServer, NodeCollector, NodeSnapshot, ReplicaSnap, build_registry
 from metrics.multiproc import MULTIPROC_ENV
 from metrics.password import BasicAuth
+from metrics.processes import RoleProcesses
 from metrics.tls import server_context
 
 if TYPE_CHECKING:
@@ -45,6 +47,8 @@ class NodeMetrics:
                 "metrics_basic_auth_users without metrics_tls_cert_file: passwords cross the network in clear text"
             )
         registry = build_registry(collector, os.environ.get(MULTIPROC_ENV))
+        registry.register(BuildInfo())
+        registry.register(RoleProcesses())
         self.server = MetricsServer(registry, lambda: self.snapshot, tls=tls, auth=auth)
         if listen:
             try:
