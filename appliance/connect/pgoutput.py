@@ -112,49 +112,83 @@ class Other:
 Message = Begin | Commit | Relation | Insert | Update | Delete | Truncate | Other
 
 
+_I16 = struct.Struct(">h")
+_I32 = struct.Struct(">i")
+_T, _N, _U = ord("t"), ord("n"), ord("u")
+
+
 class _Reader:
+    """Reads one message; the hot path (``tuple``, every row of every change) works on
+    the bytes with precompiled structs and local variables."""
+
     def __init__(self, data: bytes) -> None:
-        self.data = memoryview(data)
+        self.data = bytes(data)
         self.pos = 0
 
-    def take(self, n: int, what: str) -> memoryview:
+    def short(self, what: str) -> PgOutputError:
+        return PgOutputError(f"message too short reading {what} ({len(self.data)} bytes, at {self.pos})")
+
+    def take(self, n: int, what: str) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
-            raise PgOutputError(f"message too short reading {what} ({len(self.data)} bytes, at {self.pos})")
+            raise self.short(what)
         out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out
 
     def unpack(self, fmt: str, what: str) -> tuple[int, ...]:
-        s = struct.Struct(fmt)
-        return s.unpack(self.take(s.size, what))
+        st = struct.Struct(fmt)
+        if self.pos + st.size > len(self.data):
+            raise self.short(what)
+        out = st.unpack_from(self.data, self.pos)
+        self.pos += st.size
+        return out
 
     def byte(self, what: str) -> str:
         return chr(self.take(1, what)[0])
 
     def string(self, what: str) -> str:
-        end = bytes(self.data[self.pos :]).find(b"\0")
+        end = self.data.find(b"\0", self.pos)
         if end < 0:
             raise PgOutputError(f"unterminated string reading {what}")
-        s = bytes(self.take(end, what)).decode("utf-8", errors="replace")
-        self.pos += 1
+        s = self.data[self.pos : end].decode("utf-8", errors="replace")
+        self.pos = end + 1
         return s
 
     def tuple(self, what: str) -> Tuple:
-        (n,) = self.unpack(">h", f"{what} column count")
+        data, pos, size = self.data, self.pos, len(self.data)
+        if pos + 2 > size:
+            raise self.short(f"{what} column count")
+        (n,) = _I16.unpack_from(data, pos)
+        pos += 2
         if n < 0:
             raise PgOutputError(f"negative column count in {what}")
         out: Tuple = []
+        append = out.append
         for i in range(n):
-            kind = self.byte(f"{what} column {i}")
-            if kind == "n":
-                out.append(None)
-            elif kind == "u":
-                out.append(UNCHANGED)
-            elif kind == "t":
-                (length,) = self.unpack(">i", f"{what} column {i} length")
-                out.append(bytes(self.take(length, f"{what} column {i}")).decode("utf-8", errors="replace"))
+            if pos >= size:
+                self.pos = pos
+                raise self.short(f"{what} column {i}")
+            kind = data[pos]
+            pos += 1
+            if kind == _T:
+                if pos + 4 > size:
+                    self.pos = pos
+                    raise self.short(f"{what} column {i} length")
+                (length,) = _I32.unpack_from(data, pos)
+                pos += 4
+                end = pos + length
+                if length < 0 or end > size:
+                    self.pos = pos
+                    raise self.short(f"{what} column {i}")
+                append(data[pos:end].decode("utf-8", errors="replace"))
+                pos = end
+            elif kind == _N:
+                append(None)
+            elif kind == _U:
+                append(UNCHANGED)
             else:
-                raise PgOutputError(f"unknown column kind {kind!r} in {what} column {i} (binary mode is not used)")
+                raise PgOutputError(f"unknown column kind {chr(kind)!r} in {what} column {i} (binary mode is not used)")
+        self.pos = pos
         return out
 
     def end(self, what: str) -> None:

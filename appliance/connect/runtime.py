@@ -23,7 +23,6 @@ is. SIGTERM ends the loop after a last flush (exit 0); a supervisor that is gone
 
 from __future__ import annotations
 
-import collections
 import logging
 import signal
 import time
@@ -159,7 +158,7 @@ class Runner:
         self.stop = stop
         self.beat = beat
         self.interval_s = int(spec.options["offset.flush.interval.ms"]) / 1000
-        self.failures: collections.deque[BaseException] = collections.deque(maxlen=16)
+        self.futures: list[Any] = []  # of the records sent since the last wait_acknowledged
         self.topics: set[str] = set()
 
     def tick(self) -> None:
@@ -180,10 +179,10 @@ class Runner:
             admin.create_topic(topic, partitions=partitions, exist_ok=True)
             self.topics.add(topic)
 
-    def on_delivery(self, fut: Any) -> None:  # the producer's I/O thread: only record
-        exc = fut.exception(0)
-        if exc is not None:
-            self.failures.append(exc)
+    def sent(self, fut: Any) -> None:
+        """Keep the future (a cheap tuple; checked once acknowledged, in ``wait_acknowledged``:
+        a callback per record would cost the producer's I/O thread more than the send)."""
+        self.futures.append(fut)
 
     def wait_acknowledged(self, producer: Producer) -> None:
         """Every record sent so far is acknowledged (or the connector fails)."""
@@ -196,8 +195,11 @@ class Runner:
             except TimeoutError:
                 if time.monotonic() > deadline:
                     raise ConnectorError(f"records not acknowledged within {DELIVERY_TIMEOUT_S:.0f} s") from None
-        if self.failures:
-            raise ConnectorError(f"a record was not acknowledged by Sluice: {self.failures[0]}")
+        futures, self.futures = self.futures, []
+        for fut in futures:
+            exc = fut.exception(0)
+            if exc is not None:
+                raise ConnectorError(f"a record was not acknowledged by Sluice: {exc}")
 
 
 class SourceRunner(Runner):
@@ -241,10 +243,8 @@ class SourceRunner(Runner):
         for r in records:
             if r.topic not in self.topics:
                 self.ensure_topic(admin, r.topic)
-            fut = producer.send(
-                r.topic, r.value, key=r.key, headers=list(r.headers) or None, timestamp_ms=r.timestamp_ms
-            )
-            fut.add_done_callback(self.on_delivery)
+            headers = list(r.headers) if r.headers else None
+            self.sent(producer.send(r.topic, r.value, key=r.key, headers=headers, timestamp_ms=r.timestamp_ms))
         self.unflushed += len(records)
         self.counters.add("records_polled", len(records))
         metrics.RECORDS_POLLED.labels(self.spec.name).inc(len(records))
@@ -367,7 +367,7 @@ class SinkRunner(Runner):
         fut = self.producer.send(
             topic, rec.value, key=rec.key, headers=dlq_headers(rec, self.spec.name, exc), timestamp_ms=rec.timestamp
         )
-        fut.add_done_callback(self.on_delivery)
+        self.sent(fut)
         self.counters.add("dead_letter_records", 1)
         self.counters.add("errors", 1)
         self.counters.set(last_error=f"{rec.topic}-{rec.partition}@{rec.offset}: {type(exc).__name__}: {exc}")
