@@ -41,15 +41,21 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from metrics import multiproc
 
     lock_fd = lock_data_dir(cfg.data_dir)  # first: a refused second node must touch nothing
+    from appliance import rundir
+
+    runtime = rundir.claim(cfg.resolved_runtime_dir, cfg.data_dir)  # locked before anything in it is wiped
+    rundir.sweep(runtime.path)  # the runtime directories of this user's dead nodes
     # before anything imports prometheus_client, and before the fork server starts
-    multiproc.prepare(cfg.resolved_runtime_dir)
+    multiproc.prepare(runtime.path)
 
     from appliance.supervisor import Supervisor
     from appliance.systemd import ServiceNotifier
 
     systemd = ServiceNotifier.from_environ()  # before the fork server starts: it must not inherit NOTIFY_SOCKET
     signals = SignalPipe((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
-    supervisor = Supervisor(cfg, load_config=lambda: load_config(a.config, overrides), systemd=systemd, lock_fd=lock_fd)
+    supervisor = Supervisor(
+        cfg, load_config=lambda: load_config(a.config, overrides), systemd=systemd, lock_fd=lock_fd, rundir=runtime
+    )
     return supervisor.run(signals)
 
 
