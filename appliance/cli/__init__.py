@@ -4,10 +4,14 @@
                  [--metrics-listen HOST:PORT] [--node-id N] [--advertised-listen tcp://HOST:PORT]
                  [--coordinator local|zookeeper://HOST:PORT[,...]/PATH]
     sluice topics create|list|describe|alter|delete ...
-    sluice produce TOPIC [--key-separator SEP] [--acks 0|1|all]
-    sluice consume TOPIC [--from-beginning] [--partition P] [--offset N] [--max-messages N]
-                         [--timeout-ms MS] [--print-key] [--print-offset]
-    sluice status [--config FILE] [--data-dir DIR] [--json]
+    sluice produce TOPIC [--key-separator SEP] [--header-separator SEP] [-H NAME=VALUE]
+                         [--timestamp-separator SEP] [--acks 0|1|all] ...
+    sluice consume TOPIC... [--include REGEX] [--from-beginning | --offset earliest|latest|N|-N
+                         | --start-time TIME] [--partition P] [--max-messages N] [--timeout-ms MS]
+                         [--print-key] [--print-offset] [--print-timestamp] [--print-headers]
+                         [--format FMT | --json] [--group G]
+    sluice groups list|describe|reset-offsets|delete-offsets|delete ...
+    sluice status [--config FILE] [--data-dir DIR] [--topic T] [--json]
     sluice cluster status [--json] | reassign TOPIC --replicas 1,2,3 [--partition P]
     sluice keys generate NAME | --node N | --server [--dir DIR]
     sluice acls add|list|remove ...                (docs/security.md)
@@ -22,9 +26,10 @@ This module is the entry point (``python -m appliance.cli`` and the ``sluice`` c
 script): it parses the arguments (``parser.py``), runs the command and turns its errors
 into exit statuses. Each command group lives in a module of its own:
 
-- ``node.py``: ``serve`` and ``status``, the node on this host (no network client);
+- ``node.py``: ``serve``; ``status.py``: ``status``, the node on this host (no network client);
 - ``topics.py``, ``groups.py``, ``cluster.py``: the admin commands (an ``Admin`` client);
-- ``records.py``: ``produce`` and ``consume``, records through stdin and stdout;
+- ``records.py`` and ``consume.py``: ``produce`` and ``consume``, records through stdin and
+  stdout (``formats.py``: how a record is printed and how a line is read);
 - ``security.py``: ``keys`` (offline) and ``acls`` (an ``Admin`` client);
 - ``quotas.py``: ``quotas`` (an ``Admin`` client);
 - ``connect.py``: ``connect``, the node's connectors (files of the node on this host);
@@ -47,12 +52,14 @@ from collections.abc import Callable, Sequence
 from appliance.cli.cluster import cmd_cluster
 from appliance.cli.common import EXIT_ERROR, CliError
 from appliance.cli.connect import cmd_connect
+from appliance.cli.consume import cmd_consume
 from appliance.cli.groups import cmd_groups
-from appliance.cli.node import cmd_serve, cmd_status
-from appliance.cli.parser import build_parser
+from appliance.cli.node import cmd_serve
+from appliance.cli.parser import build_parser, parse
 from appliance.cli.quotas import cmd_quotas
-from appliance.cli.records import cmd_consume, cmd_produce
+from appliance.cli.records import cmd_produce
 from appliance.cli.security import cmd_acls, cmd_keys
+from appliance.cli.status import cmd_status
 from appliance.cli.topics import cmd_topics
 
 __all__ = ["COMMANDS", "main"]
@@ -82,7 +89,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    a = parser.parse_args(argv)
+    a = parse(parser, argv)
     import zmq
 
     from ipc.errors import SluiceError

@@ -4,8 +4,23 @@ leader and ISR (as a table or JSON), and moving a partition's replicas."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
-from appliance.cli.common import admin_client, print_json
+from appliance.cli.common import admin_client, node_list, non_negative, print_json
+
+
+def add_parsers(sub: Any, client: Callable[[argparse.ArgumentParser], None]) -> None:
+    cl = sub.add_parser("cluster", help="nodes, controller, leaders and ISRs; move replicas")
+    clsub = cl.add_subparsers(dest="action", required=True, metavar="ACTION")
+    cls_ = clsub.add_parser("status", help="nodes, controller, per partition leader / ISR / under-replicated")
+    cls_.add_argument("--json", action="store_true", help="print the cluster_status reply")
+    clr = clsub.add_parser("reassign", help="move a partition's replicas (e.g. onto a new node) while traffic flows")
+    clr.add_argument("topic", help="the topic")
+    clr.add_argument("--partition", type=non_negative, action="append", help="repeatable; default all")
+    clr.add_argument("--replicas", required=True, type=node_list, help="node ids, comma-separated; the first leads")
+    for sp in (cls_, clr):
+        client(sp)
 
 
 def cmd_cluster(a: argparse.Namespace) -> int:

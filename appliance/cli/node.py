@@ -1,6 +1,5 @@
-"""The commands about the node on this host, found by its configuration rather than over
-the network: ``sluice serve`` runs it, ``sluice status`` reads its shared-memory status
-table (it works when the supervisor is busy or dead).
+"""``sluice serve``: runs the node on this host (``sluice status``, which reads the
+node's shared-memory status table, is ``status.py``).
 
 ``serve``'s order matters: the data directory is locked first (a refused second node
 touches nothing), and prometheus_client's multiprocess directory is prepared before
@@ -12,11 +11,27 @@ imports nothing of the node at its top; each command imports what it needs when 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from appliance.cli.common import print_json
+from appliance.cli.common import non_negative
 
 
-# ---- serve ---------------------------------------------------------------------------------
+def add_parsers(sub: Any) -> None:
+    s = sub.add_parser(
+        "serve",
+        help="run the appliance (supervisor and partition workers)",
+        description="Run the node in the foreground; flags override the configuration file.",
+    )
+    s.add_argument("--config", help="TOML configuration file")
+    s.add_argument("--data-dir", help="where the logs and the node's metadata live (data_dir)")
+    s.add_argument("--listen", help="front endpoint, tcp://HOST:PORT")
+    s.add_argument("--advertised-listen", help="address clients and peers use to reach this node")
+    s.add_argument("--metrics-listen", help="HOST:PORT of /metrics and /healthz ('' to disable)")
+    s.add_argument("--node-id", type=non_negative, help="this node's id in a cluster (node_id)")
+    s.add_argument("--coordinator", help="local (default) or zookeeper://HOST:PORT[,HOST:PORT...]/PATH")
+    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log level (log_level)")
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
     from appliance.config import load_config
     from appliance.process import SignalPipe, setup_logging
@@ -57,32 +72,3 @@ def cmd_serve(a: argparse.Namespace) -> int:
         cfg, load_config=lambda: load_config(a.config, overrides), systemd=systemd, lock_fd=lock_fd, rundir=runtime
     )
     return supervisor.run(signals)
-
-
-# ---- status --------------------------------------------------------------------------------
-def cmd_status(a: argparse.Namespace) -> int:
-    from appliance.config import load_config
-    from appliance.status import read_status
-
-    cfg = load_config(a.config, {"data_dir": a.data_dir})
-    status = read_status(cfg.status_path)
-    if a.json:
-        print_json(status)
-        return 0
-    print(
-        f"node {status['node_id']}  supervisor pid {status['supervisor_pid']} "
-        f"({'running' if status['supervisor_alive'] else 'NOT RUNNING'})  data {cfg.data_dir}"
-    )
-    print(
-        f"{'TOPIC':<24} {'PART':>4} {'STATE':<10} {'PID':>7} {'RESTARTS':>8} {'EPOCH':>5} "
-        f"{'START':>10} {'LEO':>10} {'HW':>10} {'HEARTBEAT':>9} {'IN':>10} {'OUT':>10}"
-    )
-    for p in status["partitions"]:
-        age = p["heartbeat_age_s"]
-        beat = "-" if age is None else f"{age:.1f}s"
-        print(
-            f"{p['topic']:<24} {p['partition']:>4} {p['state']:<10} {p['pid']:>7} {p['restarts']:>8} "
-            f"{p['leader_epoch']:>5} {p['log_start_offset']:>10} {p['log_end_offset']:>10} "
-            f"{p['high_watermark']:>10} {beat:>9} {p['records_in']:>10} {p['records_out']:>10}"
-        )
-    return 0

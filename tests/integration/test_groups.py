@@ -1013,7 +1013,9 @@ def test_groups_cli_describes_and_resets_offsets_only_when_empty(
     assert "state empty" in lag_text.splitlines()[0], lag_text
 
     # --to-earliest: a new member of the group reads everything again
-    out = ok_output(sluice("groups", "reset-offsets", "gcli", "--topic", TOPIC, "--to-earliest", *bootstrap))
+    out = ok_output(
+        sluice("groups", "reset-offsets", "gcli", "--topic", TOPIC, "--to-earliest", "--execute", *bootstrap)
+    )
     assert out.splitlines() == [f"{TOPIC}\t{p}\t0" for p in range(PARTITIONS)], out
     assert front.committed("gcli") == dict.fromkeys(range(PARTITIONS), 0)
     c = members(node, "gcli", "c")
@@ -1023,7 +1025,9 @@ def test_groups_cli_describes_and_resets_offsets_only_when_empty(
 
     # --to-datetime: the first record at or after it (the "new" ones start at offset 10)
     iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(boundary_ms // 1000)) + f".{boundary_ms % 1000:03d}Z"
-    out = ok_output(sluice("groups", "reset-offsets", "gcli", "--topic", TOPIC, "--to-datetime", iso, *bootstrap))
+    out = ok_output(
+        sluice("groups", "reset-offsets", "gcli", "--topic", TOPIC, "--to-datetime", iso, "--execute", *bootstrap)
+    )
     assert front.committed("gcli") == dict.fromkeys(range(PARTITIONS), 10), out
     e = members(node, "gcli", "e")
     wait_consumed([e], {k: v for k, v in everything.items() if k[1] >= 10})
@@ -1032,7 +1036,7 @@ def test_groups_cli_describes_and_resets_offsets_only_when_empty(
     assert e.close() == 0
 
     # --to-offset on one partition, --to-latest
-    reset = ["groups", "reset-offsets", "gcli", "--topic", TOPIC, *bootstrap]
+    reset = ["groups", "reset-offsets", "gcli", "--topic", TOPIC, "--execute", *bootstrap]
     ok_output(sluice(*reset, "--partition", "2", "--to-offset", "3"))
     assert front.committed("gcli") == {**ends, 2: 3}
     ok_output(sluice(*reset, "--to-latest"))
