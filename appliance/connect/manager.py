@@ -26,10 +26,11 @@ from typing import Any
 
 import zmq
 
+from appliance.beat import read_beat
 from appliance.children import Child, Children, ChildSpec, ChildState, Supervision
 from appliance.connect.config import ConnectorConfig
 from appliance.connect.spec import OFFSETS_TOPIC, STATUS_DIR, ConnectorSpec
-from appliance.connect.status import read_beat, read_json, write_json
+from appliance.connect.status import read_json, write_json
 from appliance.connect.store import ConnectorStore
 from appliance.nodeview import NodeState, NodeView
 from appliance.topics import create_topic

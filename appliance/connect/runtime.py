@@ -28,6 +28,7 @@ import signal
 import time
 from typing import Any
 
+from appliance.beat import Beat
 from appliance.connect import metrics
 from appliance.connect.api import (
     ConnectorError,
@@ -41,7 +42,7 @@ from appliance.connect.config import module_of
 from appliance.connect.dlq import dlq_headers
 from appliance.connect.offsets import OffsetStore
 from appliance.connect.spec import ConnectorSpec
-from appliance.connect.status import Beat, Counters, read_json
+from appliance.connect.status import Counters, read_json
 from appliance.partition.process import _close_forkserver_alive_fd
 from appliance.process import die_with_parent, pid_alive, setup_logging
 from ipc.client import Admin, Consumer, Producer

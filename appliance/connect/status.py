@@ -3,8 +3,8 @@
 Two files per connector in ``<runtime_dir>/connect/``, each with one writer, the
 connector's process:
 
-- ``<name>.beat``: 16 bytes, the process's pid (int64) then its last heartbeat (float64,
-  ``time.monotonic()``, system-wide), little-endian, one ``pwrite`` per turn of its loop.
+- ``<name>.beat``: the heartbeat file (``appliance/beat.py``): the process's pid and its
+  last heartbeat (``time.monotonic()``), one ``pwrite`` per turn of its loop.
   The node judges the heartbeat like a partition worker's (``appliance/children.py``):
   the pid in the file says the connector is set up (STARTING -> SERVING); a beat older
   than ``heartbeat_timeout_ms`` gets it SIGKILLed and restarted. A torn read (a pid that
@@ -19,15 +19,11 @@ pid, restarts and last exit status. ``sluice connect status`` reads that file.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import struct
 import time
 from typing import Any
 
 import orjson
-
-BEAT = struct.Struct("<qd")
 
 
 def write_json(path: str, doc: Any) -> None:
@@ -47,36 +43,6 @@ def read_json(path: str) -> Any:
             return orjson.loads(f.read())
     except (FileNotFoundError, orjson.JSONDecodeError):
         return None
-
-
-class Beat:
-    """The connector's side of ``<name>.beat``."""
-
-    def __init__(self, path: str) -> None:
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        self.pid = os.getpid()
-
-    def __call__(self) -> None:
-        os.pwrite(self.fd, BEAT.pack(self.pid, time.monotonic()), 0)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
-
-
-def read_beat(path: str) -> tuple[int, float] | None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        data = os.pread(fd, BEAT.size, 0)
-    finally:
-        os.close(fd)
-    if len(data) != BEAT.size:
-        return None
-    pid, beat = BEAT.unpack(data)
-    return int(pid), float(beat)
 
 
 class Counters:

@@ -26,9 +26,10 @@ from typing import Any
 
 import zmq
 
+from appliance.beat import read_beat
 from appliance.children import Child, Children, ChildSpec, ChildState, Supervision
 from appliance.config import NodeConfig
-from appliance.kafka.spec import BEAT, BEAT_FILE, ListenerSpec
+from appliance.kafka.spec import BEAT_FILE, ListenerSpec
 from ipc.errors import InvalidConfigError
 
 log = logging.getLogger(__name__)
@@ -49,21 +50,6 @@ def check_bindable(cfg: NodeConfig) -> None:
         except OSError as exc:
             why = "in use" if exc.errno == errno.EADDRINUSE else exc.strerror
             raise InvalidConfigError(f"kafka_listen={cfg.kafka_listen!r}: cannot bind: {why}") from None
-
-
-def read_beat(path: str) -> tuple[int, float] | None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        data = os.pread(fd, BEAT.size, 0)
-    finally:
-        os.close(fd)
-    if len(data) != BEAT.size:
-        return None
-    pid, beat = BEAT.unpack(data)
-    return int(pid), float(beat)
 
 
 class KafkaListenerChild:

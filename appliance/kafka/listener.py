@@ -21,19 +21,18 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import signal
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from appliance.beat import Beat
 from appliance.kafka import handlers_admin as admin
 from appliance.kafka import handlers_data as data
 from appliance.kafka import handlers_groups as groups
 from appliance.kafka.backend import Backend
 from appliance.kafka.server import Handler, KafkaRequest, KafkaServer
-from appliance.kafka.spec import BEAT, BEAT_S, ListenerSpec
+from appliance.kafka.spec import BEAT_S, ListenerSpec
 from appliance.partition.process import _close_forkserver_alive_fd
 from appliance.process import die_with_parent, pid_alive, setup_logging
 from ipc.kafka import apis_admin, apis_data, apis_groups
@@ -102,10 +101,10 @@ async def serve(spec: ListenerSpec) -> int:
         spec.advertised_host,
         spec.advertised_port,
     )
-    beat_fd = os.open(spec.beat_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    beat = Beat(spec.beat_path)
     try:
         while not stop.is_set():
-            os.pwrite(beat_fd, BEAT.pack(os.getpid(), time.monotonic()), 0)
+            beat()
             if not pid_alive(spec.supervisor_pid):
                 log.warning("supervisor %d is gone; stopping", spec.supervisor_pid)
                 break
@@ -116,6 +115,6 @@ async def serve(spec: ListenerSpec) -> int:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(tcp.wait_closed(), DRAIN_S)
     finally:
-        os.close(beat_fd)
+        beat.close()
         backend.close()
     return 0

@@ -4,11 +4,9 @@ of the listener's beat file (appliance/kafka/child.py says how it is used)."""
 from __future__ import annotations
 
 import dataclasses
-import struct
 
 from appliance.security_config import SecurityConfig
 
-BEAT = struct.Struct("<qd")
 BEAT_S = 0.25
 BEAT_FILE = "kafka-listener.beat"
 

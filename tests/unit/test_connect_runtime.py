@@ -11,11 +11,12 @@ from pathlib import Path
 import orjson
 import pytest
 
+from appliance.beat import Beat, read_beat
 from appliance.connect.api import ConnectorError
 from appliance.connect.dlq import dlq_headers
 from appliance.connect.file_sink import FileSink
 from appliance.connect.offsets import encode, last_offsets
-from appliance.connect.status import Beat, Counters, read_beat, read_json
+from appliance.connect.status import Counters, read_json
 from ipc.client.consumer import ConsumerRecord
 
 
