@@ -12,7 +12,8 @@ Printing (``RecordPrinter``) has three forms:
   key or value as ``null``;
 - ``--format``, kcat's ``-f``: ``%t`` topic, ``%p`` partition, ``%o`` offset, ``%k`` key,
   ``%s`` value, ``%K`` / ``%S`` their sizes (-1 for null), ``%h`` headers
-  (``name=value,...``), ``%T`` timestamp (ms), ``%%`` a percent sign; ``\\n``, ``\\t``,
+  (``name=value,...``, a null value as ``NULL`` as kcat prints it), ``%T`` timestamp
+  (ms), ``%%`` a percent sign; ``\\n``, ``\\t``,
   ``\\r``, ``\\0`` and ``\\\\`` are escapes. Nothing is added: end the format with ``\\n``
   for one line per record (as kcat). A null key or value prints as nothing;
 - ``--json``: one object per line, ``topic``, ``partition``, ``offset``, ``timestamp``,
@@ -99,7 +100,7 @@ _FORMAT_FIELDS: dict[str, Callable[[Record], bytes]] = {
     "s": lambda r: bytes(r.value or b""),
     "K": lambda r: b"%d" % (-1 if r.key is None else len(r.key)),
     "S": lambda r: b"%d" % (-1 if r.value is None else len(r.value)),
-    "h": lambda r: b",".join(k.encode() + b"=" + bytes(v or b"") for k, v in r.headers),
+    "h": lambda r: b",".join(k.encode() + b"=" + (b"NULL" if v is None else bytes(v)) for k, v in r.headers),
     "T": lambda r: b"%d" % r.timestamp,
 }
 

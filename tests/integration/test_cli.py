@@ -125,7 +125,7 @@ def test_produce_headers_timestamps_and_consume_formats(node: Node, b: list[str]
 
     common = ["--from-beginning", "--timeout-ms", "500", *b]
     res = sluice("consume", "fmt", "--format", r"%t %p %o %T %k %s [%h]\n", *common)
-    assert ok(res).splitlines() == ["fmt 1 0 1000 k1 v1 [app=cli,src=web,n=]", "fmt 1 1 2000 k2 v2 [app=cli]"]
+    assert ok(res).splitlines() == ["fmt 1 0 1000 k1 v1 [app=cli,src=web,n=NULL]", "fmt 1 1 2000 k2 v2 [app=cli]"]
     assert res.stderr.decode().strip() == "Processed a total of 2 messages"
 
     out = ok(sluice("consume", "fmt", "--print-timestamp", "--print-headers", "--print-key", "--print-offset", *common))

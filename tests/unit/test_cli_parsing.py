@@ -103,7 +103,8 @@ def test_default_line_fields_in_kafka_order() -> None:
 
 def test_kcat_format() -> None:
     f = compile_format(r"%t/%p@%o k=%k(%K) s=%S h=%h ts=%T 100%%\n")
-    assert f(R) == b"orders/2@41 k=k1(2) s=2 h=src=web,trace= ts=1700000000123 100%\n"
+    assert f(R) == b"orders/2@41 k=k1(2) s=2 h=src=web,trace=NULL ts=1700000000123 100%\n"
+    assert compile_format("%h")(R._replace(headers=[("e", b""), ("n", None)])) == b"e=,n=NULL"  # as kcat
     assert compile_format("%k|%s|%K")(R._replace(key=None, value=None)) == b"||-1"
     assert compile_format(r"%s\t")(R) == b"v\x01\t"
     with pytest.raises(CliError, match="unknown field %x"):
