@@ -19,7 +19,7 @@ from appliance.partition.purgatory import DelayedFetch, DelayedProduce, Purgator
 from appliance.partition.replica import Replica
 from ipc.control import RoleCommand
 from ipc.errors import NotLeaderError
-from ipc.peers import Delivery, PeerLedger, PeerResponder
+from ipc.peers import Delivery, PeerLedger, PeerLimits, PeerResponder
 from ipc.protocol import Reply, Responder
 from ipc.records import decode_batches, encode_batch
 from ipc.shm import Role
@@ -214,7 +214,8 @@ def test_a_stalled_peers_parked_fetches_are_released_unanswered(s: Setup) -> Non
         sent.append(peer)
         return Delivery.SENT
 
-    peers = PeerLedger("t-0", raw, on_stall=s.purgatory.release)
+    # no backlog allowed: the first reply that finds slow's queue full stalls it
+    peers = PeerLedger("t-0", raw, PeerLimits(max_backlog_replies=0), on_stall=s.purgatory.release)
     for cid, peer in ((1, b"slow"), (2, b"slow"), (3, b"fine")):
         acct = peers.park(peer, 1 << 20)
         assert acct is not None
