@@ -8,6 +8,7 @@ supervisor                 ``sluice: node 0``
 partition worker           ``sluice: worker orders-3 leader e7`` (role and leader epoch;
                            ``starting`` before its first role, updated at each change)
 any other child            ``sluice: <child name>`` (``kafka-listener``, a connector)
+the fork server            ``sluice: fork server`` (``forkserver_title.py``)
 =========================  ==========================================================
 
 ``setproctitle`` rewrites the process's argv area (and ``/proc/<pid>/comm``); without it

@@ -11,7 +11,7 @@ role                   processes
 ``worker``             partition workers (``sluice: worker ...``: ``appliance/proctitle.py``)
 ``kafka_listener``     the Kafka listener (``sluice: kafka-listener``)
 ``connector``          connectors (``sluice: connector-<name>``)
-``fork_server``        multiprocessing's fork server
+``fork_server``        multiprocessing's fork server (``sluice: fork server``)
 ``resource_tracker``   multiprocessing's resource tracker
 ``other``              anything else below the supervisor
 =====================  ===================================================================
@@ -48,7 +48,7 @@ def role_of(cmdline: list[str]) -> str:
     if first.startswith("sluice: connector"):
         return "connector"
     text = " ".join(cmdline)
-    if "multiprocessing.forkserver" in text:
+    if first.startswith("sluice: fork server") or "multiprocessing.forkserver" in text:
         return "fork_server"
     if "multiprocessing.resource_tracker" in text:
         return "resource_tracker"

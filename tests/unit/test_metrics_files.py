@@ -55,5 +55,6 @@ def test_roles_from_process_titles() -> None:
     assert role_of(["sluice: kafka-listener"]) == "kafka_listener"
     assert role_of(["sluice: connector-pg"]) == "connector"
     assert role_of(["python", "-c", "from multiprocessing.forkserver import main; main(9)"]) == "fork_server"
+    assert role_of(["sluice: fork server"]) == "fork_server"
     assert role_of(["python", "-c", "from multiprocessing.resource_tracker import main;main(9)"]) == "resource_tracker"
     assert role_of(["python"]) == "other"
