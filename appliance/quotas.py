@@ -6,13 +6,15 @@
 - ``NodeQuotas``: the supervisor's part of the byte-rate quotas. It owns the quota
   table (``ipc/quota_table.py``); each reconcile takes the document's newest version
   (``refresh``), and every tick (100 ms) it sums the workers' rows into one
-  ``SampledRate`` per principal and kind, and publishes, for each principal that has a
-  quota and was served in the window (and each user with an override), the window's
-  totals and its quotas. The workers throttle with them.
+  ``SampledRate`` per accounting key (``ipc/quota.py``: the entity a request matched,
+  ``User:alice`` or ``User:alice client-id:etl``...) and kind, and publishes the byte-rate
+  quotas of every entity that has one (named by ``entity_table_name``) and each key's
+  window totals. The workers resolve each request's entity and throttle with them.
 - ``RequestQuota``: the request-rate quota of the front endpoint (admin and metadata
   APIs; not the group APIs, whose heartbeats must not be refused): a request from a
-  principal over its ``request_rate`` is refused with ``THROTTLING_QUOTA_EXCEEDED`` and
-  its ``throttle_time_ms``, and is not counted (KIP-599's rule).
+  principal (with its client id) over its entity's ``request_rate`` is refused with
+  ``THROTTLING_QUOTA_EXCEEDED`` and its ``throttle_time_ms``, and is not counted
+  (KIP-599's rule).
 """
 
 from __future__ import annotations
@@ -24,8 +26,20 @@ from typing import Any
 from appliance.coordinator import Coordinator, StaleStateError
 from ipc.errors import ConcurrentModificationError, InvalidRequestError, SluiceError, ThrottlingQuotaExceededError
 from ipc.protocol import GROUP_APIS, Request, Response
-from ipc.quota import DOCUMENT, QuotaConfig, SampledRate, check_user, parse_changes, throttle_ms
-from ipc.quota_table import QuotaTable, QuotaTableError, table_name
+from ipc.quota import (
+    DEFAULT_ENTITY,
+    DOCUMENT,
+    Entity,
+    QuotaConfig,
+    SampledRate,
+    check_client,
+    check_user,
+    entity_label,
+    entity_table_name,
+    parse_changes,
+    throttle_ms,
+)
+from ipc.quota_table import QuotaTable, QuotaTableError
 from metrics.definitions import THROTTLE_TIME
 
 log = logging.getLogger(__name__)
@@ -48,29 +62,47 @@ class QuotaApis:
         return QuotaConfig.from_json(self._coordinator().document(DOCUMENT)[0])
 
     def set(self, req: Request) -> Response:
-        f = req.fields
-        user = f.get("user")
-        if f["default"] == (user is not None):
-            raise InvalidRequestError("set_quota: name exactly one entity: 'user' or 'default': true")
-        if user is not None:
-            user = check_user(user)
-        changes = parse_changes(f["quotas"])
+        entity = _entity(req.fields)
+        changes = parse_changes(req.fields["quotas"])
         coord = self._coordinator()
         for _ in range(UPDATE_ATTEMPTS):
             value, version = coord.document(DOCUMENT)
-            new = QuotaConfig.from_json(value).with_change(user, changes)
+            new = QuotaConfig.from_json(value).with_entity_change(entity, changes)
             try:
                 coord.set_document(DOCUMENT, new.to_json(), version)
             except StaleStateError:
                 continue  # another node changed them: read again
-            entity = "<default>" if user is None else f"User:{user}"
-            log.info("%s set the quotas of %s: %s", req.principal, entity, changes)
-            return Response({"quotas": new.entries(user)})
+            label = entity_label(entity)
+            log.info("%s set the quotas of %s: %s", req.principal, label, changes)
+            return Response({"quotas": [e for e in new.entries() if e["entity"] == label]})
         raise ConcurrentModificationError(f"the quotas kept changing; gave up after {UPDATE_ATTEMPTS} attempts")
 
     def describe(self, req: Request) -> Response:
-        user = req.fields.get("user")
-        return Response({"quotas": self.current().entries(None if user is None else check_user(user))})
+        user, client = req.fields.get("user"), req.fields.get("client")
+        return Response(
+            {
+                "quotas": self.current().entries(
+                    None if user is None else check_user(user), None if client is None else check_client(client)
+                )
+            }
+        )
+
+
+def _entity(f: dict[str, Any]) -> Entity:
+    """set_quota's entity: a user part ('user' or 'default') and/or a client-id part
+    ('client' or 'default_client')."""
+    user, client = f.get("user"), f.get("client")
+    if f["default"] and user is not None:
+        raise InvalidRequestError("set_quota: give 'user' or 'default': true, not both")
+    if f["default_client"] and client is not None:
+        raise InvalidRequestError("set_quota: give 'client' or 'default_client': true, not both")
+    user_part = DEFAULT_ENTITY if f["default"] else None if user is None else check_user(user)
+    client_part = DEFAULT_ENTITY if f["default_client"] else None if client is None else check_client(client)
+    if user_part is None and client_part is None:
+        raise InvalidRequestError(
+            "set_quota: name the entity: 'user' or 'default': true, and/or 'client' or 'default_client': true"
+        )
+    return user_part, client_part
 
 
 class RequestQuota:
@@ -81,9 +113,12 @@ class RequestQuota:
         self.config = QuotaConfig()
         self._on = False
         self._rates: dict[str, SampledRate] = {}
+        # (principal, client id) -> (accounting key, quota) or None; cleared by configure
+        self._matched: dict[tuple[str, str], tuple[str, float] | None] = {}
 
     def configure(self, config: QuotaConfig) -> None:
         self.config = config
+        self._matched = {}
         self._on = config.has("request_rate")
         if not self._on:
             self._rates.clear()
@@ -99,10 +134,16 @@ class RequestQuota:
     def check(self, req: Request) -> None:
         if req.api in GROUP_APIS or req.principal is None or req.principal.type != "User":
             return
-        name = str(req.principal)
-        quota = self.config.resolve(name, "request_rate")
-        if quota is None:
+        who = (str(req.principal), req.client_id)
+        if who in self._matched:
+            found = self._matched[who]
+        else:
+            if len(self._matched) >= MAX_PRINCIPALS:
+                self._matched = {}
+            found = self._matched[who] = self.config.match(who[0], "request_rate", who[1])
+        if found is None:
             return
+        name, quota = found
         now = self.clock()
         rate = self._rates.get(name)
         if rate is None:
@@ -131,8 +172,9 @@ class NodeQuotas:
         self.table: QuotaTable | None = None
         self._seen: dict[int, int] = {}  # slot -> the row's seq last read
         self._rows: dict[int, tuple[int, dict[str, tuple[int, int]]]] = {}  # slot -> (pid, name -> totals)
-        self._rates: dict[str, tuple[SampledRate, SampledRate]] = {}
-        self._by_table_name: dict[str, str] = {}  # a hashed long name -> the principal
+        self._rates: dict[str, tuple[SampledRate, SampledRate]] = {}  # accounting key (its table name) -> rates
+        self._published_config: QuotaConfig | None = None
+        self.generation = 0  # of the configuration published: the workers drop their resolutions when it moves
 
     def open(self, path: str, slots: int) -> None:
         self.table = QuotaTable.create(path, slots)
@@ -158,10 +200,15 @@ class NodeQuotas:
             return None
         self.version = version
         self.config = config
-        self._by_table_name = {table_name(f"User:{u}"): f"User:{u}" for u in config.users}
         if not config.any:
             self._rates.clear()
-        log.info("quotas now version %d: default %s, %d user override(s)", version, config.default, len(config.users))
+        log.info(
+            "quotas now version %d: default %s, %d user override(s), %d client-id entities",
+            version,
+            config.default,
+            len(config.users),
+            len(config.clients),
+        )
         self.publish()
         return config
 
@@ -189,7 +236,7 @@ class NodeQuotas:
                 df = fetched - f0 if fetched >= f0 else fetched
                 now_totals[name] = (produced, fetched)
                 if dp or df:
-                    self._record(self._by_table_name.get(name, name), dp, df, now)
+                    self._record(name, dp, df, now)
             self._rows[slot] = (pid, now_totals)
 
     def _record(self, principal: str, produced: int, fetched: int, now: float) -> None:
@@ -208,24 +255,32 @@ class NodeQuotas:
             return
         now = self.clock()
         cfg = self.config
+        if cfg is not self._published_config:
+            self._published_config = cfg
+            self.generation += 1
         entries: dict[str, tuple[float, float, float, float, float, float]] = {}
-        names = {f"User:{u}" for u in cfg.users}
-        for principal in [*names, *self._rates]:
-            produce_q = cfg.resolve(principal, "producer_byte_rate") or 0.0
-            fetch_q = cfg.resolve(principal, "consumer_byte_rate") or 0.0
-            rates = self._rates.get(principal)
-            if rates is None:
-                pt, pw, ft, fw = 0.0, 0.0, 0.0, 0.0
-            else:
-                (pt, pw), (ft, fw) = rates[0].window(now), rates[1].window(now)
-                if not (pt or ft) and principal not in names:
-                    del self._rates[principal]  # idle for a whole window
-                    continue
-            if produce_q or fetch_q:
-                entries[table_name(principal)] = (produce_q, fetch_q, pt, pw, ft, fw)
+        # every entity's byte-rate quotas first (what the workers resolve with), then the
+        # window totals of each accounting key served in the window
+        for entity, q in cfg.quotas().items():
+            if q.producer_byte_rate is not None or q.consumer_byte_rate is not None:
+                produce_q, fetch_q = q.producer_byte_rate or 0.0, q.consumer_byte_rate or 0.0
+                entries[entity_table_name(entity)] = (produce_q, fetch_q, 0.0, 0.0, 0.0, 0.0)
+        for key, rates in list(self._rates.items()):
+            (pt, pw), (ft, fw) = rates[0].window(now), rates[1].window(now)
+            if not (pt or ft):
+                del self._rates[key]  # idle for a whole window
+                continue
+            entries[key] = (0.0, 0.0, pt, pw, ft, fw)
         default = cfg.default
         enabled = cfg.has("producer_byte_rate") or cfg.has("consumer_byte_rate")
-        self.table.publish(now, enabled, default.producer_byte_rate or 0.0, default.consumer_byte_rate or 0.0, entries)
+        self.table.publish(
+            now,
+            enabled,
+            default.producer_byte_rate or 0.0,
+            default.consumer_byte_rate or 0.0,
+            entries,
+            self.generation,
+        )
 
     def status(self) -> dict[str, Any]:
         """Each measured principal's node-wide rates (bytes per second), for logs and tests."""

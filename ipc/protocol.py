@@ -204,13 +204,18 @@ SCHEMAS: dict[str, dict[str, Field]] = {
     "create_acls": {"acls": Field(list, check=_dict_list(1000))},
     "describe_acls": {"filter": Field(dict, required=False, default={})},
     "delete_acls": {"filters": Field(list, check=_dict_list(1000))},
-    # quotas (front endpoint; docs/security.md, ipc/quota.py): a user's or the default's
+    # quotas (front endpoint; docs/security.md): entity = "user"/"default" and/or "client"/"default_client"
     "set_quota": {
         "user": Field(str, required=False, check=_short_str),
         "default": Field(bool, required=False, default=False),
+        "client": Field(str, required=False, check=_short_str),
+        "default_client": Field(bool, required=False, default=False),
         "quotas": Field(dict, required=False, default={}),  # kind -> a positive number, or null: remove it
     },
-    "describe_quotas": {"user": Field(str, required=False, check=_short_str)},
+    "describe_quotas": {
+        "user": Field(str, required=False, check=_short_str),
+        "client": Field(str, required=False, check=_short_str),
+    },
     # consumer groups (front endpoint, the group coordinator)
     "find_coordinator": {"group": GROUP},
     "join_group": {
@@ -377,6 +382,7 @@ class Request:
     principal: Principal | None = None
     host: str = ""  # the peer's address, as the authenticate hook saw it (ACLs may name hosts)
     responder: Responder = dataclasses.field(default=None)  # type: ignore[assignment]
+    client_id: str = ""  # the header's client_id, any API (quotas may bind it: ipc/quota.py)
 
 
 def _buffer(frame: Frame) -> bytes | memoryview:
@@ -453,7 +459,10 @@ def _parse_request(frames: Sequence[Frame], allowed: frozenset[str] | None) -> R
             if why:
                 raise InvalidRequestError(f"{api}: field {name!r}={_short(value)} {why}")
         fields[name] = value
-    return Request(api, cid, fields, list(frames[1:]))
+    client_id = "" if obj.get("client_id") is None else obj["client_id"]  # any API (docs/protocol.md)
+    if not isinstance(client_id, str) or len(client_id) > 255:
+        raise InvalidRequestError(f"{api}: header 'client_id'={_short(client_id)} must be a string of <= 255 chars")
+    return Request(api, cid, fields, list(frames[1:]), client_id=client_id)
 
 
 def encode_request(api: str, cid: int, **fields: Any) -> bytes:

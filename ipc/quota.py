@@ -3,23 +3,38 @@ rate and throttle arithmetic every process shares.
 
 Entities and quotas
 -------------------
-A quota binds a **user** (the ``NAME`` of a ``User:NAME`` principal, ``User:ANONYMOUS``
-included) or the **default** entity (Kafka's ``<default>``: every user without an
-override of that quota). Three quotas, each a positive number:
+A quota binds an **entity**, as Kafka's (KIP-55): a user (the ``NAME`` of a
+``User:NAME`` principal, ``User:ANONYMOUS`` included), a client id (the ``client_id``
+every request's header carries, ``""`` if none), or both, each part a name or the
+default (``<default>``). An entity is ``(user, client)``, each part a name,
+``DEFAULT_ENTITY`` or None (absent). Three quotas, each a positive number:
 
 - ``producer_byte_rate``: bytes per second of produce requests, per node;
 - ``consumer_byte_rate``: bytes per second of fetch replies, per node;
 - ``request_rate``: admin and metadata requests per second at the node's front endpoint.
 
-Each quota resolves on its own (as Kafka's): the user's override of it, else the
-default's, else none. ``Node:N`` principals (replication, the node's own requests) are
-never throttled. Quotas bind principals, not client ids: a client id is chosen by the
-client, so anyone could take another's; give each application its own key instead.
+Each quota resolves on its own (as Kafka's): for a request of user U with client id C,
+the first of these entities that sets it (Kafka's precedence; ``candidates``)::
 
-The document (``Coordinator.document("quotas")``)::
+    /users/U/clients/C, /users/U/clients/<default>, /users/U,
+    /users/<default>/clients/C, /users/<default>/clients/<default>, /users/<default>,
+    /clients/C, /clients/<default>
+
+and the bytes (or requests) are accounted to that entity, with its default parts
+filled in (the **accounting key**): ``User:U`` for a user entity, ``User:U client-id:C``
+for a user-and-client one, ``client-id:C`` for a client one; every client whose requests
+match the same key shares its quota, as in Kafka. ``Node:N`` principals (replication,
+the node's own requests) are never throttled. A client id is chosen by the client: its
+quotas are for fairness among trusted clients; a user's quota (its own key) is the one
+a client cannot evade.
+
+The document (``Coordinator.document("quotas")``; ``clients`` and ``user_clients`` are
+new, a document without them is read as it was)::
 
     {"default": {"producer_byte_rate": 1048576.0},
-     "users": {"alice": {"producer_byte_rate": 204800.0, "request_rate": 50.0}}}
+     "users": {"alice": {"producer_byte_rate": 204800.0, "request_rate": 50.0}},
+     "clients": {"batch": {...}, "<default>": {...}},
+     "user_clients": {"alice": {"etl": {...}}, "<default>": {"<default>": {...}}}}
 
 Rates and throttle times
 ------------------------
@@ -41,10 +56,13 @@ one sample), so it may burst one second's worth.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
+
+import orjson
 
 from ipc.errors import InvalidRequestError
 
@@ -56,6 +74,7 @@ KINDS = ("producer_byte_rate", "consumer_byte_rate", "request_rate")
 MAX_RATE = 1e15  # bytes or requests per second: anything above is a typo
 MAX_USERS = 100_000
 MAX_USER_LEN = 249  # "User:" + this fits a principal (at most 255 characters)
+MAX_CLIENT_ID_LEN = 255
 DEFAULT_ENTITY = "<default>"
 
 
@@ -99,7 +118,13 @@ def check_rate(kind: str, value: Any, what: str = "quota") -> float:
 
 def check_user(name: Any) -> str:
     """A user entity's name: what follows ``User:`` in its principal."""
-    if not isinstance(name, str) or not name or len(name) > MAX_USER_LEN or any(c.isspace() for c in name):
+    if (
+        not isinstance(name, str)
+        or not name
+        or len(name) > MAX_USER_LEN
+        or any(c.isspace() for c in name)
+        or name == DEFAULT_ENTITY
+    ):
         raise InvalidRequestError(
             f"quota user {name!r} is invalid: expected the NAME of a User:NAME principal "
             f"(1..{MAX_USER_LEN} characters, no spaces), or the default entity"
@@ -109,72 +134,206 @@ def check_user(name: Any) -> str:
     return name
 
 
+def check_client(name: Any) -> str:
+    """A client-id entity's name: a client id (1..255 characters, not ``<default>``)."""
+    if not isinstance(name, str) or not name or len(name) > MAX_CLIENT_ID_LEN or name == DEFAULT_ENTITY:
+        raise InvalidRequestError(
+            f"quota client id {name!r} is invalid: expected 1..{MAX_CLIENT_ID_LEN} characters, or the default entity"
+        )
+    return name
+
+
+# an entity: (user part, client-id part), each a name, DEFAULT_ENTITY, or None (absent)
+Entity = tuple[str | None, str | None]
+DEFAULT_USER: Entity = (DEFAULT_ENTITY, None)
+
+
+def entity_label(entity: Entity) -> str:
+    """How describe_quotas names an entity: ``User:alice``, ``<default>`` (the default
+    user), ``User:alice client-id:etl``, ``client-id:<default>``..."""
+    user, client = entity
+    if client is None:
+        return DEFAULT_ENTITY if user == DEFAULT_ENTITY else f"User:{user}"
+    return f"client-id:{client}" if user is None else f"User:{user} client-id:{client}"
+
+
+def candidates(user: str, client: str) -> tuple[tuple[Entity, str], ...]:
+    """The entities that may bind user ``user`` with client id ``client``, in Kafka's
+    order of precedence, each with the accounting key its bytes go to."""
+    both, alone, by_client, d = f"User:{user} client-id:{client}", f"User:{user}", f"client-id:{client}", DEFAULT_ENTITY
+    return (
+        ((user, client), both),
+        ((user, d), both),
+        ((user, None), alone),
+        ((d, client), both),
+        ((d, d), both),
+        ((d, None), alone),
+        ((None, client), by_client),
+        ((None, d), by_client),
+    )
+
+
+def match_entity(lookup: Callable[[Entity], float | None], user: str, client: str) -> tuple[str, float] | None:
+    """(accounting key, quota) of the first entity ``lookup`` gives a quota, or None."""
+    for entity, key in candidates(user, client):
+        value = lookup(entity)
+        if value:
+            return key, float(value)
+    return None
+
+
+def entity_table_name(entity: Entity) -> str:
+    """An entity's name in the quota table's published block (``ipc/quota_table.py``):
+    ``=`` and its JSON, ``=#`` and a hash of it when longer than the table's 127 bytes.
+    Never an accounting key (those start with ``User:`` or ``client-id:``)."""
+    text = "=" + orjson.dumps(list(entity)).decode()
+    if len(text.encode()) <= 127:
+        return text
+    return "=#" + hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _parts(principal: str) -> str | None:
+    kind, _, name = principal.partition(":")
+    return name if kind == "User" else None  # Node principals are never throttled
+
+
 @dataclasses.dataclass(frozen=True)
 class QuotaConfig:
-    """The cluster's quotas: the default entity's and each user's overrides."""
+    """The cluster's quotas: the default user's, each user's, and the entities with a
+    client-id part (``clients``: (user part, client part) -> quotas)."""
 
     default: Quota = Quota()
     users: Mapping[str, Quota] = dataclasses.field(default_factory=dict)
+    clients: Mapping[Entity, Quota] = dataclasses.field(default_factory=dict)
 
     @property
     def any(self) -> bool:
         """Whether any quota is set at all (without one, nothing is measured)."""
-        return not self.default.empty or any(not q.empty for q in self.users.values())
+        return not all(q.empty for q in self.quotas().values())
 
     def has(self, kind: str) -> bool:
-        return getattr(self.default, kind) is not None or any(getattr(q, kind) is not None for q in self.users.values())
+        return any(getattr(q, kind) is not None for q in self.quotas().values())
 
-    def resolve(self, principal: str, kind: str) -> float | None:
+    def quotas(self) -> dict[Entity, Quota]:
+        """Every entity's quotas, the default user's first."""
+        out: dict[Entity, Quota] = {DEFAULT_USER: self.default}
+        out.update({(u, None): q for u, q in self.users.items()})
+        out.update(self.clients)
+        return out
+
+    def quota_of(self, entity: Entity) -> Quota | None:
+        user, client = entity
+        if client is None:
+            return self.default if user == DEFAULT_ENTITY else self.users.get(user or "")
+        return self.clients.get(entity)
+
+    def match(self, principal: str, kind: str, client_id: str = "") -> tuple[str, float] | None:
+        """(accounting key, quota) of ``kind`` binding ``principal`` (``User:NAME``) with
+        ``client_id``, or None (see the module docstring)."""
+        user = _parts(principal)
+        if user is None:
+            return None
+
+        def lookup(entity: Entity) -> float | None:
+            q = self.quota_of(entity)
+            return None if q is None else getattr(q, kind)
+
+        return match_entity(lookup, user, client_id)
+
+    def resolve(self, principal: str, kind: str, client_id: str = "") -> float | None:
         """The quota of ``kind`` binding ``principal`` (``User:NAME``), or None."""
-        kind_, _, name = principal.partition(":")
-        if kind_ != "User":
-            return None  # Node principals are never throttled
-        user = self.users.get(name)
-        if user is not None and (value := getattr(user, kind)) is not None:
-            return float(value)
-        value = getattr(self.default, kind)
-        return None if value is None else float(value)
+        found = self.match(principal, kind, client_id)
+        return None if found is None else found[1]
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "default": self.default.to_json(),
             "users": {name: q.to_json() for name, q in sorted(self.users.items()) if not q.empty},
         }
+        clients: dict[str, Any] = {}
+        user_clients: dict[str, dict[str, Any]] = {}
+        for (user, client), q in sorted(self.clients.items(), key=lambda e: (e[0][0] or "", e[0][1] or "")):
+            if q.empty or client is None:
+                continue
+            if user is None:
+                clients[client] = q.to_json()
+            else:
+                user_clients.setdefault(user, {})[client] = q.to_json()
+        if clients:
+            doc["clients"] = clients
+        if user_clients:
+            doc["user_clients"] = user_clients
+        return doc
 
     @classmethod
     def from_json(cls, value: Any) -> QuotaConfig:
         """The ``quotas`` document (None: never written)."""
         if value is None:
             return cls()
-        if not isinstance(value, Mapping) or not isinstance(value.get("users", {}), Mapping):
-            raise InvalidRequestError('the quotas document must be {"default": {...}, "users": {NAME: {...}}}')
+        if not isinstance(value, Mapping) or not all(
+            isinstance(value.get(k, {}), Mapping) for k in ("users", "clients", "user_clients")
+        ):
+            raise InvalidRequestError(
+                'the quotas document must be {"default": {...}, "users": {NAME: {...}}, '
+                '"clients": {CLIENT: {...}}, "user_clients": {NAME: {CLIENT: {...}}}}'
+            )
         users = {check_user(n): Quota.from_json(q, f"quota of user {n!r}") for n, q in value.get("users", {}).items()}
-        return cls(Quota.from_json(value.get("default", {}), "default quota"), users)
+        clients: dict[Entity, Quota] = {}
+        for c, q in value.get("clients", {}).items():
+            clients[(None, _name_or_default(c, check_client))] = Quota.from_json(q, f"quota of client id {c!r}")
+        for u, per_client in value.get("user_clients", {}).items():
+            user = _name_or_default(u, check_user)
+            if not isinstance(per_client, Mapping):
+                raise InvalidRequestError(f"the quotas document: user_clients[{u!r}] must be an object")
+            for c, q in per_client.items():
+                entity = (user, _name_or_default(c, check_client))
+                clients[entity] = Quota.from_json(q, f"quota of {entity_label(entity)}")
+        return cls(Quota.from_json(value.get("default", {}), "default quota"), users, clients)
 
-    def entries(self, user: str | None = None) -> list[dict[str, Any]]:
-        """describe_quotas' answer: one object per entity with quotas (``user``: only that
-        user's and the default's, which applies to it)."""
+    def entries(self, user: str | None = None, client: str | None = None) -> list[dict[str, Any]]:
+        """describe_quotas' answer: one object per entity with quotas, ``entity`` naming
+        it (and, for one with a client-id part, ``user`` and ``client_id``); ``user`` /
+        ``client``: only the entities that may apply to that user / client id."""
         out = []
-        if not self.default.empty:
-            out.append({"entity": DEFAULT_ENTITY, **self.default.to_json()})
-        for name, q in sorted(self.users.items()):
-            if not q.empty and (user is None or name == user):
-                out.append({"entity": f"User:{name}", **q.to_json()})
-        return out
+        for (u, c), q in self.quotas().items():
+            if q.empty:
+                continue
+            if user is not None and u not in (None, DEFAULT_ENTITY, user):
+                continue
+            if client is not None and c not in (None, DEFAULT_ENTITY, client):
+                continue
+            entry: dict[str, Any] = {"entity": entity_label((u, c))}
+            if c is not None:
+                entry.update({"user": u, "client_id": c} if u is not None else {"client_id": c})
+            out.append({**entry, **q.to_json()})
+        return sorted(out, key=lambda e: (e["entity"] != DEFAULT_ENTITY, e["entity"]))
 
     def with_change(self, user: str | None, changes: Mapping[str, float | None]) -> QuotaConfig:
         """A new configuration with ``changes`` made to ``user``'s quotas (None: the default's)."""
-        if user is None:
-            return QuotaConfig(self.default.changed(changes), self.users)
-        users = dict(self.users)
-        q = users.get(user, Quota()).changed(changes)
+        return self.with_entity_change(DEFAULT_USER if user is None else (user, None), changes)
+
+    def with_entity_change(self, entity: Entity, changes: Mapping[str, float | None]) -> QuotaConfig:
+        """A new configuration with ``changes`` made to ``entity``'s quotas."""
+        user, client = entity
+        if entity == DEFAULT_USER:
+            return QuotaConfig(self.default.changed(changes), self.users, self.clients)
+        users, clients = dict(self.users), dict(self.clients)
+        table: dict[Any, Quota] = users if client is None else clients
+        key: Any = user if client is None else entity
+        q = table.get(key, Quota()).changed(changes)
         if q.empty:
-            users.pop(user, None)
+            table.pop(key, None)
         else:
-            users[user] = q
-        if len(users) > MAX_USERS:
-            raise InvalidRequestError(f"the cluster would have quotas for {len(users)} users; at most {MAX_USERS}")
-        return QuotaConfig(self.default, users)
+            table[key] = q
+        if len(users) + len(clients) > MAX_USERS:
+            raise InvalidRequestError(
+                f"the cluster would have quotas for {len(users) + len(clients)} entities; at most {MAX_USERS}"
+            )
+        return QuotaConfig(self.default, users, clients)
+
+
+def _name_or_default(name: Any, check: Callable[[Any], str]) -> str:
+    return DEFAULT_ENTITY if name == DEFAULT_ENTITY else check(name)
 
 
 def parse_changes(obj: Any) -> dict[str, float | None]:

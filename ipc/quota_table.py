@@ -17,29 +17,35 @@ makes it even; a reader copies the block and retries while the counter is odd or
 Byte layout (little-endian, ``pad`` written as zero)::
 
     header (64 bytes at 0), written once by ``create``:
-      0  4  bytes magic b"SLQT"       4  2  u16 version (1)     8  4  u32 slot_count
+      0  4  bytes magic b"SLQT"       4  2  u16 version (2)     8  4  u32 slot_count
       12 4  u32 row_entries (8)       16 4  u32 max_published (2048)
 
     published block (at 64), written only by the supervisor:
       0  8  u64 seq                   8  8  f64 at: time.monotonic() of the sum
       16 1  u8  enabled: 1 if any quota is set, else 0 (workers then count nothing)
+      20 4  u32 generation of the quota configuration (a worker's resolutions of it
+            are good until it moves)
       24 8  f64 default producer_byte_rate (0: none)   32 8 f64 default consumer_byte_rate
       40 4  u32 count of entries
       48 .. count x 176-byte entries: name (u8 length + 127 bytes UTF-8),
             f64 producer quota, f64 consumer quota (0: none),
             f64 produce total, f64 produce window s, f64 fetch total, f64 fetch window s
+            -- an entity's quotas (named ``=[user, client]``, ``ipc.quota.entity_table_name``;
+            totals 0) or an accounting key's window totals (``User:alice``,
+            ``User:alice client-id:etl``, ``client-id:etl``; quotas 0)
 
     row i (at ROWS_OFFSET + i * ROW_SIZE), written only by the worker of status slot i:
       0  8  u64 seq                   8  4  u32 count of entries    12 4 i32 pid
       16 .. 8 x 144-byte entries: name (u8 length + 127 bytes UTF-8),
             u64 produce bytes, u64 fetch bytes (cumulative since the worker started)
 
-A name is the principal (``User:alice``); one longer than 127 bytes is stored as
-``User:#`` and a hash of it (``table_name``). A worker that serves more than 8
-principals at once reuses the entry least recently used (the supervisor sees the name
-change at that index and starts that entry's counters from zero). The monotonic clock
-(``CLOCK_MONOTONIC``) is one clock for every process of the host, so ``at`` means the
-same to the supervisor and its workers.
+A row's name is the accounting key of the entity a request matched (``User:alice``,
+``User:alice client-id:etl``, ``client-id:etl``: ``ipc/quota.py``); one longer than 127
+bytes is stored as ``User:#`` (or ``client-id:#``) and a hash of it (``table_name``). A
+worker that serves more than 8 principals at once reuses the entry least recently used
+(the supervisor sees the name change at that index and starts that entry's counters from
+zero). The monotonic clock (``CLOCK_MONOTONIC``) is one clock for every process of the
+host, so ``at`` means the same to the supervisor and its workers.
 """
 
 from __future__ import annotations
@@ -59,11 +65,11 @@ from ipc.shm import ShmBusyError
 log = logging.getLogger(__name__)
 
 MAGIC = b"SLQT"
-VERSION = 1
+VERSION = 2
 FILE_NAME = "quotas.shm"
 HEADER = struct.Struct("<4sH2xIII44x")
 HEADER_SIZE = 64
-PUB_HEAD = struct.Struct("<QdB7xddI4x")
+PUB_HEAD = struct.Struct("<QdB3xIddI4x")
 PUB_ENTRY = struct.Struct("<B127s6d")
 MAX_PUBLISHED = 2048
 PUB_OFFSET = HEADER_SIZE
@@ -102,7 +108,7 @@ def _name(raw: bytes, n: int) -> str:
 class Published:
     """What the supervisor published, as a worker reads it."""
 
-    __slots__ = ("seq", "at", "enabled", "default_produce", "default_fetch", "entries")
+    __slots__ = ("seq", "at", "enabled", "default_produce", "default_fetch", "entries", "generation")
 
     def __init__(
         self,
@@ -112,8 +118,10 @@ class Published:
         default_produce: float,
         default_fetch: float,
         entries: Mapping[str, tuple[float, float, float, float, float, float]],
+        generation: int = 0,
     ) -> None:
         self.seq = seq
+        self.generation = generation
         self.at = at
         self.enabled = enabled
         self.default_produce = default_produce
@@ -233,6 +241,7 @@ class QuotaTable:
         default_produce: float,
         default_fetch: float,
         entries: Mapping[str, tuple[float, float, float, float, float, float]],
+        generation: int = 0,
     ) -> None:
         parts: list[bytes] = []
         for name, values in entries.items():
@@ -241,7 +250,7 @@ class QuotaTable:
                 break
             raw = name.encode()[:NAME_BYTES]
             parts.append(PUB_ENTRY.pack(len(raw), raw, *values))
-        head = PUB_HEAD.pack(0, at, enabled, default_produce, default_fetch, len(parts))[8:]
+        head = PUB_HEAD.pack(0, at, enabled, generation & 0xFFFFFFFF, default_produce, default_fetch, len(parts))[8:]
         parts.insert(0, head)
         self._write(PUB_OFFSET, b"".join(parts))
 
@@ -251,7 +260,7 @@ class QuotaTable:
             return None
         for _ in range(READ_TRIES):
             seq, head = self._read(PUB_OFFSET, PUB_HEAD.size - 8)
-            _, at, enabled, dp, df, count = PUB_HEAD.unpack(SEQ.pack(seq) + head)
+            _, at, enabled, generation, dp, df, count = PUB_HEAD.unpack(SEQ.pack(seq) + head)
             count = min(count, MAX_PUBLISHED)
             seq2, body = self._read(PUB_OFFSET, PUB_HEAD.size - 8 + count * PUB_ENTRY.size)
             if seq2 != seq:
@@ -259,7 +268,7 @@ class QuotaTable:
             entries = {}
             for n, raw, *values in PUB_ENTRY.iter_unpack(body[PUB_HEAD.size - 8 :]):
                 entries[_name(raw, n)] = tuple(values)
-            return Published(seq, at, bool(enabled), dp, df, entries)
+            return Published(seq, at, bool(enabled), dp, df, entries, generation)
         raise QuotaTableError(f"quota table {self.path}: the published block kept changing")
 
     # ---- the rows (each worker -> supervisor) ----------------------------------------------

@@ -6,7 +6,11 @@ served per principal, cumulative) and reads what the supervisor published. Per r
 (``check``, chained after the authorizer in the request pipeline) it adds the request's
 bytes to what it counted since its last write and computes the throttle time with
 ``ipc.quota.throttle_ms`` over the published window plus those bytes, so a burst into
-one worker is throttled at once, not a tick later:
+one worker is throttled at once, not a tick later. The bytes go to the accounting key
+of the entity the request matched (``ipc.quota.match_entity`` over the entities'
+quotas as published, in Kafka's order: user and client id, ..., client id default),
+resolved once per (principal, client id) and kind and kept until the published
+configuration's generation moves:
 
 - produce: the request's batch bytes are counted when it arrives; a throttled one is
   still appended, and its reply (or, with ``acks=0``, nothing) says ``throttle_time_ms``;
@@ -27,7 +31,7 @@ from functools import partial
 from typing import Any
 
 from ipc.protocol import Request, Responder, Response
-from ipc.quota import throttle_ms
+from ipc.quota import Entity, entity_table_name, match_entity, throttle_ms
 from ipc.quota_table import NOTHING, ROW_ENTRIES, Published, QuotaTable, QuotaTableError, table_name
 from ipc.throttle import MutedPeers, mute_peer, with_throttle
 from metrics.definitions import THROTTLE_TIME
@@ -64,7 +68,9 @@ class WorkerQuotas:
             log.warning("%s: no quota table (%s); byte-rate quotas are not enforced", name, exc)
         self.published: Published = NOTHING
         self.enabled = False
-        self._names: dict[Any, str] = {}  # principal -> its name in the table
+        # (principal, client id) -> per kind, (accounting key's table name, quota) or None
+        self._matched: dict[tuple[Any, str], tuple[tuple[str, float] | None, tuple[str, float] | None]] = {}
+        self._generation = -1  # of the configuration self._matched was resolved with
         self._usage: dict[str, Usage] = {}
         self._dirty = False
         self._written_at = 0.0
@@ -88,15 +94,20 @@ class WorkerQuotas:
             return
         if api == "fetch" and req.fields["replica_id"] >= 0:
             return  # a follower's replica fetch: never throttled
-        name = self._names.get(principal)
-        if name is None:
-            if len(self._names) > 4096:
-                self._names.clear()
-            name = self._names[principal] = table_name(str(principal))
+        who = (principal, req.client_id)
+        matched = self._matched.get(who)
+        if matched is None:
+            if len(self._matched) > 4096:
+                self._matched.clear()
+            matched = self._matched[who] = (
+                self.resolve(principal.name, req.client_id, PRODUCE),
+                self.resolve(principal.name, req.client_id, FETCH),
+            )
         kind = PRODUCE if api == "produce" else FETCH
-        quota = self._quota(name, kind)
-        if quota is None:
+        found = matched[kind]
+        if found is None:
             return
+        name, quota = found
         if kind == FETCH:
             req.responder.on_reply = partial(self._on_fetch_reply, name, quota)
             return
@@ -118,11 +129,17 @@ class WorkerQuotas:
         mute_peer(self.muted, responder, ms / 1000)
         THROTTLE_TIME.labels(name, KIND_LABEL[kind]).inc(ms / 1000)
 
-    def _quota(self, name: str, kind: int) -> float | None:
-        pub = self.published
-        entry = pub.entries.get(name)
-        value = entry[kind] if entry is not None else (pub.default_produce, pub.default_fetch)[kind]
-        return value or None
+    def resolve(self, user: str, client_id: str, kind: int) -> tuple[str, float] | None:
+        """(the table name of the accounting key, the quota) binding ``User:user`` with
+        ``client_id`` for ``kind``, from the entities' quotas as published; None: none."""
+        entries = self.published.entries
+
+        def lookup(entity: Entity) -> float | None:
+            entry = entries.get(entity_table_name(entity))
+            return None if entry is None else entry[kind]
+
+        found = match_entity(lookup, user, client_id)
+        return None if found is None else (table_name(found[0]), found[1])
 
     def _count(self, name: str, kind: int, nbytes: int) -> None:
         u = self._usage.get(name)
@@ -180,6 +197,9 @@ class WorkerQuotas:
         pub = self.table.read_published(self.published.seq)
         if pub is not None:
             self.published = pub
+            if pub.generation != self._generation:  # the quotas changed: resolve again
+                self._generation = pub.generation
+                self._matched.clear()
             if pub.enabled != self.enabled:
                 log.info("%s: byte-rate quotas %s", self.name, "enabled" if pub.enabled else "disabled")
             self.enabled = pub.enabled

@@ -17,6 +17,7 @@ from typing import Any
 import zmq as _zmq
 
 from ipc.acl import AclBinding, AclFilter
+from ipc.client.client_id import client_id_for
 from ipc.client.coordinator import CoordinatorLink
 from ipc.client.offsets import list_offsets
 from ipc.client.structs import NewTopic, OffsetAndTimestamp
@@ -65,6 +66,7 @@ class Admin:
         bootstrap_servers: Bootstrap = None,
         timeout_ms: int = 30_000,
         security: Security = None,
+        client_id: str | None = None,
         zmq_module: ModuleType = _zmq,
     ) -> None:
         self.endpoints = parse_bootstrap(bootstrap, bootstrap_servers)
@@ -72,7 +74,8 @@ class Admin:
             raise ValueError(f"timeout_ms={timeout_ms}: must be positive")
         self.timeout_s = timeout_ms / 1000
         self.zmq = zmq_module
-        self.ctx = client_context(zmq_module, security)
+        self.client_id = client_id_for(client_id, "admin")
+        self.ctx = client_context(zmq_module, security, self.client_id)
         self.channel = BootstrapChannel(self.ctx, self.endpoints, zmq_module)
         self._link: CoordinatorLink | None = None  # to group coordinators, made on first use
 
@@ -353,16 +356,24 @@ class Admin:
         user: str | None = None,
         *,
         default: bool = False,
+        client_id: str | None = None,
+        default_client: bool = False,
         producer_byte_rate: float | None | _Keep = KEEP,
         consumer_byte_rate: float | None | _Keep = KEEP,
         request_rate: float | None | _Keep = KEEP,
         timeout_ms: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Set (a number) or remove (None) quotas of ``user`` (the NAME of ``User:NAME``)
-        or, with ``default=True``, of every user without an override; a quota not named
-        is left as it is. Returns the entity's quotas afterwards."""
-        if (user is None) == (not default):
-            raise InvalidConfigError("set_quota: give a user name or default=True (one of them)")
+        """Set (a number) or remove (None) quotas of an entity, as Kafka's: its user part
+        ``user`` (the NAME of ``User:NAME``) or ``default=True`` (every user without an
+        override), and/or its client-id part ``client_id`` or ``default_client=True``
+        (e.g. ``set_quota("alice", client_id="etl", ...)``, ``set_quota(client_id="etl",
+        ...)``); a quota not named is left as it is. Returns the entity's quotas afterwards."""
+        if user is not None and default:
+            raise InvalidConfigError("set_quota: give a user name or default=True, not both")
+        if client_id is not None and default_client:
+            raise InvalidConfigError("set_quota: give client_id or default_client=True, not both")
+        if user is None and not default and client_id is None and not default_client:
+            raise InvalidConfigError("set_quota: name the entity: a user (or default=True) and/or a client_id")
         changes = {
             k: v
             for k, v in (
@@ -377,14 +388,24 @@ class Admin:
         fields: dict[str, Any] = {"quotas": changes}
         if default:
             fields["default"] = True
-        else:
+        elif user is not None:
             fields["user"] = user
+        if default_client:
+            fields["default_client"] = True
+        elif client_id is not None:
+            fields["client"] = client_id
         return list(self._call("set_quota", timeout_ms, **fields)["quotas"])
 
-    def describe_quotas(self, user: str | None = None, timeout_ms: int | None = None) -> list[dict[str, Any]]:
-        """Every entity's quotas (``{"entity": "User:alice" | "<default>", kind: rate}``);
-        with ``user``, that user's and the default's."""
-        fields = {} if user is None else {"user": user}
+    def describe_quotas(
+        self, user: str | None = None, timeout_ms: int | None = None, *, client_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Every entity's quotas (``{"entity": "User:alice" | "<default>" |
+        "User:alice client-id:etl" | "client-id:<default>" ..., kind: rate}``, with
+        ``user`` and ``client_id`` parts for an entity with a client-id part); with
+        ``user`` / ``client_id``, only the entities that may apply to them."""
+        fields: dict[str, Any] = {} if user is None else {"user": user}
+        if client_id is not None:
+            fields["client"] = client_id
         return list(self._call("describe_quotas", timeout_ms, **fields)["quotas"])
 
     def close(self) -> None:

@@ -38,6 +38,7 @@ from typing import Any
 
 import zmq as _zmq
 
+from ipc.client.client_id import client_id_for
 from ipc.client.committer import Committer, commit_body
 from ipc.client.fetcher import ConsumerRecord, Fetcher
 from ipc.client.group import GroupMembership
@@ -90,7 +91,7 @@ class Consumer:
         rebalance_timeout_ms: int | None = None,
         partition_assignment_strategy: str | Sequence[str] = "cooperative-sticky",
         group_instance_id: str | None = None,
-        client_id: str = "",
+        client_id: str | None = None,
         on_assign: Callable[[list[TopicPartition]], Any] | None = None,
         on_revoke: Callable[[list[TopicPartition]], Any] | None = None,
         on_lost: Callable[[list[TopicPartition]], Any] | None = None,
@@ -130,7 +131,8 @@ class Consumer:
         self.request_timeout_s = request_timeout_ms / 1000
         self.retry_backoff_s = retry_backoff_ms / 1000
         self.zmq = zmq_module
-        self.ctx = client_context(zmq_module, security)
+        self.client_id = client_id_for(client_id, "consumer")
+        self.ctx = client_context(zmq_module, security, self.client_id)
         self.metadata = ClusterMetadata(
             BootstrapChannel(self.ctx, self.endpoints, zmq_module), self.request_timeout_s, allow_auto_create=False
         )
@@ -183,7 +185,7 @@ class Consumer:
                 zmq_module,
                 group_id,
                 instance_id=group_instance_id,
-                client_id=client_id,
+                client_id=self.client_id,
                 session_timeout_ms=session_timeout_ms,
                 heartbeat_interval_ms=heartbeat_interval_ms,
                 max_poll_interval_ms=max_poll_interval_ms,

@@ -46,6 +46,7 @@ from ipc.client.batch import (
     RecordMetadata,
     new_future,
 )
+from ipc.client.client_id import client_id_for
 from ipc.client.idempotence import resolve_idempotence
 from ipc.client.metadata import ClusterMetadata
 from ipc.client.partitioner import KeyPartitioner
@@ -86,9 +87,11 @@ class Producer:
         key_serializer: str | Serializer | None = None,
         value_serializer: str | Serializer | None = None,
         security: Security = None,
+        client_id: str | None = None,
         zmq_module: ModuleType = _zmq,
     ) -> None:
         self.endpoints = parse_bootstrap(bootstrap, bootstrap_servers)
+        self.client_id = client_id_for(client_id, "producer")
         self._key_serializer = resolve_serializer(key_serializer, "key_serializer")
         self._value_serializer = resolve_serializer(value_serializer, "value_serializer")
         if self._key_serializer is not None or self._value_serializer is not None:
@@ -133,7 +136,7 @@ class Producer:
         self._partitions = acc.partitions
         self._key_partitioner = KeyPartitioner()
         self._wakeup = Wakeup()
-        self.ctx = client_context(zmq_module, security)
+        self.ctx = client_context(zmq_module, security, self.client_id)
         self._md_lock = threading.Lock()
         self._app_metadata = ClusterMetadata(BootstrapChannel(self.ctx, self.endpoints, zmq_module), self.max_block_s)
         self._sender = Sender(

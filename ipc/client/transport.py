@@ -31,6 +31,7 @@ from typing import Any
 import zmq as _zmq
 
 from ipc import curve, sockets
+from ipc.client.client_id import header_tail, set_client_id
 from ipc.errors import AuthenticationError, InvalidConfigError, RequestTimedOutError, SluiceError
 from ipc.protocol import Reply, encode_request, parse_reply
 
@@ -67,8 +68,9 @@ Security = Mapping[str, str] | None
 SECURITY_OPTIONS = ("server_public_key", "secret_key_file")
 
 
-def client_context(zmq_module: ModuleType = _zmq, security: Security = None) -> Any:
-    """A client's ZeroMQ context; with ``security`` (or ``$SLUICE_SERVER_KEY`` and
+def client_context(zmq_module: ModuleType = _zmq, security: Security = None, client_id: str | None = None) -> Any:
+    """A client's ZeroMQ context, its requests carrying ``client_id`` (ipc/client/client_id.py);
+    with ``security`` (or ``$SLUICE_SERVER_KEY`` and
     ``$SLUICE_SECRET_KEY_FILE``) every TCP socket it makes connects with CURVE:
     ``{"server_public_key": Z85 text or a .key file, "secret_key_file": a .key_secret file}``."""
     if security is None and os.environ.get("SLUICE_SERVER_KEY"):
@@ -88,6 +90,8 @@ def client_context(zmq_module: ModuleType = _zmq, security: Security = None) -> 
     ctx = zmq_module.Context()
     if keys is not None:
         sockets.secure(ctx, client=keys)
+    if client_id is not None:
+        set_client_id(ctx, client_id)
     return ctx
 
 
@@ -136,6 +140,8 @@ def next_id() -> int:
 
 
 class Channel:
+    _client_id_tail: bytes | None = None  # ',"client_id":"..."}' ending every header (set_client_id)
+
     def __init__(self, ctx: Any, endpoint: str, zmq_module: ModuleType = _zmq, watch: bool = True) -> None:
         self.ctx = ctx
         self.endpoint = endpoint
@@ -145,6 +151,7 @@ class Channel:
         self.pool: ChannelPool | None = None  # keeps its poller right across a reset
         self.refused: AuthenticationError | None = None  # the last handshake the node refused
         self.sock: Any = None
+        self._client_id_tail = header_tail(ctx)  # encoded once per channel
         self._connect(watch)
 
     def _connect(self, watch: bool) -> None:
@@ -160,6 +167,8 @@ class Channel:
     def send(self, api: str, frames: Sequence[Any] = (), **fields: Any) -> int:
         cid = next_id()
         header = encode_request(api, cid, **fields)
+        if self._client_id_tail is not None and "client_id" not in fields:  # join_group names its own
+            header = header[:-1] + self._client_id_tail
         if frames:
             self.sock.send_multipart([header, *frames], copy=False)
         else:

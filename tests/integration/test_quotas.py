@@ -249,3 +249,84 @@ def test_quotas_cli_set_list_remove(node: Node) -> None:
     assert bad.returncode != 0 and "positive" in bad.stderr and "Traceback" not in bad.stderr
     bad = sluice("set", "--producer-byte-rate", "5")
     assert bad.returncode != 0 and "--user NAME or --default" in bad.stderr
+
+
+def produce_as(sock: zmq.Socket[Any], client_id: str, topic: str, seconds: float) -> tuple[float, list[int]]:
+    """produce_for with ``client_id`` in every header."""
+    batch = encode_batch([b"x" * 1000] * 20)
+    sent, throttles = 0, []
+    start = time.monotonic()
+    for _ in range(1_000_000):
+        if time.monotonic() - start >= seconds:
+            break
+        reply = call(sock, "produce", [batch], topic=topic, partition=0, client_id=client_id)
+        assert reply.error is None, reply.error
+        sent += len(batch)
+        throttles.append(int(reply.fields.get("throttle_time_ms", 0)))
+    return sent / (time.monotonic() - start), throttles
+
+
+def test_a_client_id_quota_throttles_that_client_only(node: Node, ctx: zmq.Context[Any]) -> None:
+    """Two producers of the same user (User:ANONYMOUS) with different client ids: a quota
+    on one client id bounds that one (under twice the quota though it ignores
+    throttle_time_ms), and the other is never throttled."""
+    endpoint = endpoint_of(ctx, node, "cq")
+    slow, fast = dealer(ctx, endpoint), dealer(ctx, endpoint)
+    with node.admin() as admin:
+        set_to = admin.set_quota(client_id="slow", producer_byte_rate=QUOTA)
+        assert set_to == [{"entity": "client-id:slow", "client_id": "slow", "producer_byte_rate": float(QUOTA)}]
+    wait_until(lambda: any(produce_as(slow, "slow", "cq", 0.2)[1]), 10, "the client-id quota to take effect")
+    rate, throttles = produce_as(slow, "slow", "cq", MEASURE_S)
+    assert max(throttles) > 0
+    assert rate < 2 * QUOTA, f"{rate:.0f} B/s for client id slow with a quota of {QUOTA} B/s"
+    rate, throttles = produce_as(fast, "fast", "cq", 1.0)
+    assert not any(throttles), "client id fast was throttled by client id slow's quota"
+    assert rate > 2 * QUOTA, f"client id fast produced only {rate:.0f} B/s"
+    # the project's Producer sends its client_id: the quota binds it too, and it honours the throttle
+    with Producer(node.bootstrap, client_id="slow", linger_ms=5) as p:
+        start = time.monotonic()
+        for _ in range(8):  # 8 x 100 KB: 4 s of the quota (less what the second unthrottled left)
+            futures = [p.send("cq", b"z" * 1000, partition=0) for _ in range(100)]
+            p.flush(60)
+            assert all(f.result(0) is not None for f in futures)
+        took = time.monotonic() - start
+    assert took > 1.5, f"800 KB produced in {took:.2f} s as client id slow under a quota of {QUOTA} B/s"
+    assert 800_000 / took < 2 * QUOTA
+    slow.close(0)
+    fast.close(0)
+
+
+def test_quotas_cli_sets_and_lists_client_id_quotas(node: Node) -> None:
+    def sluice(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*SLUICE, "quotas", *args, "--bootstrap", node.bootstrap],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+
+    done = sluice("set", "--user", "alice", "--client-id", "etl", "--producer-byte-rate", "1000")
+    assert done.returncode == 0, done.stderr
+    assert "User:alice client-id:etl: producer_byte_rate=1000" in done.stdout
+    assert sluice("set", "--default-client", "--request-rate", "20").returncode == 0
+    assert sluice("set", "--default", "--client-id", "batch", "--consumer-byte-rate", "5").returncode == 0
+    listed = json.loads(sluice("list", "--json").stdout)
+    assert listed == [
+        {
+            "entity": "User:<default> client-id:batch",
+            "user": "<default>",
+            "client_id": "batch",
+            "consumer_byte_rate": 5.0,
+        },
+        {"entity": "User:alice client-id:etl", "user": "alice", "client_id": "etl", "producer_byte_rate": 1000.0},
+        {"entity": "client-id:<default>", "client_id": "<default>", "request_rate": 20.0},
+    ]
+    only = json.loads(sluice("list", "--client-id", "etl", "--json").stdout)
+    assert [e["entity"] for e in only] == ["User:alice client-id:etl", "client-id:<default>"]
+    assert "client-id:<default>: request_rate=20" in sluice("list").stdout
+    assert sluice("remove", "--default-client").returncode == 0
+    assert sluice("remove", "--user", "alice", "--client-id", "etl").returncode == 0
+    assert [e["entity"] for e in json.loads(sluice("list", "--json").stdout)] == ["User:<default> client-id:batch"]
+    bad = sluice("set", "--client-id", "etl", "--default-client", "--request-rate", "5")
+    assert bad.returncode != 0 and "not both" in bad.stderr and "Traceback" not in bad.stderr
