@@ -54,15 +54,25 @@ def test_protected_mode_refuses_other_hosts_with_a_clear_message() -> None:
     assert (str(principal), host) == ("User:ANONYMOUS", "10.1.2.3")
 
 
-def test_principal_comes_from_the_zap_user_id_once_per_peer() -> None:
+def test_principal_comes_from_each_messages_zap_user_id() -> None:
     gate = Gate(_secured())
     frame = FakeFrame(**{"Peer-Address": "10.0.0.9", "User-Id": "User:alice"})
-    for _ in range(3):
-        principal, host = gate.authenticate(b"peer", frame)
-        assert principal == Principal("User", "alice") and host == "10.0.0.9"
-    assert frame.asked == 2  # both properties read once, then cached for the connection
+    principal, host = gate.authenticate(b"peer", frame)
+    assert principal == Principal("User", "alice") and host == "10.0.0.9"
+    # a client that reconnects with the routing identity of a peer that left gets its
+    # own principal and address, never the departed peer's
+    other = FakeFrame(**{"Peer-Address": "10.0.0.66", "User-Id": "User:bob"})
+    assert gate.authenticate(b"peer", other) == (Principal("User", "bob"), "10.0.0.66")
+
+
+def test_protected_mode_is_judged_per_message_not_per_routing_identity() -> None:
+    gate = Gate(SecurityConfig())
+    gate.authenticate(b"same-id", FakeFrame(**{"Peer-Address": "127.0.0.1"}))
+    with pytest.raises(ProtectedModeError):
+        gate.authenticate(b"same-id", FakeFrame(**{"Peer-Address": "10.9.9.9"}))
     # with keys, protected mode does not apply: every client is authenticated
-    node, _ = gate.authenticate(b"n", FakeFrame(**{"Peer-Address": "10.0.0.2", "User-Id": "Node:2"}))
+    secured = Gate(_secured())
+    node, _ = secured.authenticate(b"n", FakeFrame(**{"Peer-Address": "10.0.0.2", "User-Id": "Node:2"}))
     assert str(node) == "Node:2"
 
 
