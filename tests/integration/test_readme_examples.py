@@ -75,6 +75,9 @@ def test_readme_examples_run(tmp_path: Path) -> None:
             return st.returncode == 0
 
         wait_until(answering, 60, "the node to answer")
+        # the README's `. .venv/bin/activate`: this checkout's virtualenv, or (a checkout
+        # without one, such as a worktree) the one running these tests
+        venv = REPO / ".venv" if (REPO / ".venv" / "bin" / "activate").exists() else Path(sys.prefix)
         ran = 0
         for block in sh:
             lines = shell_lines(block)
@@ -84,7 +87,7 @@ def test_readme_examples_run(tmp_path: Path) -> None:
                 cmd = localize(line)
                 if cmd.startswith(". "):  # the activation: kept as a prefix of every command
                     continue
-                activate = ". .venv/bin/activate && " if any(x.startswith(". ") for x in lines) else ""
+                activate = f". {venv}/bin/activate && " if any(x.startswith(". ") for x in lines) else ""
                 out = subprocess.run(
                     ["bash", "-c", f"cd {REPO} && {activate}{cmd}"], env=env, capture_output=True, text=True, timeout=60
                 )
