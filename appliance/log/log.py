@@ -27,6 +27,7 @@ import os
 import time
 from collections.abc import Callable
 
+from appliance.log import snapshots
 from appliance.log.checkpoint import LeaderEpochCache, OffsetCheckpoint, fsync_dir
 from appliance.log.config import CleanupPolicy, FsyncPolicy, LogConfig
 from appliance.log.flusher import BackgroundFlusher
@@ -88,6 +89,8 @@ class Log:
         self._last_checkpoint = 0.0
         self.recovered_bytes_truncated = 0
         self.was_clean_shutdown = False
+        # writes the producer-state snapshot at an offset (roll, close): the table's owner
+        self.snapshot_hook: Callable[[int], None] | None = None
         # fsync=interval flushes in a helper thread (the owner's loop does not wait)
         self._flusher = BackgroundFlusher(os.path.basename(directory)) if background_flush else None
 
@@ -171,6 +174,8 @@ class Log:
         elif saved_start > self.log_start_offset:
             self.log_start_offset = saved_start
             self._delete_segments_below_start()  # a crash after the checkpoint left them
+        first, end = self.segments[0].base_offset, self.log_end_offset
+        snapshots.delete_snapshots(self.directory, lambda o: o < first or o > end)  # a lost tail's
         if self.was_clean_shutdown:
             os.unlink(clean_marker)
             fsync_dir(self.directory)
@@ -227,6 +232,7 @@ class Log:
         self.active.seal()
         self.recovery_point = self.log_end_offset
         self._recovery_ckpt.write(self.recovery_point)
+        self._snapshot(self.log_end_offset)
         marker = os.path.join(self.directory, CLEAN_SHUTDOWN_FILE)
         fd = open_private(marker, os.O_WRONLY | os.O_CREAT)
         try:
@@ -352,7 +358,18 @@ class Log:
         self.segments.append(seg)
         self._bases.append(seg.base_offset)
         log.info("rolled %s at offset %d", self.directory, seg.base_offset)
+        self._snapshot(seg.base_offset)
         return seg
+
+    def _snapshot(self, offset: int) -> None:
+        """Have the producer table saved as of ``offset`` (``snapshots.py``); one that
+        cannot be written (a full disk) only makes the next open replay more headers."""
+        if self.snapshot_hook is None:
+            return
+        try:
+            self.snapshot_hook(offset)
+        except OSError as exc:
+            log.warning("%s: no producer snapshot at %d: %s", self.directory, offset, exc)
 
     # ---- durability -------------------------------------------------------------------
     def flush(self) -> None:
@@ -454,6 +471,8 @@ class Log:
             return self.log_end_offset
         if offset <= self.log_start_offset:
             return self.truncate_fully_and_start_at(offset if offset >= 0 else 0, keep_start=True)
+        # first: a snapshot past the end must not outlive a crash in the middle
+        snapshots.delete_snapshots(self.directory, lambda o: o > offset)
         while len(self.segments) > 1 and self.active.base_offset >= offset:
             self._delete_segment(self.segments.pop())
             self._bases.pop()
@@ -479,6 +498,7 @@ class Log:
         newest first, so a crash leaves either a prefix of the old log or an empty log at
         the new start."""
         start = min(offset, self.log_start_offset) if keep_start else offset
+        snapshots.delete_snapshots(self.directory, lambda o: True)
         self.recovery_point = start
         self._recovery_ckpt.write(start)
         self._start_ckpt.write(start)
@@ -522,6 +542,8 @@ class Log:
         prev = self.segments[i - 1]
         prev.next_offset = max(prev.next_offset, self.segments[i].base_offset)
         self._delete_segment(seg)
+        low, high = seg.base_offset, self.segments[i].base_offset
+        snapshots.delete_snapshots(self.directory, lambda o: low <= o < high)
         log.info(
             "removed segment %s of %s: compaction left nothing in it",
             segment_name(seg.base_offset),
@@ -558,6 +580,9 @@ class Log:
             self._bases.pop(0)
             self._delete_segment(seg)
             deleted += 1
+        if deleted:
+            first = self.segments[0].base_offset
+            snapshots.delete_snapshots(self.directory, lambda o: o < first)
         return deleted
 
     # ---- retention ----------------------------------------------------------------------
@@ -590,6 +615,9 @@ class Log:
                 "time" if expired else "size",
                 self.log_start_offset,
             )
+        if deleted:
+            first = self.segments[0].base_offset
+            snapshots.delete_snapshots(self.directory, lambda o: o < first)
         return deleted
 
     # ---- checks -------------------------------------------------------------------------

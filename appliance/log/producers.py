@@ -15,9 +15,11 @@ its own ``ProducerStateTable``, as Kafka's ``ProducerStateManager`` does:
 * everyone who appends calls ``update(header, base_offset)`` afterwards: the leader
   with the offset it assigned, a follower copying the leader with the batch's own
   base offset, so that it recognises retries once it becomes the leader.
-* ``rebuild(log)`` replays the batch headers of the whole log: after the worker opens
-  its log, and after every truncation (replication), so the table always describes
-  exactly the batches in the log.
+* ``rebuild(log)`` loads the newest producer-state snapshot at or below the recovery
+  point (``snapshots.py``; ``write_snapshot`` writes one at each roll and at close,
+  through ``Log.snapshot_hook``) and replays the batch headers after it (all of them
+  when there is none): after the worker opens its log, and after every truncation
+  (replication), so the table always describes exactly the batches in the log.
 * ``evict_below(log_start_offset)`` after retention forgets the producers whose last
   batch is gone, as ``rebuild`` would.
 * ``expire(now_ms, expiration_ms)`` at the worker's tick forgets the producers that
@@ -49,7 +51,9 @@ import dataclasses
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from typing import Any
 
+from appliance.log import snapshots
 from appliance.log.errors import LogCorruptionError
 from appliance.log.log import Log
 from appliance.log.segment import TornBatch
@@ -224,12 +228,45 @@ class ProducerStateTable:
         ``expire`` would have dropped them. Call it after ``Log.open`` and after every
         truncation."""
         table = cls(os.path.basename(os.path.normpath(log.directory)))
-        for h in _log_headers(log):
+        start = table._load_snapshot(log)
+        for h in _log_headers(log, start):
             table.update(h, h.base_offset)
+        table.evict_below(log.segments[0].base_offset)  # as a replay of what remains
         if now_ms is None:
             now_ms = int(log.clock() * 1000)
         table.expire(now_ms, log.config.producer_id_expiration_ms)
         return table
+
+    # ---- snapshots (``snapshots.py``) ----------------------------------------------------
+    def write_snapshot(self, directory: str, offset: int) -> None:
+        """Save the table as of log end offset ``offset`` (``Log.snapshot_hook``)."""
+        producers = [
+            [e.producer_id, e.epoch, e.last_timestamp, [dataclasses.astuple(b) for b in e.batches]]
+            for e in self._producers.values()
+        ]
+        snapshots.write_snapshot(directory, offset, producers)
+
+    def _load_snapshot(self, lg: Log) -> int:
+        """Load the newest usable snapshot at or below the recovery point into this
+        (empty) table; return its offset (0: none, replay everything)."""
+        upper = min(lg.recovery_point, lg.log_end_offset)
+        lower = lg.segments[0].base_offset
+        for offset in reversed(snapshots.list_snapshots(lg.directory)):
+            if not lower <= offset <= upper:
+                continue
+            producers = snapshots.read_snapshot(lg.directory, offset)
+            if producers is None:
+                continue
+            try:
+                entries = [_entry(p, offset) for p in producers]
+            except (ValueError, TypeError) as exc:
+                log.warning("%sproducer snapshot at %d is not usable (%s): ignoring it", self._prefix(), offset, exc)
+                snapshots.delete_snapshots(lg.directory, offset.__eq__)
+                continue
+            self._producers = {e.producer_id: e for e in entries}
+            self._oldest_timestamp = min((e.last_timestamp for e in entries), default=None)
+            return offset
+        return 0
 
     def evict_below(self, offset: int) -> int:
         """Forget producers whose last batch ends below ``offset`` (the log start offset
@@ -280,11 +317,26 @@ class ProducerStateTable:
         return f"{self.name}: " if self.name else ""
 
 
-def _log_headers(log: Log) -> Iterator[BatchHeader]:
-    """Every batch header of ``log``, oldest first, read with the segments' own scan."""
+def _entry(p: list[Any], below: int) -> ProducerEntry:
+    """A snapshot's producer, checked: ValueError unless every batch lies below ``below``."""
+    pid, epoch, ts, batches = p
+    metas = [BatchMetadata(*(int(x) for x in b)) for b in batches]
+    if not metas or not all(isinstance(x, int) for x in (pid, epoch, ts)) or len(metas) > DUPLICATE_WINDOW:
+        raise ValueError(f"malformed entry {p!r}")
+    if any(not 0 <= m.base_offset <= m.last_offset < below for m in metas):
+        raise ValueError(f"producer {pid} has a batch at or past the snapshot's offset {below}")
+    return ProducerEntry(pid, epoch, collections.deque(metas, DUPLICATE_WINDOW), ts)
+
+
+def _log_headers(log: Log, start: int = 0) -> Iterator[BatchHeader]:
+    """Every batch header of ``log`` from offset ``start`` on, oldest first, read with
+    the segments' own scan."""
     for seg in log.segments:
+        if seg.next_offset <= start:  # every batch of it is below ``start``
+            continue
         try:
             for _pos, h in seg.iter_batches(0, verify=False):
-                yield h
+                if h.base_offset >= start:
+                    yield h
         except TornBatch as exc:
             raise LogCorruptionError(seg.path, exc.position, exc.reason) from None

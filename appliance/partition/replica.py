@@ -74,6 +74,7 @@ class Replica:
         self.clock = clock
         self.storage = storage if storage is not None else StorageCondition(self.name, clock)
         self.producers = ProducerStateTable.rebuild(log_)
+        log_.snapshot_hook = self._snapshot_producers  # at each roll and at close
         self.role = Role.NONE
         self.leader_epoch = -1
         self.node_epoch = -1
@@ -148,6 +149,9 @@ class Replica:
                 self.storage.fail(exc)
 
     # ---- the producer-state table ---------------------------------------------------
+    def _snapshot_producers(self, offset: int) -> None:
+        self.producers.write_snapshot(self.log.directory, offset)
+
     def rebuild_producers(self) -> None:
         """After a truncation: the table for exactly the batches now in the log."""
         self.producers = ProducerStateTable.rebuild(self.log)
