@@ -19,6 +19,8 @@ The rules (Kafka's, with KIP-903's node epochs):
   replica instead, and may lose committed records, as in Kafka.
 - Preferred leader: when the first assigned replica is in sync and not the leader, it
   becomes the leader (Kafka's auto leader rebalance, without the wait).
+- Controlled shutdown: a node that announced its shutdown (``handover.py``) leaves
+  every ISR, and with it every leadership, where another in-sync replica is alive.
 - Reassignment: ``target_replicas`` are added as replicas; once all of them are in
   sync the assignment becomes the target, the leader moves if it is not in it, and
   the others leave.
@@ -31,10 +33,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from appliance.config import topic_log_config
 from appliance.coordinator import NO_LEADER, Coordinator, NodeInfo, PartitionState, StaleStateError, TopicInfo
+from appliance.handover import leaving_nodes
 from ipc.errors import (
     FencedLeaderEpochError,
     InvalidReplicationFactorError,
@@ -51,19 +55,26 @@ def _in_sync(state: PartitionState, live: Mapping[int, NodeInfo]) -> list[int]:
 
 
 def next_state(
-    state: PartitionState, live: Mapping[int, NodeInfo], unclean: bool = False, preferred: bool = True
+    state: PartitionState,
+    live: Mapping[int, NodeInfo],
+    unclean: bool = False,
+    preferred: bool = True,
+    leaving: AbstractSet[int] = frozenset(),
 ) -> PartitionState | None:
-    """The state the rules call for, or None when ``state`` already is it."""
+    """The state the rules call for, or None when ``state`` already is it. ``leaving``:
+    the nodes in a controlled shutdown (``handover.py``)."""
     current = state
     for _ in range(4):  # an election can complete a reassignment: step to the fixed point
-        new = _step(current, live, unclean, preferred)
+        new = _step(current, live, unclean, preferred, leaving)
         if new is None:
             break
         current = new
     return None if current == state else current
 
 
-def _step(state: PartitionState, live: Mapping[int, NodeInfo], unclean: bool, preferred: bool) -> PartitionState | None:
+def _step(
+    state: PartitionState, live: Mapping[int, NodeInfo], unclean: bool, preferred: bool, leaving: AbstractSet[int]
+) -> PartitionState | None:
     valid = _in_sync(state, live)
     replicas = list(state.replicas)
     target = state.target_replicas
@@ -72,6 +83,9 @@ def _step(state: PartitionState, live: Mapping[int, NodeInfo], unclean: bool, pr
         if all(n in valid for n in target):
             replicas, target = list(target), None
     valid = [n for n in valid if n in replicas]
+    staying = [n for n in valid if n not in leaving]
+    if staying:  # a node in a controlled shutdown leaves the ISR while another member stays
+        valid = staying
     leader, epoch = state.leader, state.leader_epoch
     isr = valid
     epochs = {n: state.isr_epochs[n] for n in valid}
@@ -187,11 +201,12 @@ class Controller:
         if not coord.is_controller() or not coord.connected():
             return 0
         live = coord.nodes()
+        leaving = leaving_nodes(coord, live)
         changed = 0
         for name, info in coord.topics().items():
             unclean = self._unclean(info)
             for p, state in enumerate(info.partitions):
-                new = next_state(state, live, unclean)
+                new = next_state(state, live, unclean, leaving=leaving)
                 if new is None:
                     continue
                 try:
@@ -236,7 +251,9 @@ class Controller:
         state = self._state(topic, partition)
         live = self.coordinator.nodes()
         new = alter_isr(state, leader, leader_epoch, isr, live, resign)
-        new = next_state(new, live) or new  # a leader that resigned is replaced in the same write
+        # a leader that resigned is replaced in the same write; a node in a controlled
+        # shutdown is not taken back into the ISR
+        new = next_state(new, live, leaving=leaving_nodes(self.coordinator, live)) or new
         if new == state:
             return state
         stored = self.coordinator.set_partition_state(topic, partition, new)

@@ -94,8 +94,10 @@ class LeaderState:
     def update_assignment(self, replicas: list[int], isr: dict[int, int], now: float) -> None:
         self.replicas = list(replicas)
         self.isr = dict(isr)
-        if self.pending is not None and set(self.pending) == set(isr):
-            self.pending = None
+        if self.pending is not None and (
+            set(self.pending) == set(isr) or not set(self.pending) <= {*replicas, self.node_id}
+        ):
+            self.pending = None  # granted, or asked for a node that is no replica now (it left: handover.py)
         for n in replicas:
             if n != self.node_id and n not in self.followers:
                 self.followers[n] = Follower(n, last_caught_up=now)

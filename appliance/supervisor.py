@@ -50,6 +50,7 @@ from appliance.coordinator.local import LocalCoordinator
 from appliance.datadir import lock_data_dir
 from appliance.front import FrontApi
 from appliance.gate import Gate, install
+from appliance.handover import Handover, handover_s
 from appliance.kafka.child import KafkaListenerChild, check_bindable
 from appliance.nodeview import NodeState, ReplicaView
 from appliance.process import SignalPipe
@@ -112,6 +113,7 @@ class Supervisor:
         self.reconciler: Reconciler | None = None
         self.connect: ConnectorManager | None = None  # the connectors (appliance/connect/), children like workers
         self._deadline_stop = 0.0
+        self.handover = Handover(self.coordinator, config.node_id)  # controlled shutdown (SIGTERM)
         self.api = FrontApi(self)
         self.quotas = NodeQuotas(clock)  # byte-rate quotas: the workers' shared table (appliance/quotas.py)
         self.metrics = NodeMetrics(self)
@@ -311,6 +313,8 @@ class Supervisor:
                     self.connect.check(now, self.state is NodeState.RUNNING, self._stop_deadline())
                     if self.state is NodeState.RUNNING and self.connect.node_may_stop(now):
                         self.begin_shutdown()
+                if self.state is NodeState.RUNNING and self.handover.active and self.handover.done(now):
+                    self.begin_shutdown()
                 self.api.tick(now)
                 self.systemd.tick(self.replicas.values(), stopping, self.config.advertised)
                 self.metrics.tick(now)
@@ -338,7 +342,10 @@ class Supervisor:
     def _on_signal(self, signum: int) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT) and self.state is NodeState.RUNNING:
             log.info("node %d: %s: stopping", self.config.node_id, signal.Signals(signum).name)
-            self.begin_shutdown()
+            if self.handover.active:  # a second one: stop now
+                self.begin_shutdown()
+            else:
+                self.begin_controlled_shutdown()
         elif signum == signal.SIGHUP and self.state is NodeState.RUNNING:
             self.reload()
 
@@ -368,6 +375,18 @@ class Supervisor:
             else:
                 self.systemd.notes.pop("reload", None)
         self.systemd.reloaded(self.config.advertised)
+
+    def begin_controlled_shutdown(self) -> None:
+        """Move leadership off this node first (``appliance/handover.py``), then stop:
+        at once when there is nothing to move, else from the loop once it moved or
+        after ``handover_s``."""
+        assert self.reconciler is not None
+        timeout_s = handover_s(self.config.shutdown_timeout_ms)
+        if self.handover.begin(self.clock(), self.reconciler.node_epoch, timeout_s):
+            self.systemd.stopping("stopping: moving leadership to other replicas")
+            self.reconcile()  # the controller may be this node
+        else:
+            self.begin_shutdown()
 
     def begin_shutdown(self) -> None:
         if self.connect is not None and self.connect.stop_before_node(self.clock()):

@@ -25,7 +25,7 @@ from appliance.coordinator.zookeeper.session import Session
 log = logging.getLogger(__name__)
 
 CONFIG = "config"
-NAMES = ("acls", "quotas")
+NAMES = ("acls", "quotas", "shutting_down")  # shutting_down: controlled shutdowns (appliance/handover.py)
 
 
 class Documents:
