@@ -119,7 +119,7 @@ class NodeView(Protocol):
 
     def free_slots(self) -> int: ...
 
-    def cut_off(self) -> bool: ...  # the coordinator unreachable for a session: lead nothing
+    def cut_off(self) -> bool: ...  # the coordinator unreachable for a session: coordinate no group
 
     def reconcile(self) -> None: ...  # make the workers match the coordinator now
 

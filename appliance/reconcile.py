@@ -29,6 +29,7 @@ from appliance.config import NodeConfig
 from appliance.controller import Controller
 from appliance.coordinator import NO_LEADER, Coordinator, PartitionState, TopicInfo
 from appliance.gate import Gate
+from appliance.handover import for_leader, leaving_nodes
 from appliance.log.config import LogConfig
 from appliance.replicas import PartitionWorkers, Replica
 from ipc.client.transport import ChannelPool
@@ -67,16 +68,16 @@ def role_for(
     topic: str,
     partition: int,
     st: PartitionState,
-    cut_off: bool,
     endpoints: Mapping[int, Mapping[str, str]],
     node_epoch: int,
 ) -> RoleCommand:
-    """The role command for ``node_id``'s replica of a partition: lead (unless the node
-    is cut off from the coordinator), follow the leader's worker, or neither."""
-    if st.leader == node_id:
-        role = Role.NONE if cut_off else Role.LEADER
-    else:
-        role = Role.NONE if st.leader == NO_LEADER else Role.FOLLOWER
+    """The role command for ``node_id``'s replica of a partition: lead, follow the
+    leader's worker, or neither. A leader keeps leading while the node is cut off from
+    the coordinator (as Kafka's ZooKeeper-mode brokers do): its ISR cannot change
+    without the controller, so ``acks=all`` still needs every in-sync follower, and a
+    leader the controller replaced loses its followers to the new epoch
+    (docs/replication.md, "Fencing")."""
+    role = Role.LEADER if st.leader == node_id else Role.NONE if st.leader == NO_LEADER else Role.FOLLOWER
     endpoint = ""
     if role is Role.FOLLOWER:
         endpoint = endpoints.get(st.leader, {}).get(f"{topic}/{partition}", "")
@@ -127,9 +128,9 @@ class Reconciler:
 
     def cut_off(self) -> bool:
         """True once the coordinator has been unreachable for a session timeout: its
-        session has expired (or will before it can be renewed), another node may be
-        electing new leaders, so this one stops acting as one (a short blip does not
-        count)."""
+        session has expired (or will before it can be renewed) and another node may be
+        the group coordinator now, so this node's group coordinator serves nothing (a
+        short blip does not count). Partition leaders keep leading (``role_for``)."""
         if self.coordinator.connected():
             self._cut_off_since = None
             return False
@@ -146,8 +147,9 @@ class Reconciler:
     def _role(self, topic: str, partition: int, st: PartitionState) -> RoleCommand:
         me = self.config.node_id
         endpoints = self.coordinator.endpoints() if st.leader not in (NO_LEADER, me) else {}
-        cut_off = self.cut_off() if st.leader == me else False
-        return role_for(me, topic, partition, st, cut_off, endpoints, self.node_epoch)
+        if st.leader == me:  # without the nodes in a controlled shutdown (handover.py)
+            st = for_leader(st, leaving_nodes(self.coordinator, self.coordinator.nodes()))
+        return role_for(me, topic, partition, st, endpoints, self.node_epoch)
 
     # ---- reconcile ----------------------------------------------------------------------------
     def reconcile(self) -> None:

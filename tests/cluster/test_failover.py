@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from ipc.client import Consumer, Producer
-from ipc.errors import NotLeaderError, SluiceError
+from ipc.errors import SluiceError
 from tests.cluster.checker import check
 from tests.cluster.harness import Cluster, ClusterNode, produce_one, wait_until
 from tests.cluster.workload import ProduceWorkload, read_all
@@ -219,25 +219,6 @@ def test_consumer_group_keeps_consuming_through_a_leader_failover(cl: Cluster) -
             wait_until(lambda: got(200), 90, "the 100 records produced after the failover")
     assert seen[:100] == [f"before-{i}".encode() for i in range(100)]
     assert sorted(seen[100:]) == sorted(f"after-{i}".encode() for i in range(100))
-
-
-def test_leaders_step_down_while_the_coordinator_is_unreachable(cl: Cluster) -> None:
-    topic = "zkloss"
-    cl.create_topic(topic, partitions=1, replication_factor=3, config=dict(TOPIC_CONFIG))
-    endpoint = cl.partition_state(topic, 0)["endpoint"]
-
-    def produce() -> SluiceError | None:
-        return produce_one(endpoint, topic, 0, b"x").error
-
-    assert produce() is None
-    cl.zookeeper.stop()
-    try:
-        # once the session must have expired (3 s), no node may act as leader: ZooKeeper
-        # could be electing others for all this node knows
-        wait_until(lambda: isinstance(produce(), NotLeaderError), 30, "the leader to step down")
-    finally:
-        cl.zookeeper.start()
-    wait_until(lambda: produce() is None, 60, "a leader again once ZooKeeper is back")
 
 
 def test_committed_offsets_survive_the_loss_of_the_group_coordinator(cl: Cluster) -> None:

@@ -27,7 +27,7 @@ def test_assigned_holds_the_partitions_with_a_replica_here_including_moves_in_pr
 
 
 def test_the_leader_leads_with_the_isr_and_its_node_epochs() -> None:
-    role = role_for(0, "t", 0, _state(0, [0, 1, 2], [0, 2]), False, ENDPOINTS, 5)
+    role = role_for(0, "t", 0, _state(0, [0, 1, 2], [0, 2]), ENDPOINTS, 5)
     assert role.role is Role.LEADER and role.is_leader
     assert (role.leader_epoch, role.leader_endpoint, role.replicas, dict(role.isr), role.node_epoch) == (
         7,
@@ -38,32 +38,28 @@ def test_the_leader_leads_with_the_isr_and_its_node_epochs() -> None:
     )
 
 
-def test_a_leader_cut_off_from_the_coordinator_leads_nothing() -> None:
-    assert role_for(0, "t", 0, _state(0, [0, 1], [0, 1]), True, ENDPOINTS, 5).role is Role.NONE
-
-
 def test_a_follower_follows_the_leaders_published_endpoint() -> None:
-    role = role_for(0, "t", 1, _state(1, [1, 0], [1, 0]), False, ENDPOINTS, 5)
+    role = role_for(0, "t", 1, _state(1, [1, 0], [1, 0]), ENDPOINTS, 5)
     assert (role.role, role.leader_endpoint) == (Role.FOLLOWER, "tcp://10.0.0.1:4001")
     # no endpoint published yet: a follower without a leader to fetch from (for now)
-    assert role_for(0, "t", 3, _state(1, [1, 0], [1]), False, ENDPOINTS, 5).leader_endpoint == ""
+    assert role_for(0, "t", 3, _state(1, [1, 0], [1]), ENDPOINTS, 5).leader_endpoint == ""
 
 
 def test_no_leader_means_no_role() -> None:
-    role = role_for(0, "t", 0, _state(NO_LEADER, [0, 1], []), False, ENDPOINTS, 5)
+    role = role_for(0, "t", 0, _state(NO_LEADER, [0, 1], []), ENDPOINTS, 5)
     assert role.role is Role.NONE and dict(role.isr) == {}
 
 
 def test_a_reassignment_adds_its_target_replicas_after_the_current_ones() -> None:
-    role = role_for(0, "t", 0, _state(0, [0, 1], [0, 1], target=[2, 0]), False, ENDPOINTS, 5)
+    role = role_for(0, "t", 0, _state(0, [0, 1], [0, 1], target=[2, 0]), ENDPOINTS, 5)
     assert role.replicas == (0, 1, 2)
 
 
 def test_equal_decisions_are_equal_commands() -> None:
     """The reconciler sends a role only when it differs from the last one sent."""
-    a = role_for(0, "t", 0, _state(0, [0, 1], [0, 1]), False, ENDPOINTS, 5)
-    b = role_for(0, "t", 0, _state(0, [0, 1], [0, 1]), False, ENDPOINTS, 5)
-    c = role_for(0, "t", 0, _state(0, [0, 1], [0]), False, ENDPOINTS, 5)
+    a = role_for(0, "t", 0, _state(0, [0, 1], [0, 1]), ENDPOINTS, 5)
+    b = role_for(0, "t", 0, _state(0, [0, 1], [0, 1]), ENDPOINTS, 5)
+    c = role_for(0, "t", 0, _state(0, [0, 1], [0]), ENDPOINTS, 5)
     assert a == b and a != c
 
 
