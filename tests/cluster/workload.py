@@ -68,6 +68,7 @@ class ProduceWorkload:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"workload-{topic}", daemon=True)
         self.acked: list[Record] = []
+        self.ack_times: list[tuple[int, float]] = []  # (partition, time.monotonic()) of each acknowledgement
         self.sent_values: list[bytes] = []  # every value handed to send(), acknowledged or not
         self.errors = 0  # failed sends and failed deliveries (not acknowledgements)
         self.error_kinds: collections.Counter[str] = collections.Counter()
@@ -114,6 +115,19 @@ class ProduceWorkload:
                 )
             self._stop.wait(0.05)  # polling interval, bounded by the deadline
 
+    def longest_ack_gaps(self, since: float, until: float) -> dict[int, float]:
+        """Per partition, the longest time in ``[since, until]`` without an acknowledgement
+        (from ``since`` to its first one, between consecutive ones, from its last to ``until``)."""
+        with self._lock:
+            times = list(self.ack_times)
+        out: dict[int, float] = {}
+        for p in range(self.partitions):
+            prev, longest = since, 0.0
+            for t in sorted(t for q, t in times if q == p and since <= t <= until):
+                longest, prev = max(longest, t - prev), t
+            out[p] = max(longest, until - prev)
+        return out
+
     def summary(self) -> str:
         with self._lock:
             kinds = ", ".join(f"{k}={v}" for k, v in self.error_kinds.most_common())
@@ -139,6 +153,7 @@ class ProduceWorkload:
         md = future.result(0)
         with self._lock:
             self.acked.append((md.partition, md.offset, value))
+            self.ack_times.append((md.partition, time.monotonic()))
 
     def _run(self) -> None:
         try:
