@@ -281,6 +281,7 @@ def configure_client(sock: zmq.Socket[Any], keys: ClientKeys) -> None:
 
 
 # ---- a failed handshake, as the client's socket monitor reports it --------------------------------
+UNEXPLAINED_REFUSALS = 3  # handshake failures without detail in a row that mean "refused"
 HANDSHAKE_FAILURES = int(
     zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 )

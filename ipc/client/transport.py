@@ -150,6 +150,9 @@ class Channel:
         self.connection = Connection.CONNECTING
         self.pool: ChannelPool | None = None  # keeps its poller right across a reset
         self.refused: AuthenticationError | None = None  # the last handshake the node refused
+        self.gone = False  # the last request failed fast: the connection was refused or dropped
+        self._unexplained = 0  # handshakes failed without detail since the last one succeeded
+        self._tcp_up = False  # a TCP connection was made since the last retry was scheduled
         self.sock: Any = None
         self._client_id_tail = header_tail(ctx)  # encoded once per channel
         self._connect(watch)
@@ -202,7 +205,9 @@ class Channel:
         self.watch_disconnects()  # a refused handshake fails every request at once
         self.disconnected()  # events from before this request only update the state
         self.raise_refused()
+        self.gone = False
         if fail_fast and self.connection is Connection.DOWN:
+            self.gone = True
             raise RequestTimedOutError(f"{self.endpoint} refused or dropped the connection ({api})")
         cid = self.send(api, frames, **fields)
         deadline = time.monotonic() + timeout_s
@@ -219,6 +224,7 @@ class Channel:
                     self.raise_refused()
                 if fail_fast and gone:
                     self.reset()
+                    self.gone = True
                     raise RequestTimedOutError(f"{self.endpoint} refused or dropped the connection ({api})")
             if self.sock not in events:
                 if time.monotonic() < deadline:
@@ -252,7 +258,12 @@ class Channel:
         refused (the peer process died): requests in flight on it will never be answered, so callers need not wait
         for their timeout. Call ``disconnected()`` when it is readable."""
         if self.monitor is None:
-            events = self._gone_events | self.zmq.EVENT_CONNECTED | curve.HANDSHAKE_FAILURES
+            events = (
+                self._gone_events
+                | self.zmq.EVENT_CONNECTED
+                | curve.HANDSHAKE_FAILURES
+                | self.zmq.EVENT_HANDSHAKE_SUCCEEDED
+            )
             self.monitor = self.sock.get_monitor_socket(events)
         return self.monitor
 
@@ -267,6 +278,17 @@ class Channel:
         # answers, its port does not), so requests to a dead node fail fast too
         return int(self.zmq.EVENT_DISCONNECTED | self.zmq.EVENT_CONNECT_RETRIED)
 
+    def _refusal(self, event: int) -> bool:
+        """Whether a failed handshake means the node refuses this client. An explicit
+        refusal (AUTH, PROTOCOL) does at once. A failure without detail is also what a
+        node that dies mid-handshake looks like (a failover), so only one that repeats
+        (``curve.UNEXPLAINED_REFUSALS`` times without a handshake succeeding between)
+        counts: a wrong server key or a plaintext client at a CURVE node fails every time."""
+        if not event & self.zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+            return True
+        self._unexplained += 1
+        return self._unexplained >= curve.UNEXPLAINED_REFUSALS
+
     def disconnected(self) -> bool:
         """Drain the monitor, following ``connection``; True if a disconnect or a failed
         connection attempt was reported (not a connection: that only sets UP)."""
@@ -280,10 +302,20 @@ class Channel:
             if frames and len(frames[0]) >= 2:
                 event = int.from_bytes(frames[0][:2], "little")
                 self.connection = next_connection(self.connection, event, self.zmq)
-                if event & curve.HANDSHAKE_FAILURES:
+                if event & self.zmq.EVENT_CONNECTED:
+                    self._tcp_up = True
+                if event & self.zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                    self._unexplained = 0
+                elif event & curve.HANDSHAKE_FAILURES and self._refusal(event):
                     value = int.from_bytes(frames[0][2:6], "little") if len(frames[0]) >= 6 else 0
                     self.refused = curve.handshake_error(event, value, self.endpoint, sockets.is_secured(self.ctx))
-                if event & gone:
+                if event & self.zmq.EVENT_CONNECT_RETRIED:
+                    if not self._tcp_up:  # the TCP connection itself failed: refused, unreachable
+                        self._unexplained = 0
+                    self._tcp_up = False
+                # while a handshake failed without detail, the drop and the retry that follow
+                # it are the handshake's: wait for it to repeat (a refusal) or succeed
+                if event & gone and not self._unexplained:
                     seen = True
         return seen
 
@@ -361,7 +393,13 @@ class ChannelPool:
 
 
 class BootstrapChannel:
-    """Requests to the front endpoint of any bootstrap node, failing over in turn."""
+    """Requests to the front endpoint of any bootstrap node, failing over in turn.
+
+    Until some node has answered, a refused connection is not waited out: when every
+    bootstrap endpoint has refused (or could not be reached), the request fails at once
+    with one line naming each, as kcat and Kafka's tools do for a wrong address. Once
+    the client has talked to the cluster, a refusal is a node restarting: it moves on to
+    the next endpoint and the request waits for its whole timeout."""
 
     def __init__(self, ctx: Any, endpoints: list[str], zmq_module: ModuleType = _zmq) -> None:
         self.endpoints = endpoints
@@ -369,28 +407,40 @@ class BootstrapChannel:
         self.zmq = zmq_module
         self._i = 0
         self._chan: Channel | None = None
+        self.answered = False  # some bootstrap node answered once
 
     def request(self, api: str, timeout_s: float, **fields: Any) -> Reply:
         deadline = time.monotonic() + timeout_s
-        last: Exception | None = None
+        last: SluiceError | None = None
+        refused: set[str] = set()  # endpoints that refused the connection (before any answer)
         for _ in range(max(1, len(self.endpoints)) * 3):
             left = deadline - time.monotonic()
             if left <= 0:
                 break
+            endpoint = self.endpoints[self._i % len(self.endpoints)]
             if self._chan is None:
-                self._chan = Channel(self.ctx, self.endpoints[self._i % len(self.endpoints)], self.zmq)
+                self._chan = Channel(self.ctx, endpoint, self.zmq)
             several = len(self.endpoints) > 1
             per_try = min(left, max(1.0, timeout_s / len(self.endpoints))) if several else left
-            try:  # with other nodes to try, a refused connection moves on at once
-                return self._chan.request(api, per_try, fail_fast=several, **fields)
+            try:  # a refused connection moves on at once (or fails, before any answer)
+                reply = self._chan.request(api, per_try, fail_fast=several or not self.answered, **fields)
+                self.answered = True
+                return reply
             except RequestTimedOutError as exc:
                 last = exc
+                if self._chan.gone and not self.answered:
+                    refused.add(endpoint)
                 self._chan.close()
                 self._chan = None
                 self._i += 1
+            if not self.answered and refused >= set(self.endpoints):
+                raise RequestTimedOutError(
+                    f"cannot connect to {', '.join(self.endpoints)}: connection refused or host unreachable"
+                    " (is a node listening there? check --bootstrap / bootstrap)"
+                )
         raise RequestTimedOutError(
             f"no node answered {api} within {timeout_s:.1f} s (tried {', '.join(self.endpoints)})"
-            + (f": {last}" if last else "")
+            + (f"; last: {last.message}" if last else "")
         )
 
     def learn(self, endpoints: list[Any]) -> None:

@@ -75,6 +75,7 @@ def fake_channel(endpoint: str, *events: int, state: Connection = Connection.UP)
     ch.sock = FakeSocket()
     ch.monitor = FakeMonitor(*events)
     ch.connection = state
+    ch.refused, ch.gone, ch._unexplained, ch._tcp_up = None, False, 0, False
     return ch
 
 
@@ -105,6 +106,28 @@ def test_the_monitor_drives_the_state_and_reports_only_losses() -> None:
     assert events(zmq.EVENT_CONNECTED) == (False, Connection.UP)  # a connection is not a loss
     assert events(zmq.EVENT_DISCONNECTED, zmq.EVENT_CONNECTED) == (True, Connection.UP)  # lost, then back
     assert events() == (False, Connection.UP)
+
+
+def test_a_handshake_failing_without_detail_is_a_refusal_only_when_it_repeats() -> None:
+    """A node that dies mid-handshake (a failover) looks like a failed handshake without
+    detail, once: not an authentication error, and its drop waits for the next attempt. A
+    wrong server key (or a plaintext client at a CURVE node) fails that way every time."""
+    no_detail = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    ch = fake_channel(DEAD, state=Connection.CONNECTING)
+
+    def events(*ev: int) -> bool:
+        ch.monitor = FakeMonitor(*ev)
+        return ch.disconnected()
+
+    handshake_lost = (zmq.EVENT_CONNECTED, no_detail, zmq.EVENT_DISCONNECTED, zmq.EVENT_CONNECT_RETRIED)
+    assert events(*handshake_lost) is False and ch.refused is None
+    assert events(zmq.EVENT_CONNECT_RETRIED) is True and ch.refused is None  # then the node is down: a loss
+    assert events(*handshake_lost, *handshake_lost) is False and ch.refused is None
+    assert events(*handshake_lost) is False and ch.refused is not None  # the third in a row: refused
+    assert "server_public_key" in ch.refused.message or "requires CURVE" in ch.refused.message
+    ch.refused = None
+    assert events(zmq.EVENT_CONNECTED, zmq.EVENT_HANDSHAKE_SUCCEEDED) is False and ch._unexplained == 0
+    assert events(zmq.EVENT_CONNECTED, zmq.EVENT_HANDSHAKE_FAILED_AUTH) is False and ch.refused is not None
 
 
 # ---------------------------------------------------------------------------- the fetcher
