@@ -57,14 +57,15 @@ class AggregateNode(Node):
         self.forward(ctx, key, agg)
 
 
-class WindowedAggregateNode(Node):
-    kind = "windowed-aggregate"
+class _WindowAggregate(Node):
+    """What the windowed and the session aggregations share: one store, the windows,
+    the initializer and aggregator, and when results are emitted."""
 
     def __init__(
         self,
         name: str,
         spec: StoreSpec,
-        windows: TimeWindows,
+        windows: Any,
         initializer: Initializer,
         aggregator: Aggregator,
         emit: str,
@@ -76,6 +77,11 @@ class WindowedAggregateNode(Node):
         self.initializer = initializer
         self.aggregator = aggregator
         self.emit = check_emit(emit)
+
+
+class WindowedAggregateNode(_WindowAggregate):
+    kind = "windowed-aggregate"
+    windows: TimeWindows
 
     def process(self, ctx: RecordContext, key: Any, value: Any) -> None:
         if key is None:
@@ -115,8 +121,9 @@ class WindowedAggregateNode(Node):
                 self.forward(RecordContext(task, end - 1, src), Windowed(key, start, end), agg)
 
 
-class SessionAggregateNode(Node):
+class SessionAggregateNode(_WindowAggregate):
     kind = "session-aggregate"
+    windows: SessionWindows
 
     def __init__(
         self,
@@ -128,14 +135,8 @@ class SessionAggregateNode(Node):
         merger: Merger,
         emit: str,
     ) -> None:
-        super().__init__(name)
-        self.spec = spec
-        self.stores = [spec]
-        self.windows = windows
-        self.initializer = initializer
-        self.aggregator = aggregator
+        super().__init__(name, spec, windows, initializer, aggregator, emit)
         self.merger = merger
-        self.emit = check_emit(emit)
 
     def process(self, ctx: RecordContext, key: Any, value: Any) -> None:
         if key is None:
