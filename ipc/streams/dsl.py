@@ -44,6 +44,8 @@ from ipc.streams.nodes import (
     SinkNode,
     SourceNode,
     SplitNode,
+    TableFilterNode,
+    TableMapValuesNode,
     ToStreamNode,
 )
 from ipc.streams.serdes import BYTES, INTERNAL, Serde, SerdeLike, resolve_serde
@@ -237,7 +239,7 @@ class Stream:
                 raise TopologyError("a stream-table join is inner or left (the table side never triggers)")
             if other.spec is None:
                 raise TopologyError(f"table {other.node.name!r} has no store: join a table read with "
-                                    "app.table() or made by an aggregation")
+                                    "app.table(), made by an aggregation, or filtered / mapped with materialized=")
             node = StreamTableJoinNode(self.topo.name("join", name), other.spec, joiner, how == "left")
             node.links.append(other.node)
             return me._then(node, False)
@@ -279,13 +281,56 @@ class Table:
         self.topo.add(self.node, node)
         return Stream(self.topo, node, False)
 
+    def filter(self, predicate: Callable[[Any, Any], Any], name: str | None = None,
+               materialized: str | None = None) -> Table:
+        """The rows for which ``predicate(key, value)`` holds; an update that fails it
+        deletes the key from the result (a tombstone downstream). ``materialized``: keep
+        the result in a store of that name (with a changelog), so it can be joined or
+        queried, and forward only deletions of keys it held."""
+        if not callable(predicate):
+            raise TopologyError(f"filter: {predicate!r} is not a callable predicate")
+        return self._derived(TableFilterNode(self.topo.name("table-filter", name), predicate, False,
+                                             self._store(materialized)))
+
+    def filter_not(self, predicate: Callable[[Any, Any], Any], name: str | None = None,
+                   materialized: str | None = None) -> Table:
+        if not callable(predicate):
+            raise TopologyError(f"filter_not: {predicate!r} is not a callable predicate")
+        return self._derived(TableFilterNode(self.topo.name("table-filter-not", name), predicate, True,
+                                             self._store(materialized)))
+
+    def map_values(self, fn: Callable[[Any], Any], name: str | None = None, materialized: str | None = None
+                   ) -> Table:
+        """``fn(value)`` for every update; a deletion stays a deletion (``fn`` is not
+        called with None), and a ``None`` from ``fn`` deletes the key. ``materialized`` as
+        for ``filter``."""
+        if not callable(fn):
+            raise TopologyError(f"map_values: {fn!r} is not callable")
+        return self._derived(TableMapValuesNode(self.topo.name("table-map-values", name), fn,
+                                                self._store(materialized)))
+
+    def _store(self, materialized: str | None) -> StoreSpec | None:
+        if materialized is None:
+            return None
+        if not isinstance(materialized, str) or not materialized or any(c in materialized for c in "/\\\x00 "):
+            raise TopologyError(f"materialized={materialized!r}: a store name is a non-empty string without "
+                                "'/', spaces or NUL")
+        if materialized in self.topo.stores:
+            raise TopologyError(f"store {materialized!r} is declared twice")
+        return _spec(self.topo, materialized)
+
+    def _derived(self, node: TableFilterNode | TableMapValuesNode) -> Table:
+        self.topo.add(self.node, node)
+        return Table(self.topo, node, node.spec)
+
     def join(self, other: Table, joiner: Joiner, name: str | None = None, how: str = "inner") -> Table:
         if how not in ("inner", "left"):
             raise TopologyError(f"table-table join how={how!r}: allowed inner, left")
         if not isinstance(other, Table):
             raise TopologyError(f"a table joins a Table, not {other!r}")
         if self.spec is None or other.spec is None:
-            raise TopologyError("both tables of a table-table join need a store: app.table() or an aggregation")
+            raise TopologyError("both tables of a table-table join need a store: app.table(), an aggregation, "
+                                "or filter / map_values with materialized=")
         jname = self.topo.name("join", name)
         left = TableTableJoinNode(f"{jname}-left", self.spec, other.spec, joiner, how == "left", True)
         right = TableTableJoinNode(f"{jname}-right", other.spec, self.spec, joiner, how == "left", False)

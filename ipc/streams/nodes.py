@@ -236,3 +236,52 @@ class TableSourceNode(Node):
 
 class ToStreamNode(Node):
     kind = "to_stream"
+
+
+class TableFilterNode(Node):
+    """``Table.filter``: a change whose new value fails the predicate becomes a deletion
+    (Kafka's ``KTable.filter``), so a row that stops matching leaves the result table.
+    Materialized (``spec``), only the deletions of keys the result held are forwarded;
+    without a store every failing change is forwarded as a tombstone."""
+
+    kind = "table_filter"
+
+    def __init__(self, name: str, predicate: Callable[[Any, Any], Any], negate: bool, spec: StoreSpec | None) -> None:
+        super().__init__(name)
+        self.predicate = predicate
+        self.negate = negate
+        self.spec = spec
+        self.stores = [spec] if spec is not None else []
+
+    def process(self, ctx: RecordContext, key: Any, value: Any) -> None:
+        if key is None:
+            return
+        keep = value is not None and bool(self.predicate(key, value)) != self.negate
+        out = value if keep else None
+        if self.spec is not None:
+            store = ctx.task.stores[self.spec.name]
+            if out is None and key not in store.data:
+                return  # nothing to delete
+            store.put(key, out, ctx.src)
+        self.forward(ctx, key, out)
+
+
+class TableMapValuesNode(Node):
+    """``Table.map_values``: ``fn(value)`` for an update; a deletion (None) is forwarded
+    as a deletion, without calling ``fn``. A ``None`` returned by ``fn`` deletes the key."""
+
+    kind = "table_map_values"
+
+    def __init__(self, name: str, fn: Callable[[Any], Any], spec: StoreSpec | None) -> None:
+        super().__init__(name)
+        self.fn = fn
+        self.spec = spec
+        self.stores = [spec] if spec is not None else []
+
+    def process(self, ctx: RecordContext, key: Any, value: Any) -> None:
+        if key is None:
+            return
+        out = None if value is None else self.fn(value)
+        if self.spec is not None:
+            ctx.task.stores[self.spec.name].put(key, out, ctx.src)
+        self.forward(ctx, key, out)
