@@ -5,14 +5,18 @@ A record is:
 
 - a tombstone (no value): delete the row of its key;
 - an envelope (``op`` and ``after`` / ``before``): ``c``, ``u``, ``r`` upsert ``after``;
-  ``d`` deletes the row of its key; ``t`` (a truncate) is not applied: dead-lettered;
+  ``d`` deletes the row of its key; ``t`` (a truncate) empties the table (``TRUNCATE``
+  with one task, ``DELETE FROM`` with several: see below), in order with the changes
+  before and after it in its partition;
 - any other JSON object: upsert it as the row.
 
 The key is a JSON object of the primary key's columns (the CDC source's keys); without
 one the row must hold the target table's primary key columns. Upserts are
 ``INSERT ... ON CONFLICT (<primary key>) DO UPDATE`` of the columns the record has (a
 column marked unavailable, an unchanged TOASTed value, is left as it is). Within a batch
-the last change of each key wins (one statement per column set, one for the deletes).
+the last change of each key wins (one statement per column set, one for the deletes);
+a truncate splits the batch: what comes before it is applied, then the truncate, then
+what follows.
 
 **Exactly once.** Everything ``put`` writes stays in one open transaction; ``flush``
 writes the next offset of each partition into the offsets table (``offsets.table``,
@@ -62,7 +66,7 @@ class RecordRejected(ValueError):
     """A record that cannot be applied (dead-lettered)."""
 
 
-Op = tuple[str, dict[str, Any]]  # ("upsert", row) or ("delete", key columns)
+Op = tuple[str, dict[str, Any]]  # ("upsert", row), ("delete", key columns) or ("truncate", {})
 
 
 def decode(record: ConsumerRecord, pk: tuple[str, ...]) -> Op | None:
@@ -99,7 +103,7 @@ def decode(record: ConsumerRecord, pk: tuple[str, ...]) -> Op | None:
                 raise RecordRejected("a delete without its primary key")
             return ("delete", {c: k[c] for c in pk})
         elif op == "t":
-            raise RecordRejected("a truncate event: not applied by the sink")
+            return ("truncate", {})
         else:
             raise RecordRejected(f"unknown op {op!r}")
     else:
@@ -132,6 +136,7 @@ class PostgresSink(SinkTask):
         self.conn: Any = None
         self.pk: tuple[str, ...] = ()
         self.committed: dict[TopicPartition, int] = {}  # the positions of the last commit
+        self.tasks = int(o.get("tasks.max", 1))
 
     def _errors(self) -> tuple[type[Exception], ...]:
         import psycopg2
@@ -224,9 +229,30 @@ class PostgresSink(SinkTask):
         return rejected
 
     def _apply(self, cur: Any, ops: list[Op]) -> None:
+        """Apply ``ops`` in order: the changes between two truncates together."""
+        from psycopg2 import sql
+
+        changes: list[Op] = []
+        for op in ops:
+            if op[0] != "truncate":
+                changes.append(op)
+                continue
+            self._apply_changes(cur, changes)
+            changes = []
+            target = sql.Identifier(self.schema, self.table)
+            # TRUNCATE takes an ACCESS EXCLUSIVE lock until the commit: with several tasks
+            # (each a connection with an open transaction) it would wait for, and queue
+            # the others' writes behind, their commits; DELETE takes row locks only.
+            stmt = sql.SQL("DELETE FROM {}") if self.tasks > 1 else sql.SQL("TRUNCATE {}")
+            cur.execute(stmt.format(target))
+        self._apply_changes(cur, changes)
+
+    def _apply_changes(self, cur: Any, ops: list[Op]) -> None:
         from psycopg2 import sql
         from psycopg2.extras import execute_values
 
+        if not ops:
+            return
         last: dict[tuple[Any, ...], Op] = {}
         for kind, row in ops:  # the last change of each key wins
             k = tuple(orjson.dumps(row.get(c)) for c in self.pk)

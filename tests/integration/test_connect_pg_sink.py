@@ -72,6 +72,44 @@ def test_cdc_to_sink_replica_equals_source_across_a_sink_crash(node_factory: Any
     assert node.stop() == 0
 
 
+def test_a_truncate_reaches_the_replica_in_order(node_factory: Any, pg: PgCluster) -> None:
+    """TRUNCATE captured (op "t") and applied by the sink between the changes around it."""
+    make_items(pg, 300)
+    pg.sql("CREATE DATABASE replica")
+    pg.sql("CREATE TABLE items (id int PRIMARY KEY, name text, qty int, flag boolean)", dbname="replica")
+    node: Node = node_factory()
+    declare(node, "cdc", "postgres-cdc", **pg.options(), **{"topic.prefix": "pg", "table.include.list": "public.items"})
+    declare(
+        node,
+        "replica",
+        "postgres-sink",
+        **pg.options("replica"),
+        topics="pg.public.items",
+        table="public.items",
+        **{"offset.flush.interval.ms": 100},
+    )
+    node.start()
+    wait_until(lambda: len(rows(pg, "replica")) == 300, 60, "the snapshot copied")
+    conn = pg.connect()
+    try:
+        with conn.cursor() as cur:  # one transaction: rows before the truncate, the truncate, rows after
+            cur.execute("BEGIN")
+            cur.execute("INSERT INTO items SELECT g, 'x', g, true FROM generate_series(300, 349) g")
+            cur.execute("TRUNCATE items")
+            cur.execute("INSERT INTO items SELECT g, 'after', g, false FROM generate_series(1000, 1009) g")
+            cur.execute("COMMIT")
+        with conn.cursor() as cur:
+            cur.execute("UPDATE items SET qty = -qty WHERE id < 1005")
+    finally:
+        conn.close()
+    wait_until(lambda: caught_up(pg, node), 60, "the source caught up")
+    wait_until(lambda: rows(pg, "replica") == rows(pg, "postgres"), 60, "the replica equal to the source")
+    assert len(rows(pg, "replica")) == 10
+    c = wait_connector(node, "replica", lambda c: c["task"] and c["task"]["lag"] == 0, "no lag")
+    assert c["task"]["dead_letter_records"] == 0
+    assert node.stop() == 0
+
+
 def test_refused_records_go_to_the_dead_letter_topic(node_factory: Any, pg: PgCluster) -> None:
     pg.sql("CREATE TABLE items (id int PRIMARY KEY, name text, qty int CHECK (qty >= 0), flag boolean)")
     node: Node = node_factory()
