@@ -25,12 +25,13 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 import zmq
 
 from appliance.security_config import SecurityConfig
 from ipc import curve, sockets
 from ipc.acl import AclBinding, Authorizer
-from ipc.errors import ProtectedModeError
+from ipc.errors import InvalidRequestError, ProtectedModeError
 from ipc.protocol import ANONYMOUS, Frame, Principal, Request
 
 log = logging.getLogger(__name__)
@@ -70,11 +71,41 @@ class Gate:
         if principal is None:
             kind, _, name = user.partition(":")
             principal = self._principals[user] = Principal(kind, name)
+        if principal.type == "Node":
+            forwarded = on_behalf_of(header)
+            if forwarded is not None:
+                return forwarded
         return principal, host
 
     def authorize(self, request: Request) -> None:
         if self.authorizer.enabled:
             self.authorizer.authorize(str(request.principal), request.host, request.api, request.fields)
+
+
+ON_BEHALF_OF = "on_behalf_of"
+_ON_BEHALF_OF_MARK = b'"on_behalf_of"'
+
+
+def on_behalf_of(header: Frame) -> tuple[Principal, str] | None:
+    """The (principal, host) a node's request is made for, or None (see the docstring).
+    Costs a substring test unless the field is there."""
+    raw = header.bytes if hasattr(header, "bytes") else bytes(header)
+    if _ON_BEHALF_OF_MARK not in raw:
+        return None
+    try:
+        value = orjson.loads(raw).get(ON_BEHALF_OF)
+    except (orjson.JSONDecodeError, AttributeError):
+        return None  # the pipeline has parsed this header already; not reached
+    if value is None:
+        return None
+    who = value.get("principal") if isinstance(value, dict) else None
+    host = value.get("host", "") if isinstance(value, dict) else None
+    if not isinstance(who, str) or not isinstance(host, str) or len(host) > 64:
+        raise InvalidRequestError(f"{ON_BEHALF_OF} must be {{'principal': 'User:NAME', 'host': ADDRESS}}")
+    why = curve.valid_principal(who)
+    if why or not who.startswith("User:"):
+        raise InvalidRequestError(f"{ON_BEHALF_OF}: {why or f'{who!r} is not a User principal'}")
+    return Principal("User", who[5:]), host
 
 
 def _prop(get: Any, name: str) -> str:
