@@ -23,10 +23,12 @@ append the batches as the leader wrote them (``Log.append_replica``: offsets, ep
 CRC kept) and take the leader's high watermark. ``diverging``: truncate to where its
 own log ends that epoch (or the latest before it) and rebuild the producer state.
 ``OFFSET_OUT_OF_RANGE`` while its log ends below the leader's log start (retention
-removed what it lacks): start over, empty, at the leader's log start offset. It
-changes only the replica's log, producer state, follower high watermark and storage
-condition (``FollowerReplica``), so it is tested without sockets. An append that fails
-(a full disk) marks the storage condition failed and the fetch is retried after
+removed what it lacks): start over, empty, at the leader's log start offset. After
+each reply the follower's log start offset follows the leader's (DeleteRecords), up to
+its own log end offset; a follower that becomes leader keeps it. It changes only the
+replica's log, producer state, follower high watermark and storage condition
+(``FollowerReplica``), so it is tested without sockets. An append that fails (a full
+disk) marks the storage condition failed and the fetch is retried after
 ``STUCK_RETRY_S``; the first append that succeeds again clears it.
 """
 
@@ -305,7 +307,19 @@ def apply_fetch_reply(
     if appended:
         replica.storage.ok()  # the disk takes writes again
     replica.follower_hw = int(reply.fields.get("high_watermark", 0))
+    _follow_log_start(replica, int(reply.fields.get("log_start_offset", 0)))
     return None
+
+
+def _follow_log_start(replica: FollowerReplica, leader_start: int) -> None:
+    """The leader's log start offset moved up (DeleteRecords, retention): the follower's
+    follows, as far as its own log reaches (a later reply takes it further). Raises
+    OSError when its checkpoint cannot be written (the fetch is retried)."""
+    lg = replica.log
+    start = min(leader_start, lg.log_end_offset)
+    if start > lg.log_start_offset:
+        lg.advance_log_start(start)
+        replica.producers.evict_below(start)
 
 
 def _truncate_diverging(replica: FollowerReplica, div: dict[str, Any]) -> float | None:

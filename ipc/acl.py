@@ -154,6 +154,7 @@ REQUIRED: dict[str, Callable[[Mapping[str, Any]], list[Action]]] = {
     "produce": _on_topic(Operation.WRITE),
     "fetch": _fetch,
     "list_offsets": _on_topic(Operation.DESCRIBE),
+    "delete_records": _on_topic(Operation.DELETE),  # as Kafka's DeleteRecords
     # topics: metadata and list_topics filter by DESCRIBE in the handler (may_describe),
     # and metadata's auto-creation needs may_create_topic
     "metadata": _nothing,

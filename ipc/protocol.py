@@ -268,6 +268,8 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         # -2 earliest, -1 latest, else a timestamp in ms
         "timestamp": Field(int, check=_int_range(-2)),
     },
+    # Kafka's DeleteRecords: the new log start offset, -1 for the high watermark
+    "delete_records": {"topic": TOPIC, "partition": PARTITION, "offset": Field(int, check=_int_range(-1))},
 }
 GROUP_APIS = frozenset(
     {
@@ -306,7 +308,7 @@ FRONT_APIS = (
     )
     | GROUP_APIS
 )
-WORKER_APIS = frozenset({"produce", "fetch", "list_offsets"})
+WORKER_APIS = frozenset({"produce", "fetch", "list_offsets", "delete_records"})
 ASSIGNORS = ("range", "roundrobin", "cooperative-sticky")  # partition assignors the coordinator runs
 EARLIEST = -2
 LATEST = -1

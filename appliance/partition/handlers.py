@@ -1,5 +1,5 @@
-"""The partition's request handlers: produce, fetch (consumers' and followers') and
-list_offsets, served through the one request pipeline (``ipc/server.py``).
+"""The partition's request handlers: produce, fetch (consumers' and followers'),
+list_offsets and delete_records, served through the one request pipeline (``ipc/server.py``).
 
 Each handler is a function of the typed request and the partition's state (its
 ``Replica`` and ``Purgatory``). It returns the ``Response``, raises a ``SluiceError``
@@ -44,6 +44,7 @@ from ipc.errors import (
     InvalidRequestError,
     MessageTooLargeError,
     NotEnoughReplicasError,
+    OffsetOutOfRangeError,
     StorageError,
     UnknownLeaderEpochError,
     UnknownTopicOrPartitionError,
@@ -246,6 +247,35 @@ def list_offsets(replica: Replica, req: Request) -> Response:
     return Response({"offset": offset, "timestamp": found_ts, "leader_epoch": replica.leader_epoch})
 
 
+# ---- delete_records ---------------------------------------------------------------------
+def delete_records(replica: Replica, req: Request) -> Response:
+    """Kafka's DeleteRecords: make ``offset`` (-1: the high watermark) the log start
+    offset, so that the records below it are no longer read. Leader only; an offset past
+    the high watermark is OFFSET_OUT_OF_RANGE; one at or below the log start offset
+    changes nothing. Answers ``low_watermark``, the log start offset now. The followers
+    take it from their next fetch reply (``replication.apply_fetch_reply``)."""
+    replica.check_leader()
+    lg = replica.log
+    hw = replica.high_watermark
+    offset = req.fields["offset"]
+    if offset == -1:
+        offset = hw
+    if offset > hw:
+        raise OffsetOutOfRangeError(
+            f"{replica.name}: cannot delete records below offset {offset}: past the high watermark {hw}"
+        )
+    storage = replica.storage
+    if storage.failed:
+        raise StorageError(f"{replica.name}: {storage.describe()}")
+    try:
+        start = lg.advance_log_start(offset)
+    except OSError as exc:  # its checkpoint could not be written: nothing changed
+        storage.fail(exc)
+        raise StorageError(f"{replica.name}: cannot save the log start offset {offset}: {exc}") from exc
+    replica.producers.evict_below(start)
+    return Response({"low_watermark": start})
+
+
 # ---- the handler table --------------------------------------------------------------------
 class PartitionApi:
     """This worker's handler table for the request pipeline (see the module docstring)."""
@@ -257,6 +287,7 @@ class PartitionApi:
             "produce": self.serve_produce,
             "fetch": self.serve_fetch,
             "list_offsets": self.serve_list_offsets,
+            "delete_records": self.serve_delete_records,
         }
 
     def _check_partition(self, req: Request) -> None:
@@ -286,6 +317,10 @@ class PartitionApi:
     def serve_list_offsets(self, req: Request) -> Response:
         self._check_partition(req)
         return list_offsets(self.replica, req)
+
+    def serve_delete_records(self, req: Request) -> Response:
+        self._check_partition(req)
+        return delete_records(self.replica, req)
 
 
 def partition_pipeline(

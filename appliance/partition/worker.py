@@ -81,7 +81,7 @@ from ipc.control import encode as encode_control
 from ipc.errors import NotLeaderError, SluiceError, StorageError
 from ipc.peers import CONGESTED_RETRY_S, PeerLedger, deliver
 from ipc.private import NotPrivateError, check_own_socket
-from ipc.protocol import Request
+from ipc.protocol import WORKER_APIS, Request
 from ipc.quota_table import path_beside
 from ipc.server import RequestPipeline
 from ipc.shm import Role, StatusTable, StatusWriter
@@ -254,7 +254,7 @@ class PartitionWorker:
         def refuse(req: Request) -> None:
             raise StorageError(f"{self.name}: {self.storage.describe()}")
 
-        apis = dict.fromkeys(("produce", "fetch", "list_offsets"), refuse)
+        apis = dict.fromkeys(WORKER_APIS, refuse)
         pipeline = RequestPipeline(self.name, self._reply, apis, self.gate.authenticate, self.gate.authorize)
         poller = zmq.Poller()
         for sock in (self.data, self.control):
