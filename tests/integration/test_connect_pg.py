@@ -78,8 +78,8 @@ def table_state(pg: PgCluster, table: str = "items") -> dict[int, dict[str, Any]
     return {r[0]: {"id": r[0], "name": r[1], "qty": r[2], "flag": r[3]} for r in rows}
 
 
-def workload(pg: PgCluster, ops: int, seed: int, first_id: int, stop: threading.Event | None = None) -> None:
-    """Mixed inserts, updates and deletes in small transactions."""
+def workload(pg: PgCluster, ops: int, seed: int, first_id: int, stop: threading.Event | None = None) -> int:
+    """Mixed inserts, updates and deletes in small transactions; returns the next id."""
     rnd = random.Random(seed)
     conn = pg.connect()
     conn.autocommit = False
@@ -104,6 +104,7 @@ def workload(pg: PgCluster, ops: int, seed: int, first_id: int, stop: threading.
             conn.commit()
     finally:
         conn.close()
+    return next_id
 
 
 def make_items(pg: PgCluster, rows: int) -> None:
@@ -141,24 +142,76 @@ def caught_up(pg: PgCluster, node: Node, name: str = "cdc") -> bool:
     return bool(rows and rows[0][0] >= current)
 
 
+def check_changes(pg: PgCluster, slot: str) -> dict[int, tuple[int, int, list[int]]]:
+    """What an independent slot (``test_decoding``) saw of the items table: transaction id
+    -> (first LSN, commit end LSN, the LSNs of its changes)."""
+    rows = pg.sql(
+        "SELECT (lsn - '0/0')::bigint, xid::text::bigint, data FROM pg_logical_slot_peek_changes(%s, NULL, NULL)",
+        (slot,),
+    )
+    out: dict[int, tuple[int, int, list[int]]] = {}
+    for lsn, xid, data in rows:
+        first, end, changes = out.get(xid, (lsn, 0, []))
+        if data.startswith("table public.items:"):
+            changes.append(lsn)
+        elif data.startswith("COMMIT"):
+            end = lsn
+        out[xid] = (first, end, changes)
+    return out
+
+
 def test_snapshot_during_writes_then_stream_rebuilds_the_table(node_factory: Any, pg: PgCluster) -> None:
-    make_items(pg, 20_000)
-    node = cdc_node(node_factory, pg, **{"poll.max.records": 500})
-    node.start()
-    wait_until(lambda: pg.sql("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'sluice_cdc'"), 60, "the slot")
-    writer = threading.Thread(target=workload, args=(pg, 3000, 1, 20_000))
-    writer.start()  # while the snapshot is read
-    writer.join(120)
+    """Issue 17: a table of 10,000 rows is snapshotted while 10,000 inserts, updates and
+    deletes run; the topic, replayed, is the table's final state, and every change
+    committed after the snapshot's point is in the topic once, by LSN (checked against an
+    independent ``test_decoding`` slot made before the writes began)."""
+    make_items(pg, 10_000)
+    pg.sql("SELECT pg_create_logical_replication_slot('check', 'test_decoding')")
+    node = cdc_node(node_factory, pg)
+
+    def slot_consistent() -> bool:
+        found = pg.sql("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'sluice_cdc'")
+        return bool(found and found[0][0] is not None)
+
+    def writes() -> None:  # 3,000 changes before the connector's slot exists, 7,000 during its snapshot
+        next_id = workload(pg, 3000, 1, 10_000)
+        wait_until(slot_consistent, 60, "the connector's slot")
+        workload(pg, 7000, 2, next_id)
+
+    writer = threading.Thread(target=writes)
+    writer.start()
+    try:
+        wait_until(lambda: pg.sql("SELECT count(*) FROM items")[0][0] > 10_300, 30, "the first writes")
+        node.start()
+    finally:
+        writer.join(180)
+    assert not writer.is_alive()
     wait_until(lambda: caught_up(pg, node), 60, "the slot confirmed to the WAL's end")
     records = read_topic(node, "pg.public.items")
     assert replay(records) == table_state(pg)
     values = [orjson.loads(r.value) for r in records if r.value is not None]
     snapshot = [v for v in values if v["op"] == "r"]
-    assert len(snapshot) >= 20_000 - 3000 and all(v["source"]["snapshot"] == "true" for v in snapshot)
-    streamed = [(v["source"]["lsn"], v["op"]) for v in values if v["op"] != "r"]
-    assert streamed, "no change streamed"
-    dupes = [k for k, n in collections.Counter(streamed).items() if n > 1]
+    assert snapshot and all(v["source"]["snapshot"] == "true" for v in snapshot)
+    point = {v["source"]["lsn"] for v in snapshot}
+    assert len(point) == 1
+    (consistent,) = point
+    streamed = collections.Counter(v["source"]["lsn"] for v in values if v["op"] != "r")
+    dupes = [lsn for lsn, n in streamed.items() if n > 1]
     assert dupes == [], f"changes emitted twice: {dupes[:5]}"
+    expected: collections.Counter[int] = collections.Counter()
+    txs = check_changes(pg, "check")
+    assert sum(len(ch) for _, _, ch in txs.values()) > 6000  # 10,000 statements, some updating no row
+    for xid, (first, end, changes) in txs.items():
+        got = sum(1 for lsn in changes if lsn in streamed)
+        assert got in (0, len(changes)), f"transaction {xid}: {got} of its {len(changes)} changes streamed"
+        if first >= consistent:
+            assert got == len(changes), f"transaction {xid} after the snapshot's point {consistent} not streamed"
+        if end <= consistent:
+            assert got == 0, f"transaction {xid} before the snapshot's point {consistent} streamed"
+        if got:
+            expected.update(changes)
+    assert streamed == expected  # every change after the snapshot's point once, nothing else
+    assert len(expected) > 3000  # most of the 7,000 writes during the snapshot
     c = wait_connector(node, "cdc", lambda c: (c["task"] or {}).get("lag") is not None, "lag reported")
     assert c["task"]["lag_unit"] == "bytes"
     assert node.stop() == 0
