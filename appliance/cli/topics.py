@@ -1,5 +1,6 @@
-"""``sluice topics create|list|describe|alter|delete``: topic administration through the
-``Admin`` client, as ``kafka-topics`` does, and the tables ``describe`` prints.
+"""``sluice topics create|list|describe|alter|delete|delete-records``: topic administration
+through the ``Admin`` client, as ``kafka-topics`` does (``delete-records`` as
+``kafka-delete-records``), and the tables ``describe`` prints.
 
 ``describe`` without a topic describes every topic; ``--under-replicated-partitions`` and
 ``--unavailable-partitions`` print only those partitions, from the controller's view
@@ -69,7 +70,26 @@ def add_parsers(sub: Any, client: Callable[[argparse.ArgumentParser], None]) -> 
     ta.add_argument("--partitions", type=non_negative, help="the new number of partitions (increase only)")
     tx = tsub.add_parser("delete", help="delete a topic and its data")
     tx.add_argument("topic", help="the topic")
-    for sp in (tc, tl, td, ta, tx):
+    tr = tsub.add_parser(
+        "delete-records",
+        help="delete a partition's records below an offset (Kafka's DeleteRecords)",
+        description=(
+            "Advance partitions' log start offsets, as kafka-delete-records: the records below the offset "
+            "are no longer read. Name a topic with --offset (and --partition, default every partition), "
+            "or give --offset-json-file."
+        ),
+    )
+    tr.add_argument("topic", nargs="?", help="the topic (not with --offset-json-file)")
+    tr.add_argument(
+        "--partition", action="append", type=any_int, default=[], help="a partition (repeatable; default: all)"
+    )
+    tr.add_argument("--offset", type=any_int, help="the new log start offset; -1: the high watermark")
+    tr.add_argument(
+        "--offset-json-file",
+        metavar="FILE",
+        help='kafka-delete-records\' JSON: {"partitions": [{"topic": T, "partition": P, "offset": N}, ...]}',
+    )
+    for sp in (tc, tl, td, ta, tx, tr):
         client(sp)
 
 
@@ -112,7 +132,65 @@ def cmd_topics(a: argparse.Namespace) -> int:
         elif a.action == "delete":
             admin.delete_topic(a.topic)
             print(f"deleted topic {a.topic}")
+        elif a.action == "delete-records":
+            return _delete_records(admin, record_deletions(a, admin.partition_count))
     return 0
+
+
+def record_deletions(a: argparse.Namespace, partition_count: Callable[[str], int]) -> dict[tuple[str, int], int]:
+    """``delete-records``' ``{(topic, partition): offset}``, from the arguments or the
+    JSON file; ``partition_count(topic)`` names every partition of a topic."""
+    if a.offset_json_file:
+        if a.topic or a.partition or a.offset is not None:
+            raise CliError("give a topic with --offset (and --partition), or --offset-json-file, not both")
+        return _offsets_file(a.offset_json_file)
+    if not a.topic or a.offset is None:
+        raise CliError("name the topic and --offset N (-1: the high watermark), or give --offset-json-file FILE")
+    partitions = a.partition or list(range(partition_count(a.topic)))
+    return {(a.topic, p): a.offset for p in partitions}
+
+
+def _offsets_file(path: str) -> dict[tuple[str, int], int]:
+    import orjson
+
+    try:
+        with open(path, "rb") as f:
+            doc = orjson.loads(f.read())
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from None
+    except orjson.JSONDecodeError as exc:
+        raise CliError(f"{path} is not JSON: {exc}") from None
+    items = doc.get("partitions") if isinstance(doc, dict) else None
+    if not isinstance(items, list) or not items:
+        raise CliError(f'{path}: expected {{"partitions": [{{"topic": T, "partition": P, "offset": N}}, ...]}}')
+    out: dict[tuple[str, int], int] = {}
+    for i, item in enumerate(items):
+        topic, partition, offset = (
+            (item.get(k) for k in ("topic", "partition", "offset")) if isinstance(item, dict) else [None] * 3
+        )
+        if not isinstance(topic, str) or type(partition) is not int or type(offset) is not int:
+            raise CliError(
+                f"{path}: partitions[{i}] = {item!r}: needs a topic (a string), partition and offset (integers)"
+            )
+        out[(topic, partition)] = offset
+    return out
+
+
+def _delete_records(admin: Any, offsets: dict[tuple[str, int], int]) -> int:
+    """Print each partition's low watermark or error, as kafka-delete-records; 1 if any failed."""
+    try:
+        results = admin.delete_records(offsets)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    print("Records delete operation completed:")
+    failed = 0
+    for (topic, partition), result in sorted(results.items()):
+        if isinstance(result, int):
+            print(f"partition: {topic}-{partition}\tlow_watermark: {result}")
+        else:
+            failed += 1
+            print(f"partition: {topic}-{partition}\terror: {result}")
+    return 1 if failed else 0
 
 
 def _print_describe(d: dict[str, Any]) -> None:

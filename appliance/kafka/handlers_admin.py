@@ -1,6 +1,9 @@
 """The Kafka listener's admin handlers: CreateTopics, DeleteTopics, CreatePartitions,
 DescribeConfigs, AlterConfigs, IncrementalAlterConfigs, each mapped onto the front's
-topic APIs (``create_topic``, ``delete_topic``, ``alter_topic``, ``describe_topic``).
+topic APIs (``create_topic``, ``delete_topic``, ``alter_topic``, ``describe_topic``),
+and DeleteRecords, sent to each partition's leader worker (``delete_records``: the
+offset becomes the log start offset, -1 the high watermark; any other negative offset
+is OFFSET_OUT_OF_RANGE, as Kafka answers).
 
 Sluice's topic options carry Kafka's names (``retention.ms``, ``cleanup.policy``,
 ``max.message.bytes``, ...; docs/configuration.md), so configs pass through by name.
@@ -20,6 +23,8 @@ from appliance.kafka.server import KafkaRequest
 from ipc.errors import SluiceError
 from ipc.kafka import errors as kerr
 from ipc.protocol import Reply
+
+DELETE_RECORDS_TIMEOUT_S = 30.0  # a worker answers delete_records at once
 
 TOPIC, BROKER = 2, 4
 ADMIN_TIMEOUT_S = 35.0  # the front answers create/alter within 25 s
@@ -180,3 +185,41 @@ async def incremental_alter_configs(node: Node, req: KafkaRequest) -> dict[str, 
         return await _alter(node, r, config, req.body["validate_only"])
 
     return {"responses": list(await asyncio.gather(*(one(r) for r in req.body["resources"])))}
+
+
+async def delete_records(node: Node, req: KafkaRequest) -> dict[str, Any]:
+    async def one(topic: str, p: dict[str, Any]) -> dict[str, Any]:
+        partition, offset = p["partition_index"], p["offset"]
+        out: dict[str, Any] = {"partition_index": partition, "low_watermark": -1, "error_code": kerr.NONE}
+        if offset < -1:
+            out["error_code"] = kerr.OFFSET_OUT_OF_RANGE  # Kafka's answer to a negative offset other than -1
+            return out
+        backend = node.backend
+        try:
+            endpoint = await backend.leader(topic, partition) if partition >= 0 else None
+            if endpoint is None:
+                out["error_code"] = kerr.UNKNOWN_TOPIC_OR_PARTITION
+                return out
+            reply = await backend.request(
+                endpoint,
+                "delete_records",
+                DELETE_RECORDS_TIMEOUT_S,
+                topic=topic,
+                partition=partition,
+                offset=offset,
+            )
+        except SluiceError as exc:
+            reply = Reply(0, {}, [], exc)
+        if reply.error is not None:
+            out["error_code"] = kerr.kafka_code(reply.error)
+            if reply.error.invalid_metadata or reply.error.code == "REQUEST_TIMED_OUT":
+                backend.forget(topic, partition)
+            return out
+        out["low_watermark"] = reply.fields["low_watermark"]
+        return out
+
+    topics = []
+    for t in req.body["topics"]:
+        parts = await asyncio.gather(*(one(t["name"], p) for p in t["partitions"]))
+        topics.append({"name": t["name"], "partitions": list(parts)})
+    return {"topics": topics}

@@ -1,4 +1,5 @@
-"""``Admin``: create, delete, alter, describe and list topics; consumer groups; node status.
+"""``Admin``: create, delete, alter, describe and list topics; offsets and DeleteRecords;
+consumer groups; node status.
 
 Topic requests go to any node (the bootstrap channel). Group requests go to the group's
 coordinator (``CoordinatorLink``: found with ``find_coordinator``, found again when it
@@ -19,8 +20,9 @@ import zmq as _zmq
 from ipc.acl import AclBinding, AclFilter
 from ipc.client.client_id import client_id_for
 from ipc.client.coordinator import CoordinatorLink
+from ipc.client.deletion import delete_records
 from ipc.client.offsets import list_offsets
-from ipc.client.structs import NewTopic, OffsetAndTimestamp
+from ipc.client.structs import NewTopic, OffsetAndTimestamp, TopicPartition
 from ipc.client.transport import (
     Bootstrap,
     BootstrapChannel,
@@ -184,6 +186,19 @@ class Admin:
             self._check_topic(topic)
         timeout = self.timeout_s if timeout_ms is None else timeout_ms / 1000
         return list_offsets(self.ctx, self.zmq, self.channel, specs, timeout)
+
+    def delete_records(
+        self, offsets: Mapping[tuple[str, int], int], timeout_ms: int | None = None
+    ) -> dict[TopicPartition, int | SluiceError]:
+        """Kafka's DeleteRecords: ``{(topic, partition): offset}`` makes each offset its
+        partition's log start offset (``-1``: the high watermark), so that the records
+        below it are no longer read. Returns per partition the new log start offset
+        (the low watermark) or the ``SluiceError`` it got (``OFFSET_OUT_OF_RANGE`` past
+        the high watermark, ``UNKNOWN_TOPIC_OR_PARTITION``,
+        ``TOPIC_AUTHORIZATION_FAILED`` without DELETE on the topic); an offset below -1
+        raises ValueError before anything is sent (``ipc/client/deletion.py``)."""
+        timeout = self.timeout_s if timeout_ms is None else timeout_ms / 1000
+        return delete_records(self.ctx, self.zmq, self.channel, offsets, timeout)
 
     def partition_count(self, name: str, timeout_ms: int | None = None) -> int:
         """How many partitions ``name`` has (from metadata: Describe on the topic is

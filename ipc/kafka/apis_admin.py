@@ -1,5 +1,5 @@
 """Kafka's admin APIs as Sluice serves them (docs/kafka.md): CreateTopics, DeleteTopics,
-CreatePartitions, DescribeConfigs, AlterConfigs, IncrementalAlterConfigs."""
+CreatePartitions, DescribeConfigs, AlterConfigs, IncrementalAlterConfigs, DeleteRecords."""
 
 from __future__ import annotations
 
@@ -206,4 +206,29 @@ INCREMENTAL_ALTER_CONFIGS = Api(
         f("validate_only", "bool"),
     ),
     response=_ALTER_RESPONSE,
+)
+
+DELETE_RECORDS = Api(
+    21,
+    "DeleteRecords",
+    0,
+    2,
+    2,
+    request=(
+        f("topics", (f("name", "string"), f("partitions", (f("partition_index", "int32"), f("offset", "int64"))))),
+        f("timeout_ms", "int32"),
+    ),
+    response=(
+        *_RESULT,
+        f(
+            "topics",
+            (
+                f("name", "string"),
+                f(
+                    "partitions",
+                    (f("partition_index", "int32"), f("low_watermark", "int64", default=-1), f("error_code", "int16")),
+                ),
+            ),
+        ),
+    ),
 )
