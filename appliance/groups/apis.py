@@ -78,6 +78,7 @@ class GroupApis:
             self.coordinator.counts,
         )
         self.coordinator.complete(done)  # this join too, when it completed the rebalance
+        self.coordinator.persist(g)  # a completed rebalance: its generation survives a move
 
     def sync_group(self, req: Request) -> Response:
         f = req.fields
@@ -96,6 +97,7 @@ class GroupApis:
         self.coordinator.check(f["group"])
         g = self.coordinator.group(f["group"], member_id=f["member_id"])
         self.coordinator.complete(g.leave(f["member_id"], self.coordinator.counts))
+        self.coordinator.persist(g)
         return ok()
 
     # ---- committed offsets ------------------------------------------------------------------------

@@ -1,8 +1,11 @@
 """The group coordinator: which consumer groups this node coordinates, and their state.
 
 It runs in the supervisor process (docs/groups.md says why): membership and
-generations live in memory (``Group``), committed offsets in ``__consumer_offsets``
-(``OffsetStore``), what each group lags in ``LagProbes``. The group APIs themselves are
+generations live in memory (``Group``) and, as of each completed rebalance, in
+``__consumer_offsets`` too (the group metadata record, ``persist``), next to the
+committed offsets (``OffsetStore``); what each group lags in ``LagProbes``. A node that
+starts coordinating a group restores it from that record once the partition is loaded
+(``_restore_groups``): its members go on with their generation and assignment. The group APIs themselves are
 handlers of the front endpoint's request pipeline (``appliance/groups/apis.py``); they
 use this class to find, create and answer groups.
 
@@ -25,7 +28,7 @@ from typing import Any
 from appliance.coordinator import NO_LEADER, TopicInfo
 from appliance.groups.group import Completion, Group, GroupState
 from appliance.groups.lag import LagProbes
-from appliance.groups.offsets import OFFSETS_TOPIC, OFFSETS_TOPIC_CONFIG, Done, OffsetStore
+from appliance.groups.offsets import NO_META, OFFSETS_TOPIC, OFFSETS_TOPIC_CONFIG, Done, OffsetStore
 from appliance.nodeview import NodeState, NodeView
 from appliance.topics import create_topic
 from ipc.errors import (
@@ -44,6 +47,7 @@ log = logging.getLogger(__name__)
 CREATE_RETRY_S = 10.0  # after a failed attempt to create __consumer_offsets
 # min.insync.replicas of __consumer_offsets from this replication factor on (Kafka's advice)
 MIN_ISR_FROM_RF = 3
+PERSIST_RETRY_S = 1.0  # after a group metadata write failed
 
 
 class GroupCoordinator:
@@ -53,6 +57,12 @@ class GroupCoordinator:
         self.store = OffsetStore(node, node.config.offsets_topic_partitions)
         self.lag = LagProbes(node, self.store)
         self._next_create = 0.0
+        self.store.on_loaded = self._restore_groups
+        # the group metadata record last written (or loaded) per group, the groups whose
+        # write is in flight, and when to try again after a failed one
+        self._persisted: dict[str, dict[str, Any]] = {}
+        self._persisting: set[str] = set()
+        self._persist_retry: dict[str, float] = {}
 
     # ---- plumbing ---------------------------------------------------------------------------------
     def counts(self, topics: Sequence[str]) -> Mapping[str, int]:
@@ -99,6 +109,7 @@ class GroupCoordinator:
             self._track_leadership()
             for g in list(self.groups.values()):
                 self.complete(g.tick(self.counts))
+                self.persist(g)
             self._expire_groups()
         self.store.tick(now)
         self.lag.tick(now)
@@ -148,13 +159,56 @@ class GroupCoordinator:
 
     def _forget_groups(self, partition: int, why: str) -> None:
         """Drop the membership of the groups of ``partition``; parked joins are answered
-        NOT_COORDINATOR (their members find the new coordinator and join there)."""
+        NOT_COORDINATOR (their members find the new coordinator and join there). The new
+        coordinator restores the members from the group metadata record."""
         err = NotCoordinatorError(f"{OFFSETS_TOPIC}-{partition} moved: {why}")
         for group_id in [g for g in self.groups if self.store.partition_for(g) == partition]:
             g = self.groups.pop(group_id)
             self.complete(g.abandon(err))
             log.info("group %s: no longer coordinated here (%s)", group_id, why)
+        for group_id in [g for g in self._persisted if self.store.partition_for(g) == partition]:
+            del self._persisted[group_id]
         self.lag.forget(partition)
+
+    # ---- the group metadata record ---------------------------------------------------------------
+    def _restore_groups(self, partition: int) -> None:
+        """``partition`` is loaded: its groups as their newest metadata records left them."""
+        for group_id, snap in list(self.store.metadata.items()):
+            if self.store.partition_for(group_id) != partition:
+                continue
+            try:
+                self.groups[group_id] = Group.restore(group_id, self.node.clock, snap)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("group %s: unreadable metadata record in %s-%d: %r", group_id, OFFSETS_TOPIC, partition, exc)
+                continue
+            self._persisted[group_id] = snap
+
+    def persist(self, g: Group) -> None:
+        """Write ``g``'s metadata record if its last completed rebalance changed it (one
+        write in flight per group; after a failure, again ``PERSIST_RETRY_S`` later). A
+        group that never had a member writes none."""
+        gid = g.group_id
+        if gid in self._persisting or self.node.clock() < self._persist_retry.get(gid, 0.0):
+            return
+        snap = g.snapshot()
+        if snap is None or snap == self._persisted.get(gid) or not self.store.group_loaded(gid):
+            return
+        if gid not in self._persisted and not snap["members"] and snap["generation"] == 0:
+            return
+        self._persisting.add(gid)
+
+        def done(err: SluiceError | None) -> None:
+            self._persisting.discard(gid)
+            if err is None:
+                self._persisted[gid] = snap
+                self._persist_retry.pop(gid, None)
+            else:
+                self._persist_retry[gid] = self.node.clock() + PERSIST_RETRY_S
+                log.warning(
+                    "group %s: cannot write its metadata record (generation %d): %s", gid, snap["generation"], err
+                )
+
+        self.store.write(gid, [], done, meta=snap)
 
     def check(self, group_id: str) -> None:
         """Raise unless this node coordinates ``group_id`` now and has its offsets loaded."""
@@ -208,6 +262,8 @@ class GroupCoordinator:
             if newest is None:
                 if g is not None and self.node.clock() - g.empty_since > retention_ms / 1000:
                     del self.groups[group_id]  # never committed anything
+                    if group_id in self.store.metadata:
+                        self.delete_offsets(group_id, lambda err: None)
                 continue
             if now_ms - newest > retention_ms:
                 log.info(
@@ -219,12 +275,20 @@ class GroupCoordinator:
                 self.groups.pop(group_id, None)
 
     def delete_offsets(self, group_id: str, done: Done) -> None:
-        """Write a tombstone for every committed offset of ``group_id``; ``done(error or None)``."""
+        """Write a tombstone for every committed offset of ``group_id`` and for its
+        metadata record; ``done(error or None)``."""
         entries = self.store.cache.get(group_id, {})
-        if not entries:
+        has_meta = group_id in self.store.metadata
+        if not entries and not has_meta:
             done(None)
             return
-        self.store.write(group_id, [(tp, None) for tp in entries], done)
+
+        def deleted(err: SluiceError | None) -> None:
+            if err is None:
+                self._persisted.pop(group_id, None)
+            done(err)
+
+        self.store.write(group_id, [(tp, None) for tp in entries], deleted, meta=None if has_meta else NO_META)
 
     # ---- views --------------------------------------------------------------------------------------
     def list_groups(self) -> list[dict[str, Any]]:

@@ -8,6 +8,13 @@ laggards are removed), the generation is bumped, the assignor runs here on the
 coordinator, and every parked join is answered. ``sync`` then hands each member its
 assignment for that generation.
 
+What survives a coordinator move (``snapshot`` / ``restore``): the generation, the
+assignor, the leader and every member with its assignment, as of the last completed
+rebalance (STABLE or EMPTY). The coordinator writes it to ``__consumer_offsets`` (as
+Kafka's group metadata record) and the next coordinator restores it, so members keep
+their assignment and generation across a move. A rebalance in progress is not saved:
+its members rejoin at the new coordinator.
+
 Methods return "completions": (waiter, reply fields or an error) pairs the caller
 answers. A waiter is the ``Responder`` of a parked join request (ipc/protocol.py): the
 group keeps it and hands it back, and never calls it, so it never touches a socket.
@@ -334,6 +341,66 @@ class Group:
                 done.append((m.waiter, err))
                 m.waiter = None
         return done
+
+    # ---- persistence (the group metadata record) ------------------------------------------------
+    def snapshot(self) -> dict[str, Any] | None:
+        """The state to persist, or None while a rebalance is in progress (the last
+        completed generation stays the persisted one)."""
+        if self.state is GroupState.PREPARING_REBALANCE or self.state is GroupState.DEAD:
+            return None
+        return {
+            "generation": self.generation,
+            "protocol": self.protocol,
+            "leader": self.leader,
+            "rebalances": self.rebalances,
+            "members": [
+                {
+                    "member_id": m.member_id,
+                    "instance_id": m.instance_id,
+                    "client_id": m.client_id,
+                    "session_timeout_ms": round(m.session_timeout_s * 1000),
+                    "rebalance_timeout_ms": round(m.rebalance_timeout_s * 1000),
+                    "topics": list(m.topics),
+                    "assignors": list(m.assignors),
+                    "assignment": [list(tp) for tp in m.assignment],
+                }
+                for m in sorted(self.members.values(), key=lambda x: x.member_id)
+            ],
+        }
+
+    @classmethod
+    def restore(cls, group_id: str, clock: Callable[[], float], snap: Mapping[str, Any]) -> Group:
+        """The group as ``snapshot`` saved it, loaded by a new coordinator: STABLE with its
+        members (each gets a full session timeout from now to send a heartbeat here), or
+        EMPTY. Raises KeyError, TypeError or ValueError on a malformed snapshot."""
+        g = cls(group_id, clock)
+        now = clock()
+        g.generation = int(snap["generation"])
+        g.protocol = str(snap["protocol"])
+        g.leader = str(snap["leader"])
+        g.rebalances = int(snap.get("rebalances", 0))
+        for d in snap["members"]:
+            assignment = [(str(t), int(p)) for t, p in d["assignment"]]
+            instance = d["instance_id"]
+            m = Member(
+                str(d["member_id"]),
+                None if instance is None else str(instance),
+                str(d["client_id"]),
+                int(d["session_timeout_ms"]) / 1000,
+                int(d["rebalance_timeout_ms"]) / 1000,
+                [str(t) for t in d["topics"]],
+                [str(a) for a in d["assignors"]],
+                list(assignment),
+                now,
+                assignment=assignment,
+            )
+            g.members[m.member_id] = m
+            if m.instance_id is not None:
+                g.static[m.instance_id] = m.member_id
+        if g.members:
+            g.state = GroupState.STABLE
+            log.info("group %s: restored at generation %d with %d member(s)", group_id, g.generation, len(g.members))
+        return g
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -5,6 +5,11 @@ Each commit is a record keyed ``["group", "topic", partition]`` (orjson) whose v
 acks=all to partition ``murmur2(group) % partitions`` of that topic, which is
 ``fsync=always`` and compacted: a commit is answered only once every in-sync replica
 has it, and the topic keeps the newest commit per key forever (until the group expires).
+Next to them, each group's metadata record (as Kafka's): keyed ``["group"]``, its value
+the group's membership as of its last completed rebalance (``Group.snapshot``: the
+generation, the assignor, every member and its assignment; null when the group is
+deleted). The store keeps the newest one per group in ``metadata``; the coordinator
+restores the groups from it once a partition is loaded (``on_loaded``).
 
 As in Kafka, the node leading partition ``p`` of that topic coordinates the groups that
 hash to ``p``. The store keeps the offsets of the partitions this node leads, and only
@@ -22,6 +27,7 @@ asynchronously: its sockets are polled by the supervisor loop.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
 import time
 from collections.abc import Callable
@@ -77,6 +83,21 @@ class CommittedOffset:
 Done = Callable[[SluiceError | None], None]
 
 
+class _NoMeta(enum.Enum):
+    """A write without a group metadata record (``OffsetStore.write``'s default)."""
+
+    NO_META = "no-meta"
+
+
+NO_META = _NoMeta.NO_META
+
+
+def metadata_key(group: str) -> bytes:
+    """The key of a group's metadata record: ``[group]`` (an offset's is ``[group, topic,
+    partition]``), so compaction keeps the newest one per group."""
+    return orjson.dumps([group])
+
+
 @dataclasses.dataclass
 class _Pending:
     kind: str  # "write" | "load" | "probe"
@@ -89,6 +110,8 @@ class _Pending:
     probe_topic: str = ""
     leader_epoch: int = -1  # "load": the epoch being loaded (a reply for an older one is dropped)
     entries: list[tuple[str, TP, CommittedOffset | None]] = dataclasses.field(default_factory=list)
+    group: str = ""  # "write" with ``meta``: whose group metadata record
+    meta: dict[str, Any] | None | _NoMeta = NO_META
 
 
 def _map_write_error(err: SluiceError, partition: int) -> SluiceError:
@@ -104,6 +127,9 @@ class OffsetStore:
         self.node = node
         self.partitions = partitions  # of __consumer_offsets: from the topic once it exists
         self.cache: dict[str, dict[TP, CommittedOffset]] = {}  # groups of the partitions led here
+        # the newest group metadata record (Group.snapshot) of each group of the partitions led here
+        self.metadata: dict[str, dict[str, Any]] = {}
+        self.on_loaded: Callable[[int], None] | None = None  # a partition finished loading
         self.channels: ChannelPool | None = None  # made on first use: the supervisor's context and poller
         self.pending: dict[int, _Pending] = {}
         self.led: dict[int, int] = {}  # partition led by this node -> the leader epoch loaded / loading
@@ -140,6 +166,8 @@ class OffsetStore:
         self._load_next.pop(partition, None)
         for group in [g for g in self.cache if self.partition_for(g) == partition]:
             del self.cache[group]
+        for group in [g for g in self.metadata if self.partition_for(g) == partition]:
+            del self.metadata[group]
         for cid, p in list(self.pending.items()):
             if p.kind in ("write", "load") and p.partition == partition:
                 del self.pending[cid]  # a late reply is ignored
@@ -180,23 +208,37 @@ class OffsetStore:
                 if reply.error is None:
                     for group, tp, entry in p.entries:
                         self._apply(group, tp, entry)
+                    if not isinstance(p.meta, _NoMeta):
+                        self._apply_meta(p.group, p.meta)
                 assert p.done is not None
                 p.done(None if reply.error is None else _map_write_error(reply.error, p.partition))
             elif self.led.get(p.partition) == p.leader_epoch:
                 self._on_load_reply(p.partition, reply)
 
     # ---- writing --------------------------------------------------------------------------------
-    def write(self, group: str, entries: list[tuple[TP, CommittedOffset | None]], done: Done) -> None:
+    def write(
+        self,
+        group: str,
+        entries: list[tuple[TP, CommittedOffset | None]],
+        done: Done,
+        meta: dict[str, Any] | None | _NoMeta = NO_META,
+    ) -> None:
+        """Write ``entries`` (offsets; None: a tombstone) and, unless ``NO_META``, the
+        group's metadata record ``meta`` (None: its tombstone) in one batch, acks=all;
+        ``done(error or None)`` once acknowledged (the cache follows then)."""
         partition = self.partition_for(group)
         endpoint = self._own_leader_endpoint(partition)
         if endpoint is None:
             done(CoordinatorNotAvailableError(f"{OFFSETS_TOPIC}-{partition} is not serving on this node"))
             return
         keys = [orjson.dumps([group, t, p]) for (t, p), _ in entries]
-        values = [
+        values: list[bytes | None] = [
             None if e is None else orjson.dumps({"offset": e.offset, "metadata": e.metadata, "commit_ts": e.commit_ts})
             for _, e in entries
         ]
+        if not isinstance(meta, _NoMeta):
+            keys.append(metadata_key(group))
+            values.append(None if meta is None else orjson.dumps(meta))
         batch = encode_batch(values, keys, timestamp=int(time.time() * 1000))
         ch = self._channel(endpoint)
         cid = ch.send(
@@ -209,6 +251,8 @@ class OffsetStore:
             ch,
             done,
             entries=[(group, tp, e) for tp, e in entries],
+            group=group,
+            meta=meta,
         )
 
     def _apply(self, group: str, tp: TP, entry: CommittedOffset | None) -> None:
@@ -220,6 +264,12 @@ class OffsetStore:
                     del self.cache[group]
         else:
             self.cache.setdefault(group, {})[tp] = entry
+
+    def _apply_meta(self, group: str, meta: dict[str, Any] | None) -> None:
+        if meta is None:
+            self.metadata.pop(group, None)
+        else:
+            self.metadata[group] = meta
 
     # ---- lag probes ---------------------------------------------------------------------------
     def probe_timestamp(self, topic: str, partition: int, offset: int, done: Callable[[int | None], None]) -> None:
@@ -306,7 +356,14 @@ class OffsetStore:
                     if off < start or key is None:
                         continue
                     try:
-                        group, topic, part = orjson.loads(key)
+                        parsed = orjson.loads(key)
+                        if isinstance(parsed, list) and len(parsed) == 1:  # a group metadata record
+                            meta = None if value is None else orjson.loads(value)
+                            if meta is not None and not isinstance(meta, dict):
+                                raise TypeError(f"group metadata is a {type(meta).__name__}, not an object")
+                            self._apply_meta(str(parsed[0]), meta)
+                            continue
+                        group, topic, part = parsed
                         entry = None
                         if value is not None:
                             v = orjson.loads(value)
@@ -339,7 +396,7 @@ class OffsetStore:
             return
         self._loaded.add(partition)
         self._waiting_hw.discard(partition)
-        groups = sum(1 for g in self.cache if self.partition_for(g) == partition)
+        groups = sum(1 for g in set(self.cache) | set(self.metadata) if self.partition_for(g) == partition)
         log.info(
             "loaded committed offsets from %s-%d at leader epoch %d (%d records, %d group(s))",
             OFFSETS_TOPIC,
@@ -348,3 +405,5 @@ class OffsetStore:
             start,
             groups,
         )
+        if self.on_loaded is not None:
+            self.on_loaded(partition)

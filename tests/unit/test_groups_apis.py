@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from appliance.front import FrontApi
@@ -32,6 +33,7 @@ from ipc.errors import (
     UnknownTopicOrPartitionError,
 )
 from ipc.protocol import Reply
+from ipc.records import decode_batches
 from ipc.shm import WorkerStatus
 from tests.unit.fake_node import FakeNode, message
 
@@ -136,10 +138,33 @@ class Cluster:
             self.worker_answers(ch, sent, high_watermark=0, log_end_offset=0, log_start_offset=0)
 
     def commits(self) -> list[tuple[FakeChannel, Sent]]:
-        return [(ch, s) for ch, s in self.pool.requests("produce") if s.cid not in self.answered]
+        """The writes not answered yet, but for those of group metadata records alone."""
+        return [
+            (ch, s)
+            for ch, s in self.pool.requests("produce")
+            if s.cid not in self.answered and not is_metadata_write(s)
+        ]
+
+    def metadata_writes(self) -> list[tuple[FakeChannel, Sent]]:
+        """The writes of a group metadata record alone, not answered yet."""
+        return [
+            (ch, s) for ch, s in self.pool.requests("produce") if s.cid not in self.answered and is_metadata_write(s)
+        ]
 
     def join(self, group: str = "g", member_id: str = "", **fields: Any) -> tuple[int, Reply | None]:
         return self.call("join_group", group=group, member_id=member_id, topics=["t"], **fields)
+
+
+def written(sent: Sent) -> list[tuple[Any, Any]]:
+    """The (key, value) of each record a write carries, decoded."""
+    (batch,) = decode_batches(bytes(sent.frames[0]))
+    return [
+        (orjson.loads(k), None if v is None else orjson.loads(v)) for k, v in zip(batch.keys, batch.values, strict=True)
+    ]
+
+
+def is_metadata_write(sent: Sent) -> bool:
+    return all(len(k) == 1 for k, _ in written(sent))
 
 
 @pytest.fixture
