@@ -93,12 +93,21 @@ class WindowedAggregateNode(_WindowAggregate):
         w = self.windows
         applied = False
         data = store.data
+        by_start = None
         for start in w.starts(ts):
             if w.closed(start, stream_time):
                 continue
             wkey = (key, start, start + w.size_ms)
             old = data.get(wkey)
-            agg = self.aggregator(key, value, self.initializer() if old is None else old)
+            if old is None:
+                if by_start is None:
+                    by_start = window_index(store)
+                keys = by_start.get(start)
+                if keys is None:
+                    keys = by_start[start] = set()
+                keys.add(wkey)
+                old = self.initializer()
+            agg = self.aggregator(key, value, old)
             store.put(wkey, agg, ctx.src)
             applied = True
             if self.emit == "update":
@@ -107,18 +116,24 @@ class WindowedAggregateNode(_WindowAggregate):
             ctx.task.late(self.name, ts, stream_time, ctx.src)
 
     def punctuate(self, task: Task) -> None:
+        """Remove (and with ``emit="final"`` forward) the windows the stream time closed:
+        found through the index by window start, not by a scan of the store."""
         store = task.stores[self.spec.name]
         st = store.stream_time
         w = self.windows
-        closed = [(k, agg) for k, agg in store.data.items() if w.closed(k[1], st)]
-        if not closed:
+        by_start = window_index(store)
+        starts = sorted(start for start in by_start if w.closed(start, st))
+        if not starts:
             return
         src = store_src(store)
-        closed.sort(key=lambda item: (item[0][2], repr(item[0][0])))
-        for (key, start, end), agg in closed:
-            store.delete((key, start, end), src)
-            if self.emit == "final":
-                self.forward(RecordContext(task, end - 1, src), Windowed(key, start, end), agg)
+        data = store.data
+        for start in starts:
+            for wkey in sorted(by_start.pop(start), key=lambda k: repr(k[0])):
+                agg = data.get(wkey)
+                store.delete(wkey, src)
+                if self.emit == "final" and agg is not None:
+                    key, _, end = wkey
+                    self.forward(RecordContext(task, end - 1, src), Windowed(key, start, end), agg)
 
 
 class SessionAggregateNode(_WindowAggregate):
@@ -184,6 +199,18 @@ def store_src(store: Store) -> tuple[str, int, int]:
     """The source to stamp on writes made at the end of a batch (closing windows): the
     input record that last moved the store's stream time."""
     return store.last_src if store.last_src is not None else ("", store.partition, -1)
+
+
+def window_index(store: Store) -> dict[int, set[tuple[Any, int, int]]]:
+    """window start -> the store's keys (key, start, end) of that window, kept beside the
+    store's dict (rebuilt from it after a restore, which drops ``extra``)."""
+    idx: dict[int, set[tuple[Any, int, int]]] | None = store.extra.get("by_start")
+    if idx is None:
+        idx = {}
+        for wkey in store.data:
+            idx.setdefault(wkey[1], set()).add(wkey)
+        store.extra["by_start"] = idx
+    return idx
 
 
 def session_index(store: Store) -> dict[Any, dict[tuple[Any, int, int], Any]]:

@@ -238,8 +238,10 @@ class StreamsApp:
 
     def _send(self, topic: str, key: bytes | None, value: bytes | None, timestamp: int,
               partition: int | None = None) -> None:
+        """What a task's sink calls per output record: queue it in the producer (batched,
+        sent in the background), keep its future to check after the flush."""
         assert self._producer is not None
-        self._futures.append(self._producer.send(topic, value, key=key, partition=partition, timestamp_ms=timestamp))
+        self._futures.append(self._producer.send(topic, value, key, partition, None, timestamp))
 
     def _bad_record(self, exc: SerdeError, r: ConsumerRecord) -> None:
         handler = self.on_deserialize_error
@@ -277,7 +279,8 @@ class StreamsApp:
             return
         self.counters.batches += 1
         self._producer.flush(timeout=self.flush_timeout_s)
-        futures, self._futures = self._futures, []
+        futures = self._futures
+        self._futures = []
         for fut in futures:
             exc = fut.exception()
             if exc is not None:
@@ -341,7 +344,7 @@ class StreamsApp:
                 consumer.seek(tp[0], tp[1], c)
                 self._committed[tp] = c
         self.counters.records_restored += restore_tasks(
-            fresh, restorer, committed, self.topology.table_sources, self.restore_timeout_s
+            fresh, restorer, committed, self.topology.table_sources, self.restore_timeout_s, self.counters
         )
         log.info("%s: assigned %s (tasks %s, %d new)", self.app_id, sorted(tps), new, len(fresh))
 

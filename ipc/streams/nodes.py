@@ -57,6 +57,11 @@ class Node:
 
     def add(self, child: Node) -> Node:
         self.children.append(child)
+        # one child (the common case): forward is that child's process, no loop per record
+        if len(self.children) == 1:
+            self.forward = child.process  # type: ignore[method-assign]
+        else:
+            self.__dict__.pop("forward", None)
         return child
 
     def process(self, ctx: RecordContext, key: Any, value: Any) -> None:
@@ -198,10 +203,17 @@ class SinkNode(Node):
         self.internal = internal
         self.partition_serde = partition_serde
         self.partitions = 0
+        self._kser, self._vser = key_serde.serialize, value_serde.serialize
 
     def process(self, ctx: RecordContext, key: Any, value: Any) -> None:
-        k = encode(self.key_serde, key, f"a key for {self.topic}")
-        v = encode(self.value_serde, value, f"a value for {self.topic}")
+        try:  # the common case, without building error texts; anything odd goes through encode()
+            k = None if key is None else self._kser(key)
+            v = None if value is None else self._vser(value)
+            if (k is not None and type(k) is not bytes) or (v is not None and type(v) is not bytes):
+                raise TypeError
+        except Exception:  # noqa: BLE001 - a user's serializer may raise anything: encode() reports it
+            k = encode(self.key_serde, key, f"a key for {self.topic}")
+            v = encode(self.value_serde, value, f"a value for {self.topic}")
         partition = None
         if self.partition_serde is not None and key is not None and self.partitions:
             raw = encode(self.partition_serde, key, f"a key for {self.topic} (partitioned as by the "

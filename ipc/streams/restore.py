@@ -19,7 +19,7 @@ from ipc.client import Consumer, ConsumerRecord
 from ipc.streams.errors import StreamsError
 from ipc.streams.serdes import decode
 from ipc.streams.stores import SRC_HEADER, Store, parse_src
-from ipc.streams.tasks import TP, Task
+from ipc.streams.tasks import TP, Counters, Task
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,13 @@ def restore_tasks(
     committed: dict[TP, int | None],
     table_sources: dict[str, str],
     timeout_s: float,
+    counters: Counters | None = None,
 ) -> int:
     """Restore every store of ``tasks``; ``committed``: the group's committed offset of
-    each source partition of those tasks. Returns the number of records applied."""
+    each source partition of those tasks. Returns the number of records applied.
+    ``counters`` (the app's) gets the progress after every fetch: records read and left
+    per store (``restored_by_store``, ``restore_remaining``) and ``restore_seconds``."""
+    counters = counters if counters is not None else Counters()
     targets: dict[TP, tuple[Store, int]] = {}  # changelog (or source) partition -> store, end
     tables: dict[TP, Store] = {}
     for task in tasks:
@@ -52,6 +56,7 @@ def restore_tasks(
                 targets[tp] = (store, committed.get(tp) or 0)
     if not targets:
         return 0
+    began = last_log = time.monotonic()
     tps = list(targets)
     consumer.assign(tps)
     ends = consumer.end_offsets([tp for tp, (_, end) in targets.items() if end < 0])
@@ -64,36 +69,61 @@ def restore_tasks(
     consumer.assign(list(todo))
     for tp in todo:
         consumer.seek(tp[0], tp[1], starts[tp])
-    total = sum(end - starts[tp] for tp, end in todo.items())
+    left = {tp: end - starts[tp] for tp, end in todo.items()}  # at most: compaction leaves gaps
+    total = sum(left.values())
+    for tp, n in left.items():
+        counters.restore_remaining[targets[tp][0].spec.name] += n
     applied = skipped = 0
-    began = last_log = time.monotonic()
     deadline = began + timeout_s
     if todo:
         log.info("restoring %d store partition(s) from %d record(s) at most: %s", len(todo), total, sorted(todo))
-    while todo:
-        now = time.monotonic()
-        if now > deadline:
-            raise RestoreTimeoutError(f"restoring {sorted(todo)} took more than {timeout_s:.0f} s")
-        if now - last_log >= PROGRESS_S:
-            last_log = now
-            log.info("restoring: %d of at most %d records read, %d partition(s) left", applied + skipped, total,
-                     len(todo))
-        for r in consumer.poll(timeout_ms=200):
-            tp = (r.topic, r.partition)
-            stop = todo.get(tp)
-            if stop is None or r.offset >= stop:
-                continue
-            store = targets[tp][0]
-            if tp in tables:
-                _apply_table(store, r)
-                applied += 1
-            elif _committed_write(r.headers, committed):
-                store.restore(r.key if r.key is not None else b"", r.value)
-                applied += 1
-            else:
-                skipped += 1
-            if r.offset + 1 >= stop:
-                del todo[tp]
+    try:
+        while todo:
+            now = time.monotonic()
+            if now > deadline:
+                raise RestoreTimeoutError(f"restoring {sorted(todo)} took more than {timeout_s:.0f} s")
+            if now - last_log >= PROGRESS_S:
+                last_log = now
+                log.info("restoring: %d of at most %d records read (%.0f %%), %d partition(s) left, %.0f s",
+                         applied + skipped, total, 100 * (applied + skipped) / total, len(todo), now - began)
+            by_tp: dict[TP, list[ConsumerRecord]] = {}
+            for r in consumer.poll(timeout_ms=200):
+                tp = (r.topic, r.partition)
+                recs = by_tp.get(tp)
+                if recs is None:
+                    by_tp[tp] = [r]
+                else:
+                    recs.append(r)
+            for tp, recs in by_tp.items():
+                stop = todo.get(tp)
+                if stop is None:
+                    continue
+                store = targets[tp][0]
+                if recs[-1].offset >= stop:
+                    recs = [r for r in recs if r.offset < stop]
+                if tp in tables:
+                    for r in recs:
+                        _apply_table(store, r)
+                    applied += len(recs)
+                else:
+                    good = [(r.key if r.key is not None else b"", r.value) for r in recs
+                            if not r.headers or _committed_write(r.headers, committed)]
+                    store.restore_many(good)
+                    applied += len(good)
+                    skipped += len(recs) - len(good)
+                if not recs:
+                    continue
+                name = store.spec.name
+                counters.restored_by_store[name] += len(recs)
+                now_left = max(0, stop - (recs[-1].offset + 1))
+                counters.restore_remaining[name] -= left[tp] - now_left
+                left[tp] = now_left
+                if not now_left:
+                    del todo[tp], left[tp]
+    finally:
+        for tp, n in left.items():  # a timeout or an error: nothing of it is under way any more
+            counters.restore_remaining[targets[tp][0].spec.name] -= n
+        counters.restore_seconds += time.monotonic() - began
     consumer.assign([])
     if total:
         log.info("restored %d record(s) (%d written by uncommitted processing skipped) in %.2f s", applied, skipped,

@@ -170,6 +170,25 @@ class Store:
         else:
             self.data[k] = self.spec.decode_value(value)
 
+    def restore_many(self, records: list[tuple[bytes, bytes | None]]) -> None:
+        """Apply changelog records in order (``restore`` for a whole fetch)."""
+        if not records:
+            return
+        self.extra.clear()
+        data = self.data
+        decode_key = self.decode_key
+        decode_value = self.spec.decode_value
+        for key, value in records:
+            if key == STREAM_TIME_KEY:
+                if value is not None:
+                    self.stream_time = max(self.stream_time, int(value))
+                continue
+            k = decode_key(key)
+            if value is None:
+                data.pop(k, None)
+            else:
+                data[k] = decode_value(value)
+
     def discard_pending(self) -> None:
         self._pending.clear()
         self._stream_time_src = None

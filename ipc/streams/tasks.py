@@ -12,11 +12,12 @@ source partition never waits.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from ipc.client import ConsumerRecord
 from ipc.streams.errors import SerdeError
@@ -28,8 +29,17 @@ from ipc.streams.stores import Source, Store
 log = logging.getLogger(__name__)
 
 TP = tuple[str, int]
-Sender = Callable[[str, bytes | None, bytes | None, int, int | None], None]
+
+
+class Sender(Protocol):
+    """Writes one output or repartition record (the app's producer, or the test driver)."""
+
+    def __call__(self, topic: str, key: bytes | None, value: bytes | None, timestamp: int,
+                 partition: int | None = None) -> None: ...
+
 MAX_BUFFERED = 10_000  # per partition: beyond this a waiting task goes on anyway
+# upper bounds (s) of the batch latency histogram (sluice_streams_process_seconds); the last catches all
+PROCESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
 
 
 class Counters:
@@ -44,14 +54,28 @@ class Counters:
         self.batches = 0
         self.commits = 0
         self.late_by_node: dict[str, int] = collections.Counter()
+        self.restore_seconds = 0.0  # time spent restoring stores
+        self.restored_by_store: dict[str, int] = collections.Counter()  # changelog records read, per store
+        self.restore_remaining: dict[str, int] = collections.Counter()  # left in the restore under way
+        self.process_seconds = 0.0  # batches: processing, flushing outputs and changelogs, committing
+        self.process_buckets = [0] * len(PROCESS_BUCKETS)  # batches per upper bound (not cumulative)
+
+    def observe_batch(self, seconds: float) -> None:
+        self.process_seconds += seconds
+        self.process_buckets[bisect.bisect_left(PROCESS_BUCKETS, seconds)] += 1
 
     def as_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in vars(self).items() if k != "late_by_node"}
+        hidden = ("late_by_node", "restored_by_store", "restore_remaining", "process_buckets")
+        out = {k: v for k, v in vars(self).items() if k not in hidden}
         out["late_by_node"] = dict(self.late_by_node)
+        out["restored_by_store"] = dict(self.restored_by_store)
+        out["restore_remaining"] = {k: v for k, v in self.restore_remaining.items() if v}
         return out
 
 
 class Task:
+    send: Sender
+
     def __init__(
         self,
         sub: SubTopology,
@@ -66,7 +90,7 @@ class Task:
         self.sources: dict[TP, SourceNode] = {(s.topic, partition): s for s in sub.sources}
         self.buffers: dict[TP, collections.deque[ConsumerRecord]] = {tp: collections.deque() for tp in self.sources}
         self.processed: dict[TP, int] = {}  # next offset after the last record processed
-        self._send = sender
+        self.send = sender  # what nodes call to write a record: the app's, straight (no call in between)
         self.counters = counters
         self.on_bad_record = on_bad_record
         self.blocked_since = 0.0
@@ -77,10 +101,6 @@ class Task:
         return f"{self.sub.index}_{self.partition}"
 
     # ---- what nodes call -------------------------------------------------------------------------
-    def send(self, topic: str, key: bytes | None, value: bytes | None, timestamp: int,
-             partition: int | None = None) -> None:
-        self._send(topic, key, value, timestamp, partition)
-
     def late(self, node: str, ts: int, stream_time: int, src: Source) -> None:
         self.counters.late_records_dropped += 1
         self.counters.late_by_node[node] += 1
@@ -96,9 +116,10 @@ class Task:
         if len(buffers) == 1:
             ((tp, buf),) = buffers.items()
             n = len(buf)
-            source = self.sources[tp]
-            while buf:
-                self._one(source, buf.popleft())
+            if n:
+                records = list(buf)
+                buf.clear()
+                self._many(self.sources[tp], records)
             return n
         done = 0
         while True:
@@ -119,11 +140,43 @@ class Task:
             self._one(self.sources[tp], buffers[tp].popleft())
             done += 1
 
+    def _many(self, source: SourceNode, records: list[ConsumerRecord]) -> None:
+        """``_one`` for a run of records of one partition, with the per-record work
+        hoisted: the serdes and the source's ``process`` looked up once, the error
+        messages built only for a record that fails."""
+        kdes, vdes = source.key_serde.deserialize, source.value_serde.deserialize
+        process = source.process
+        internal = source.internal
+        task_processed = self.processed
+        topic, partition = tp = (records[0].topic, records[0].partition)
+        done = 0
+        try:
+            for r in records:
+                try:
+                    key = None if r.key is None else kdes(r.key)
+                    value = None if r.value is None else vdes(r.value)
+                except Exception:  # noqa: BLE001 - a user's deserializer may raise anything: _one reports it
+                    self.counters.records_processed += done
+                    done = 0
+                    self._one(source, r)
+                    continue
+                if internal and key is not None:
+                    key = freeze(key)
+                process(RecordContext(self, r.timestamp, (topic, partition, r.offset)), key, value)
+                task_processed[tp] = r.offset + 1
+                done += 1
+        finally:
+            self.counters.records_processed += done
+
     def _one(self, source: SourceNode, r: ConsumerRecord) -> None:
         src = (r.topic, r.partition, r.offset)
         try:
-            key = decode(source.key_serde, r.key, f"the key of {r.topic}-{r.partition} offset {r.offset}")
-            value = decode(source.value_serde, r.value, f"the value of {r.topic}-{r.partition} offset {r.offset}")
+            try:
+                key = None if r.key is None else source.key_serde.deserialize(r.key)
+                value = None if r.value is None else source.value_serde.deserialize(r.value)
+            except Exception:  # noqa: BLE001 - again, for the error that names the record
+                key = decode(source.key_serde, r.key, f"the key of {r.topic}-{r.partition} offset {r.offset}")
+                value = decode(source.value_serde, r.value, f"the value of {r.topic}-{r.partition} offset {r.offset}")
         except SerdeError as exc:
             self.on_bad_record(exc, r)  # raises to fail, or returns to skip
             self.counters.records_skipped += 1
