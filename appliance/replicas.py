@@ -325,6 +325,8 @@ class PartitionWorkers:
             ControlBlock(
                 state=_SLOT_STATE[r.state],
                 role=r.role.role if r.role is not None else Role.NONE,
+                replica_count=min(len(r.role.replicas), 255) if r.role is not None else 0,
+                isr_count=min(len(r.role.isr), 255) if r.role is not None else 0,
                 partition=r.partition,
                 restarts=r.restarts,
                 worker_pid=r.pid,

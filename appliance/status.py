@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from appliance.process import pid_alive
-from ipc.shm import ShmError, SlotState, StatusTable, WorkerStatus
+from ipc.shm import Role, ShmError, SlotState, StatusTable, WorkerStatus
 
 LOCAL_ONLY = ("pid", "supervisor_pid")  # left out of what a remote client is told
 
@@ -46,6 +46,10 @@ def table_status(table: StatusTable, local: bool = True) -> dict[str, Any]:
                 "storage_errno": st.storage_errno if storage_error else 0,
                 "storage_error_since": st.storage_error_since if storage_error else None,
                 "role": ctl.role.name.lower(),
+                "replicas": ctl.replica_count,
+                "in_sync_replicas": ctl.isr_count,
+                # as Kafka's UnderReplicatedPartitions: counted by the partition's leader
+                "under_replicated": ctl.role is Role.LEADER and ctl.isr_count < ctl.replica_count,
                 "pid": ctl.worker_pid,
                 "restarts": ctl.restarts,
                 "last_exit_code": ctl.last_exit_code,

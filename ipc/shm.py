@@ -46,7 +46,9 @@ supervisor:
     8       1     u8     state             SlotState: FREE 0, STARTING 1, SERVING 2,
                                            STOPPING 3, OFFLINE 4, RESTARTING 5
     9       1     u8     role              Role: NONE 0, LEADER 1, FOLLOWER 2
-    10      2     pad    -
+    10      1     u8     replica_count     replicas of the partition in its role (0: unknown)
+    11      1     u8     isr_count         of them in sync, in its role (a leader with
+                                           isr_count < replica_count is under-replicated)
     12      4     i32    partition
     16      4     u32    restarts          restarts of this slot's worker so far
     20      4     i32    worker_pid        0 when no worker runs
@@ -149,7 +151,7 @@ SLOT_SIZE = 448
 
 SEQ_SIZE = 8
 CONTROL_OFFSET = 0
-CONTROL = struct.Struct("<BB2xiIii4xdB249s")  # payload after the control block's seq
+CONTROL = struct.Struct("<BBBBiIii4xdB249s")  # payload after the control block's seq
 CONTROL_BLOCK_SIZE = SEQ_SIZE + CONTROL.size  # 290
 STATUS_OFFSET = 320
 STATUS = struct.Struct("<iiqqqdQQQQQB3xid")  # payload after the status block's seq
@@ -221,6 +223,8 @@ class ControlBlock:
     role: Role = Role.NONE
     partition: int = 0
     restarts: int = 0
+    replica_count: int = 0  # the role's replicas and in-sync replicas (0: no role yet)
+    isr_count: int = 0
     worker_pid: int = 0
     topic: str = ""
     last_exit_code: int = 0
@@ -253,6 +257,8 @@ class WorkerStatus:
 
 
 _CONTROL_RANGES: dict[str, tuple[int, int]] = {
+    "replica_count": (0, 255),
+    "isr_count": (0, 255),
     "partition": _I32,
     "restarts": _U32,
     "worker_pid": _I32,
@@ -302,6 +308,8 @@ def pack_control(block: ControlBlock) -> bytes:
     return CONTROL.pack(
         state,
         role,
+        block.replica_count,
+        block.isr_count,
         block.partition,
         block.restarts,
         block.worker_pid,
@@ -314,7 +322,19 @@ def pack_control(block: ControlBlock) -> bytes:
 
 def unpack_control(payload: bytes, slot: int = -1) -> ControlBlock:
     """A ControlBlock from its payload; ShmError if it holds impossible values."""
-    state, role, partition, restarts, worker_pid, exit_code, offline_since, topic_len, topic = CONTROL.unpack(payload)
+    (
+        state,
+        role,
+        replica_count,
+        isr_count,
+        partition,
+        restarts,
+        worker_pid,
+        exit_code,
+        offline_since,
+        topic_len,
+        topic,
+    ) = CONTROL.unpack(payload)
     try:
         slot_state = SlotState(state)
         slot_role = Role(role)
@@ -332,6 +352,8 @@ def unpack_control(payload: bytes, slot: int = -1) -> ControlBlock:
         topic=topic_name,
         partition=partition,
         restarts=restarts,
+        replica_count=replica_count,
+        isr_count=isr_count,
         worker_pid=worker_pid,
         last_exit_code=exit_code,
         offline_since=offline_since,

@@ -85,14 +85,18 @@ def status_table(partitions: list[dict[str, Any]]) -> list[str]:
 
 
 def summary_line(partitions: list[dict[str, Any]]) -> str:
-    """``N partition(s): S serving, O offline, X other; L leader(s), F follower(s)``."""
+    """``N partition(s): S serving, U under-replicated, O offline, X other; L leader(s),
+    F follower(s)``. Under-replicated: the partitions this node leads whose ISR is
+    smaller than their replicas (as Kafka's UnderReplicatedPartitions, counted by the
+    leader, so that the nodes' counts add up to the cluster's)."""
     n = len(partitions)
     serving = sum(p["state"] == "serving" for p in partitions)
     offline = sum(p["state"] == "offline" for p in partitions)
+    under = sum(bool(p.get("under_replicated")) for p in partitions)
     others = n - serving - offline
     leaders = sum(p.get("role") == "leader" for p in partitions)
     followers = sum(p.get("role") == "follower" for p in partitions)
-    text = f"{n} partition(s): {serving} serving, {offline} offline, {others} other"
+    text = f"{n} partition(s): {serving} serving, {under} under-replicated, {offline} offline, {others} other"
     return text + (f"; {leaders} leader(s), {followers} follower(s)" if followers else "")
 
 

@@ -782,7 +782,7 @@ def test_status_cli_shows_pids_and_offsets(node: Node) -> None:
     assert lines[1].split()[:10] == header.split()
     rows = {(c[0], int(c[1])): c for c in (line.split() for line in lines[2:-1])}
     n = len(lines) - 3  # the summary counts every partition row, __consumer_offsets' too
-    assert lines[-1] == f"{n} partition(s): {n} serving, 0 offline, 0 other", lines[-1]
+    assert lines[-1] == f"{n} partition(s): {n} serving, 0 under-replicated, 0 offline, 0 other", lines[-1]
     for part, k in counts.items():
         c = rows[(topic, part)]
         assert c[2] == "serving"

@@ -246,9 +246,13 @@ def test_status_table_fits_its_data() -> None:
     assert all(line[end - 1].isdigit() and line[end] == " " for line in lines[1:]), lines
     assert max(len(line) for line in lines) < 100
     assert lines[2].split()[:4] == ["b", "11", "offline", "0"] and lines[2].split()[9] == "-"
-    assert summary_line(rows) == "2 partition(s): 1 serving, 1 offline, 0 other"
+    assert summary_line(rows) == "2 partition(s): 1 serving, 0 under-replicated, 1 offline, 0 other"
     rows.append(_part("c", 0, "starting", role="follower"))
-    assert summary_line(rows) == "3 partition(s): 1 serving, 1 offline, 1 other; 2 leader(s), 1 follower(s)"
+    assert summary_line(rows) == (
+        "3 partition(s): 1 serving, 0 under-replicated, 1 offline, 1 other; 2 leader(s), 1 follower(s)"
+    )
+    rows[0]["under_replicated"] = True  # a leader whose ISR is smaller than its replicas
+    assert summary_line(rows).startswith("3 partition(s): 1 serving, 1 under-replicated, 1 offline")
 
 
 def test_partition_filters() -> None:
