@@ -3,9 +3,10 @@ started first thing, stopped as part of a clean stop.
 
 ``start`` starts ``multiprocessing``'s fork server (which starts the resource tracker
 first) before the supervisor has any thread or socket (../shared/pitfalls.md item 3),
-with the worker module preloaded, and ``forkserver_title`` (which titles it
-``sluice: fork server``). Its listening socket goes in ``<runtime_dir>/mp/``
-rather than a ``/tmp/pymp-*`` directory: a SIGKILLed supervisor never runs the
+with the worker module preloaded, then ``forkserver_title`` (which titles it
+``sluice: fork server``) and, last, ``forkserver_freeze`` (which ``gc.freeze()``s
+everything imported so far, so forked workers keep those pages shared). Its listening
+socket goes in ``<runtime_dir>/mp/`` rather than a ``/tmp/pymp-*`` directory: a SIGKILLed supervisor never runs the
 ``atexit`` hook that removes the latter, whereas the runtime directory is removed at a
 clean stop and swept once its node is dead (``appliance/rundir.py``). A runtime
 directory whose path is too long for a Unix socket (``sun_path``: 107 bytes) keeps the
@@ -46,13 +47,14 @@ SUN_PATH_MAX = 107
 _SOCKET_NAME_LEN = len("/listener-") + 8  # multiprocessing.connection.arbitrary_address
 STOP_TIMEOUT_S = 5.0
 TITLE_MODULE = "appliance.forkserver_title"  # preloaded: titles the fork server "sluice: fork server"
+FREEZE_MODULE = "appliance.forkserver_freeze"  # preloaded last: gc.freeze() what the others built
 
 
 def start(runtime_dir: str, preload: list[str]) -> BaseContext:
     """Start the fork server (and the resource tracker) with its socket in the runtime
     directory; returns the ``forkserver`` multiprocessing context."""
     mp = multiprocessing.get_context("forkserver")
-    mp.set_forkserver_preload([*preload, TITLE_MODULE])
+    mp.set_forkserver_preload([*preload, TITLE_MODULE, FREEZE_MODULE])
     mp_dir = os.path.join(runtime_dir, MP_DIR)
     config = getattr(multiprocessing.process.current_process(), "_config", None)
     if len(mp_dir) + _SOCKET_NAME_LEN <= SUN_PATH_MAX and isinstance(config, dict) and not config.get("tempdir"):

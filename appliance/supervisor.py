@@ -172,7 +172,9 @@ class Supervisor:
         cfg = self.config
         set_title(node_title(cfg.node_id))
         # Fork server first: this process has no other thread and no socket yet.
-        mp = forkserver.start(cfg.resolved_runtime_dir, ["appliance.partition.process"])
+        # Preloaded: every child's entry point (children.run_titled) and the worker's module;
+        # a module a child imports after the fork is private to it (docs/performance.md).
+        mp = forkserver.start(cfg.resolved_runtime_dir, ["appliance.children", "appliance.partition.process"])
         if self._lock_fd < 0:
             self._lock_fd = lock_data_dir(cfg.data_dir)
         runtime = cfg.resolved_runtime_dir
