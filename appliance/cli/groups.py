@@ -112,6 +112,8 @@ def cmd_groups(a: argparse.Namespace) -> int:
             names = [g["group"] for g in admin.list_groups()] if a.all_groups else [a.group]
             described = [admin.describe_group(n) for n in names]
             if a.json:
+                for d in described:
+                    real_lag(d)
                 print_json(described if a.all_groups else described[0])
             else:
                 for i, d in enumerate(described):
@@ -263,6 +265,15 @@ def _in_scope(tp: TopicPartition, scopes: dict[str, list[int] | None]) -> bool:
         return False
     parts = scopes[tp[0]]
     return parts is None or tp[1] in parts
+
+
+def real_lag(d: dict[str, Any]) -> None:
+    """``describe --json``: each partition's ``lag`` is END − COMMITTED as the table shows
+    it, negative when the committed offset is past the end (the node's own field stops at
+    0), None when either is unknown."""
+    for p in d["partitions"]:
+        committed, end = p["committed_offset"], p["log_end_offset"]
+        p["lag"] = end - committed if committed >= 0 and end >= 0 else None
 
 
 def print_group(d: dict[str, Any]) -> None:

@@ -276,6 +276,9 @@ def test_groups_reset_plans_and_executes_deletes_offsets_and_shows_negative_lag(
     row = next(ln.split() for ln in text.splitlines() if ln.split()[:1] == ["gr-empty"])
     assert row[:5] == ["gr-empty", "0", "5", "0", "-5"], text
     assert "LAG < 0" in text
+    js = orjson.loads(ok(sluice("groups", "describe", "g-cli", "--json", *b)))  # the same lag, not clamped at 0
+    lags = {(p["topic"], p["partition"]): p["lag"] for p in js["partitions"]}
+    assert lags == {("gr", 0): 3, ("gr", 1): 8, ("gr-empty", 0): -5}, lags
 
     # describe --all-groups; delete-offsets keeps the others
     ok(sluice(*reset, "--topic", "gr", "--to-latest", "--execute"))
