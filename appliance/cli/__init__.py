@@ -11,6 +11,7 @@
                          [--print-key] [--print-offset] [--print-timestamp] [--print-headers]
                          [--format FMT | --json] [--group G]
     sluice groups list|describe|reset-offsets|delete-offsets|delete ...
+    sluice streams describe APP [--json]          (docs/streams.md)
     sluice status [--config FILE] [--data-dir DIR] [--topic T] [--json]
     sluice cluster status [--json] | reassign TOPIC --replicas 1,2,3 [--partition P]
     sluice keys generate NAME | --node N | --server [--dir DIR]
@@ -59,6 +60,7 @@ from appliance.cli.parser import build_parser, parse
 from appliance.cli.quotas import cmd_quotas
 from appliance.cli.records import cmd_produce
 from appliance.cli.security import cmd_acls, cmd_keys
+from appliance.cli.streams import cmd_streams
 from appliance.cli.status import cmd_status
 from appliance.cli.topics import cmd_topics
 
@@ -78,6 +80,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "consume": cmd_consume,
     "status": cmd_status,
     "groups": cmd_groups,
+    "streams": cmd_streams,
     "cluster": cmd_cluster,
     "perf": cmd_perf,
     "keys": cmd_keys,

@@ -17,6 +17,7 @@ from appliance.cli.common import non_negative
 from appliance.cli.connect import add_parsers as add_connect_parsers
 from appliance.cli.quotas import add_parsers as add_quota_parsers
 from appliance.cli.security import add_parsers as add_security_parsers
+from appliance.cli.streams import add_parsers as add_streams_parsers
 
 USAGE_PARSER = "_usage_parser"  # the namespace attribute naming the innermost subcommand's parser
 
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     records.add_parsers(sub, client)
     consume.add_parsers(sub, bootstrap_only)
     groups.add_parsers(sub, client)
+    add_streams_parsers(sub, client)
     cluster.add_parsers(sub, client)
     status.add_parsers(sub)
 
