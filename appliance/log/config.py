@@ -47,6 +47,9 @@ class LogConfig:
     # idempotent producers (appliance/log/producers.py): a producer id whose newest batch's
     # max timestamp is older than this is forgotten (Kafka's broker-level producer.id.expiration.ms)
     producer_id_expiration_ms: int = DAY_MS
+    # the leader's most recent batches kept in memory for its followers' and tail consumers'
+    # fetches (appliance/partition/recent.py); 0: every fetch reads the log
+    leader_recent_batches_bytes: int = 4 * 1024 * 1024
 
     def to_options(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -127,5 +130,6 @@ _OPTIONS: dict[str, _Option] = {
     "min.insync.replicas": _Option("min_insync_replicas", int, 1, maximum=16),
     "unclean.leader.election.enable": _Option("unclean_leader_election", bool),
     "producer.id.expiration.ms": _Option("producer_id_expiration_ms", int, 1000, maximum=INT64_MAX),
+    "leader.recent.batches.bytes": _Option("leader_recent_batches_bytes", int, 0, maximum=2**30),
 }
 OPTION_NAMES = tuple(_OPTIONS)

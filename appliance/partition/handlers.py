@@ -19,9 +19,10 @@ then one validation pass per batch (``ipc.records.validate_batch``: length, CRC3
 structure; ``check_producible``) and ``max.message.bytes``, every batch before the
 first is written; then the idempotent producers' duplicates and sequences
 (``ProducerStateTable.check_all``); then each new batch is appended with the header
-the validation returned (``Log.append(..., header=h)`` stamps offset and epoch without
-checking again). An ``acks=all`` produce is charged to its peer before anything is
-written (``ipc.peers.charge_wait``: a client may have only so many waiting for their
+the validation returned (``Replica.append``: ``Log.append(..., header=h)`` stamps offset
+and epoch without checking again; the leader keeps the batch with its recent ones, which
+answer the followers' fetches, ``recent.py``). An ``acks=all`` produce is charged to its
+peer before anything is written (``ipc.peers.charge_wait``: a client may have only so many waiting for their
 replicas) and given back when it is answered. A failed write takes back the request's earlier batches: all or
 nothing, answered with the retriable ``STORAGE_ERROR``, and the replica's storage
 condition goes to failed (``storage.py``): later produces are refused with
@@ -136,7 +137,7 @@ def _produce(
             required = max(required, duplicate + h.last_offset_delta + 1)
             continue
         try:
-            result = lg.append(buf, replica.leader_epoch, header=h)
+            result = replica.append(buf, h)  # Log.append, and kept with the recent batches
         except OSError as exc:
             storage.fail(exc)  # refuse produce until the worker's probe succeeds
             # all or nothing: take back this request's earlier batches, so a retry

@@ -25,6 +25,11 @@ replica keeps serving.
 
 Storage (``storage``, a ``StorageCondition``, see ``storage.py``): whether the
 directory takes writes; while it does not, produce is refused with ``STORAGE_ERROR``.
+
+Recent batches (``recent``, a ``RecentBatches``, see ``recent.py``): as leader, the
+batches it appended last (``append``), at most the topic's
+``leader.recent.batches.bytes``; ``read`` answers from them when the offset is inside
+and they end at the log end offset, else from the log. Emptied at every role change.
 """
 
 from __future__ import annotations
@@ -35,14 +40,15 @@ import time
 from collections.abc import Callable
 
 from appliance.log.checkpoint import OffsetCheckpoint
-from appliance.log.log import Log
+from appliance.log.log import AppendResult, Log
 from appliance.log.producers import ProducerStateTable
+from appliance.partition.recent import RecentBatches
 from appliance.partition.storage import StorageCondition
 from appliance.replication import LeaderState
 from ipc.control import RoleCommand
 from ipc.errors import NotLeaderError
 from ipc.protocol import Response
-from ipc.records import iter_headers
+from ipc.records import BatchHeader, iter_headers, stamp_prefix
 from ipc.shm import Role
 
 log = logging.getLogger(__name__)
@@ -79,6 +85,7 @@ class Replica:
         self.leader_epoch = -1
         self.node_epoch = -1
         self.leading: LeaderState | None = None
+        self.recent = RecentBatches(log_.config.leader_recent_batches_bytes)
         self._hw_checkpoint = OffsetCheckpoint(os.path.join(log_.directory, HW_CHECKPOINT_FILE))
         # a follower's high watermark: the leader's last one (the checkpoint's at start)
         self.follower_hw = self._hw_saved = min(self._hw_checkpoint.read(0), log_.log_end_offset)
@@ -128,6 +135,7 @@ class Replica:
         the epoch's start offset (its log end offset) and builds its ``LeaderState``; a
         follower (or none) forgets the epochs that hold no record here."""
         self.role, self.leader_epoch = cmd.role, cmd.leader_epoch
+        self.recent.clear()  # filled again by this epoch's appends, as leader
         lg = self.log
         if cmd.role is Role.LEADER:
             assert lg.leader_epochs is not None
@@ -163,11 +171,38 @@ class Replica:
         lg = self.log
         return self.producers.expire(int(lg.clock() * 1000), lg.config.producer_id_expiration_ms)
 
-    # ---- reads ----------------------------------------------------------------------
+    # ---- appends and reads ------------------------------------------------------------
+    def append(self, buf: memoryview | bytes, header: BatchHeader) -> AppendResult:
+        """Append a producer's checked batch as leader (``Log.append``) and keep it, as
+        written, with the recent batches (its stamped 21-byte prefix and the rest: one
+        copy; nothing per record). Raises what ``Log.append`` raises."""
+        lg = self.log
+        result = lg.append(buf, self.leader_epoch, header=header)
+        recent = self.recent
+        capacity = lg.config.leader_recent_batches_bytes
+        if capacity != recent.capacity:
+            recent.resize(capacity)
+        if capacity:
+            prefix = stamp_prefix(buf, header, result.base_offset, self.leader_epoch)
+            data = b"".join((prefix, memoryview(buf)[len(prefix) :]))
+            recent.append(result.base_offset, result.last_offset + 1, data)
+        return result
+
     def read(self, offset: int, max_bytes: int, replica: bool = False) -> bytes:
         """Whole batches from ``offset``: up to the high watermark for a consumer, up to
-        the log end offset for a follower (``replica``). Raises OffsetOutOfRangeError."""
-        return self.log.read(offset, max_bytes, max_offset=None if replica else self.high_watermark)
+        the log end offset for a follower (``replica``). Raises OffsetOutOfRangeError.
+        From the recent batches when they hold ``offset`` and end where the log ends."""
+        lg = self.log
+        limit = lg.log_end_offset if replica else self.high_watermark
+        recent = self.recent
+        if len(recent):
+            if recent.end != lg.log_end_offset:
+                recent.clear()  # the log was truncated since: they are not what it holds
+            elif offset >= lg.log_start_offset:
+                data = recent.read(offset, max_bytes, limit)
+                if data is not None:
+                    return data
+        return lg.read(offset, max_bytes, max_offset=None if replica else limit)
 
     def fetch_response(self, data: bytes) -> Response:
         """The answer to a fetch that returns ``data`` (counted as records and bytes out)."""

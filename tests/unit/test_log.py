@@ -1280,6 +1280,8 @@ VALID_OPTIONS: list[tuple[str, Any, str, Any]] = [
     ("producer.id.expiration.ms", 1000, "producer_id_expiration_ms", 1000),
     ("producer.id.expiration.ms", "604800000", "producer_id_expiration_ms", 604800000),
     ("producer.id.expiration.ms", 2**63 - 1, "producer_id_expiration_ms", 2**63 - 1),
+    ("leader.recent.batches.bytes", 0, "leader_recent_batches_bytes", 0),
+    ("leader.recent.batches.bytes", "1048576", "leader_recent_batches_bytes", 1048576),
 ]
 
 BAD_OPTIONS: list[tuple[str, Any]] = [
@@ -1328,6 +1330,8 @@ BAD_OPTIONS: list[tuple[str, Any]] = [
     ("producer.id.expiration.ms", 0),
     ("producer.id.expiration.ms", -1),
     ("producer.id.expiration.ms", 2**63),
+    ("leader.recent.batches.bytes", -1),
+    ("leader.recent.batches.bytes", 2**30 + 1),
     ("producer.id.expiration.ms", "1d"),
     ("producer.id.expiration.ms", math.inf),
 ]
