@@ -31,9 +31,8 @@ the task again itself, after a backoff (0.5 s doubling to 10 s), its status "ret
 from __future__ import annotations
 
 import abc
-import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from ipc.client.consumer import ConsumerRecord
 
@@ -51,8 +50,9 @@ class RetriableConnectorError(ConnectorError):
     exiting, so an outage of the database does not crash-loop the connector offline."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class SourceRecord:
+class SourceRecord(NamedTuple):
+    """One record for Sluice (a named tuple: the snapshot makes 100,000 a second)."""
+
     topic: str
     key: bytes | None
     value: bytes | None

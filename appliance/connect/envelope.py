@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from appliance.connect.api import SourceRecord
 from appliance.connect.pgoutput import Column, UnchangedToast, Value
 
 VERSION = "sluice-1"
@@ -84,3 +85,49 @@ def value(
     op: str, before: dict[str, Any] | None, after: dict[str, Any] | None, src: dict[str, Any], ts_ms: int
 ) -> bytes:
     return orjson.dumps({"before": before, "after": after, "source": src, "op": op, "ts_ms": ts_ms})
+
+
+# ---- the snapshot, in bulk ------------------------------------------------------------------
+def snapshot_query(schema: str, table: str, columns: Sequence[Column], key: Sequence[str]) -> str:
+    """The snapshot's SELECT: PostgreSQL writes each row's ``after`` object itself
+    (``row_to_json``, in C), the values as ``convert`` gives them: booleans, integers and
+    floats as JSON (``to_json`` quotes NaN and infinities, as ``convert`` keeps their
+    text), every other type as its text (``::text``); then the key columns' text."""
+
+    def q(name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+
+    native = BOOL | INTS | FLOATS
+    cols = ", ".join(q(c.name) if c.type_oid in native else f"{q(c.name)}::text AS {q(c.name)}" for c in columns)
+    keys = "".join(f", r.{q(k)}::text" for k in key)
+    return f"SELECT row_to_json(r)::text{keys} FROM (SELECT {cols} FROM {q(schema)}.{q(table)}) r"
+
+
+def snapshot_records(
+    topic: str,
+    columns: Sequence[Column],
+    key: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    src: dict[str, Any],
+    ts_ms: int,
+) -> list[SourceRecord]:
+    """``r`` records of rows from ``snapshot_query`` (text as bytes): the value is the
+    envelope spliced around the row's JSON, the key as ``key_of`` makes it (the same
+    bytes as the stream's keys, so one row's records share a partition)."""
+    head = b'{"before":null,"after":'
+    tail = b',"source":' + orjson.dumps(src) + b',"op":"r","ts_ms":' + str(ts_ms).encode() + b"}"
+    types = {c.name: c.type_oid for c in columns}
+    dumps = orjson.dumps
+    if not key:
+        return [SourceRecord(topic, None, head + r[0] + tail) for r in rows]
+    if len(key) == 1 and types[key[0]] in INTS:  # the common case: one integer column
+        k0 = dumps(key[0]).decode()
+        start, end = ("{" + k0 + ":").encode(), b"}"
+        return [SourceRecord(topic, start + r[1] + end, head + r[0] + tail) for r in rows]
+    key_types = [(k, types[k]) for k in key]
+    out = []
+    for r in rows:
+        texts = [None if v is None else v.decode() for v in r[1:]]
+        k = {name: convert(oid, v) for (name, oid), v in zip(key_types, texts, strict=True)}
+        out.append(SourceRecord(topic, dumps(k), head + r[0] + tail))
+    return out

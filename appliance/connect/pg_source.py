@@ -306,10 +306,13 @@ class PostgresSource(SourceTask):
             raise ConnectorError(f"cannot drop replication slot {self.slot}: {str(exc).strip()}") from None
 
     def _begin_snapshot(self) -> None:
+        import psycopg2.extensions
+
         self.rcur.execute(f'CREATE_REPLICATION_SLOT "{self.slot}" LOGICAL pgoutput EXPORT_SNAPSHOT')
         _slot, consistent_point, snapshot_name, _plugin = self.rcur.fetchone()
         self.snapshot_lsn = parse_lsn(consistent_point)
         self.snap = self._connect()
+        psycopg2.extensions.register_type(psycopg2.extensions.BYTES, self.snap)  # text as bytes: no decoding
         self.snap.autocommit = False
         self.snap.set_session(isolation_level="REPEATABLE READ", readonly=True)
         with self.snap.cursor() as cur:
@@ -390,10 +393,9 @@ class PostgresSource(SourceTask):
             return []
         t = self.pending[0]
         if self.snap_cur is None:
-            cols = ", ".join(f'"{c.name}"::text' for c in t.columns)
             self.snap_cur = self.snap.cursor(name=f"sluice_snapshot_{t.oid}")
             self.snap_cur.itersize = self.max_records
-            self.snap_cur.execute(f'SELECT {cols} FROM "{t.schema}"."{t.name}"')
+            self.snap_cur.execute(envelope.snapshot_query(t.schema, t.name, t.columns, t.key))
         rows = self.snap_cur.fetchmany(self.max_records)
         if len(rows) < self.max_records:
             self.snap_cur.close()
@@ -403,13 +405,7 @@ class PostgresSource(SourceTask):
         src = envelope.source(
             self.prefix, self.db, t.schema, t.name, self.snapshot_lsn, None, self.snapshot_ts_ms, True
         )
-        now = int(time.time() * 1000)
-        out = []
-        for values in rows:
-            after = envelope.row(t.columns, values)
-            key = envelope.key_of(t.columns, t.key, after)
-            out.append(SourceRecord(t.topic, key, envelope.value("r", None, after, src, now)))
-        return out
+        return envelope.snapshot_records(t.topic, t.columns, t.key, rows, src, int(time.time() * 1000))
 
     # ---- stream -----------------------------------------------------------------------------------
     def _poll_stream(self, timeout_s: float) -> list[SourceRecord]:
