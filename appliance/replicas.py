@@ -23,7 +23,6 @@ import zmq
 
 from appliance.children import Child, Children, ChildSpec, ChildState, Supervision
 from appliance.config import NodeConfig
-from appliance.log.checkpoint import atomic_write
 from appliance.log.config import LogConfig
 from appliance.partition.process import run_worker
 from appliance.partition.spec import WorkerSpec
@@ -45,7 +44,9 @@ from ipc.shm import ControlBlock, Role, SlotState, StatusTable
 
 log = logging.getLogger(__name__)
 
-TOPIC_MARKER = "topic-created-ms"  # in each partition directory: which topic of that name it holds
+# How long a replica's storage_error (read from its worker's status block) is reused:
+# the health assessment asks for it on every tick, for every replica.
+STORAGE_ERROR_TTL_S = 1.0
 
 _SLOT_STATE = {
     ChildState.STARTING: SlotState.STARTING,
@@ -81,6 +82,7 @@ class Replica:
         self.counters = (0, 0, 0, 0)  # records/bytes in/out, kept across restarts
         self.after_stop: Callable[[Replica], None] | None = None
         self.child = Child(spec(self))
+        self._storage_error = (-1, 0.0, False)  # (pid, read at, value)
 
     @property
     def name(self) -> str:
@@ -108,8 +110,14 @@ class Replica:
         full disk, an I/O error: ``appliance/partition/storage.py``)."""
         if self.table is None or self.state is not ChildState.SERVING or not self.pid:
             return False
+        pid, at, value = self._storage_error
+        now = time.monotonic()
+        if pid == self.pid and now - at < STORAGE_ERROR_TTL_S:
+            return value  # read at most once a second: 1,000 replicas at 10 ticks/s added up
         st = self.table.read_status_or_none(self.slot)
-        return st is not None and st.pid == self.pid and st.storage_error
+        value = st is not None and st.pid == self.pid and st.storage_error
+        self._storage_error = (self.pid, now, value)
+        return value
 
 
 class WorkerEvents(Protocol):
@@ -146,6 +154,7 @@ class PartitionWorkers:
         self.replicas: dict[tuple[str, int], Replica] = {}
         self.children = Children(mp, poller, self, clock)
         self._by_child: dict[int, Replica] = {}  # id(child) -> replica
+        self._by_slot: dict[int, Replica] = {}  # slot -> replica (a worker's events name its slot)
         self.node_epoch = -1
         self.acls: tuple[AclBinding, ...] = ()  # the cluster's ACLs (a started worker gets them in its spec)
         self.acls_version = -1
@@ -188,7 +197,7 @@ class PartitionWorkers:
         def start() -> tuple[Callable[..., None], tuple[Any, ...]]:
             self.events.prepare_start(r)  # the current role and configuration, at every (re)start
             r.endpoint = ""
-            return run_worker, (self._worker_spec(r),)
+            return run_worker, (self._worker_spec(r), r.topic_created_ms)  # it claims its directory
 
         return ChildSpec(r.name, start, heartbeat, self.supervision)
 
@@ -232,11 +241,13 @@ class PartitionWorkers:
         r = Replica(topic, partition, slot, self._child_spec, self.table)
         self.replicas[(topic, partition)] = r
         self._by_child[id(r.child)] = r
+        self._by_slot[slot] = r
         try:
             self._start(r)
         except BaseException:
             del self.replicas[(topic, partition)]  # the next reconcile tries again
             del self._by_child[id(r.child)]
+            del self._by_slot[slot]
             raise
         return r
 
@@ -246,23 +257,10 @@ class PartitionWorkers:
         log.debug("%s: worker queued to start (slot %d)", r.name, r.slot)
 
     def claim_directory(self, r: Replica, created_ms: int) -> None:
-        """Mark the partition directory with its topic's creation time; a directory left
-        by an older topic of the same name (deleted while this node was away) goes."""
-        directory = self.partition_dir(r.topic, r.partition)
-        marker = os.path.join(directory, TOPIC_MARKER)
-        found: int | None
-        try:
-            with open(marker, encoding="ascii") as f:
-                found = int(f.read().strip())
-        except (FileNotFoundError, ValueError):
-            found = None  # a new directory, or one written before markers existed: keep it
-        if found is not None and found != created_ms:
-            log.warning("%s: its directory holds an older topic of that name; removing it", r.name)
-            self.remove_files(r)
+        """Note which incarnation of its topic the replica's directory is for; its worker
+        claims the directory (``appliance/partition/directory.py``) before opening the log,
+        in parallel with the others rather than on this loop."""
         r.topic_created_ms = created_ms
-        if found != created_ms:
-            os.makedirs(directory, mode=0o700, exist_ok=True)  # private, whatever the umask
-            atomic_write(marker, f"{created_ms}\n".encode())
 
     def remove_files(self, r: Replica) -> None:
         """Move the replica's directory aside at once; its bytes go in the background."""
@@ -307,8 +305,8 @@ class PartitionWorkers:
             except ControlMessageError as exc:
                 log.warning("malformed control message %r: %s", raw[:200], exc)
                 continue
-            r = next((x for x in self.replicas.values() if x.slot == event.slot and x.pid == event.pid), None)
-            if r is None:
+            r = self._by_slot.get(event.slot)
+            if r is None or r.pid != event.pid:
                 continue  # a late message from a worker that has been replaced
             if isinstance(event, ReadyEvent) and r.state is ChildState.STARTING:
                 r.port = event.port
@@ -357,6 +355,8 @@ class PartitionWorkers:
     def child_stopped(self, child: Child) -> None:
         r = self._by_child.pop(id(child))
         self.replicas.pop((r.topic, r.partition), None)
+        if self._by_slot.get(r.slot) is r:
+            del self._by_slot[r.slot]
         self.table.write_control(r.slot, ControlBlock.free())
         if r.after_stop is not None:
             r.after_stop(r)

@@ -72,6 +72,7 @@ from metrics.node import NodeMetrics
 log = logging.getLogger(__name__)
 
 TICK_S = 0.1
+READY_RECONCILE_S = 0.05
 
 
 def make_coordinator(config: NodeConfig) -> Coordinator:
@@ -250,8 +251,11 @@ class Supervisor:
         self.reconciler.prepare_start(r)
 
     def replica_ready(self, r: Replica) -> None:
-        self.reconcile()  # its endpoint, its node options, and a change made while it was starting
-        self.api.on_replica_ready()
+        # its endpoint, its node options, and a change made while it was starting: one
+        # reconcile within READY_RECONCILE_S for all the workers ready by then (one per
+        # worker cost O(partitions) each: O(n^2) to start n partitions)
+        assert self.reconciler is not None
+        self.reconciler.next_at = min(self.reconciler.next_at, self.clock() + READY_RECONCILE_S)
 
     def replica_alter_isr(self, r: Replica, event: AlterIsrEvent) -> None:
         assert self.reconciler is not None

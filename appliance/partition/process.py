@@ -1,9 +1,10 @@
 """The partition worker's process: its entry point in the forked child.
 
 The supervisor's fork server (``appliance/supervisor.py``) preloads this module and
-forks ``run_worker(spec)``: close the fork server's "alive" pipe, die with the
-supervisor, ignore the signals that are the supervisor's, set up logging, then run the
-worker (``worker.py``) until it stops.
+forks ``run_worker(spec, topic_created_ms)``: close the fork server's "alive" pipe, die
+with the supervisor, ignore the signals that are the supervisor's, set up logging, claim
+the partition's directory (``directory.py``), then run the worker (``worker.py``) until
+it stops.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 
+from appliance.partition.directory import claim
 from appliance.partition.spec import WorkerSpec
 from appliance.partition.worker import PartitionWorker
 from appliance.process import SignalPipe, die_with_parent, setup_logging
@@ -33,8 +35,9 @@ def _close_forkserver_alive_fd() -> None:
         server._forkserver_alive_fd = None  # type: ignore[union-attr]
 
 
-def run_worker(spec: WorkerSpec) -> None:
-    """Entry point in the forked child (multiprocessing target)."""
+def run_worker(spec: WorkerSpec, topic_created_ms: int) -> None:
+    """Entry point in the forked child (multiprocessing target). ``topic_created_ms``:
+    the incarnation of the topic its directory is claimed for (``directory.py``)."""
     _close_forkserver_alive_fd()
     die_with_parent(spec.supervisor_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the supervisor, which stops us
@@ -42,6 +45,7 @@ def run_worker(spec: WorkerSpec) -> None:
     setup_logging(spec.log_level)
     set_title(worker_title(f"{spec.topic}-{spec.partition}"))  # role and epoch once it has them
     signals = SignalPipe((signal.SIGTERM,))
+    claim(spec.directory, topic_created_ms)
     worker = PartitionWorker(spec)
     code = worker.run(signals)
     raise SystemExit(code)

@@ -14,6 +14,14 @@ reconnect succeeds. ZeroMQ retries a dead endpoint about once a second forever, 
 this endpoint is stale". The fetcher and the sender do not send to a ``DOWN`` endpoint;
 they refresh metadata with ``backoff_s`` instead. The state costs nothing per request:
 it changes only on monitor events, which come per connection, not per message.
+
+Scale: each partition's worker has its own endpoint, so a client talking to N
+partitions holds N DEALERs, and a watched one a monitor each (three sockets per
+channel; libzmq's monitor is a PAIR, one per monitored socket, and cannot be shared
+without its draft API). ``client_context`` therefore raises the context's socket limit
+from ZeroMQ's default of 1,023 to what the process may open (``socket_limit``), after
+raising the soft ``RLIMIT_NOFILE`` up to the hard limit (at most 65,536): a consumer of
+1,000 partitions holds about 3,000 sockets and 4,000 file descriptors.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import itertools
 import logging
 import os
 import re
+import resource
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from types import ModuleType
@@ -88,11 +97,39 @@ def client_context(zmq_module: ModuleType = _zmq, security: Security = None, cli
         own = curve.load_key_file(security["secret_key_file"], secret=True)
         keys = curve.ClientKeys(curve.load_public_key(security["server_public_key"]), own.public, own.secret)
     ctx = zmq_module.Context()
+    ctx.set(zmq_module.MAX_SOCKETS, socket_limit(zmq_module, ctx))  # before the first socket
     if keys is not None:
         sockets.secure(ctx, client=keys)
     if client_id is not None:
         set_client_id(ctx, client_id)
     return ctx
+
+
+# A context holds at most 1,023 sockets by default, and a watched channel is three (its
+# DEALER, its monitor's PAIR, and libzmq's own PAIR that feeds it): a consumer of 400
+# partitions, each on its own worker's endpoint, failed with "Too many open files"
+# (../shared/pitfalls.md item 13). Each socket holds at least one file descriptor.
+WANTED_NOFILE = 65536
+
+
+def raise_nofile_limit(wanted: int = WANTED_NOFILE) -> int:
+    """Raise this process's soft ``RLIMIT_NOFILE`` towards ``wanted``, never above the
+    hard limit and never lowering it; returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:  # a sandbox that refuses: keep what we have
+            log.warning("cannot raise the open-files limit from %d to %d: %s", soft, target, exc)
+    return soft if soft != resource.RLIM_INFINITY else wanted
+
+
+def socket_limit(zmq_module: ModuleType, ctx: Any) -> int:
+    """The number of sockets a client context may hold: as many as the process may
+    open files (raised first, ``raise_nofile_limit``), within libzmq's own limit."""
+    return max(1023, min(int(ctx.get(zmq_module.SOCKET_LIMIT)), raise_nofile_limit()))
 
 
 def check_ints(*options: tuple[str, Any, int]) -> None:
