@@ -15,6 +15,8 @@ import tomllib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from appliance.kafka.config import KafkaListenerConfig
+from appliance.kafka.config import check as check_kafka_listener
 from appliance.log.config import LogConfig
 from appliance.security_config import SecurityConfig
 from ipc.errors import InvalidConfigError
@@ -44,6 +46,7 @@ class NodeConfig:
     advertised_listen: str = ""  # empty: same as listen
     kafka_listen: str = ""  # HOST:PORT: a Kafka-protocol listener (appliance/kafka/); empty: none
     advertised_kafka_listen: str = ""  # HOST:PORT Kafka clients are told; empty: kafka_listen
+    kafka: KafkaListenerConfig = dataclasses.field(default_factory=KafkaListenerConfig)  # [kafka]
     metrics_listen: str = DEFAULT_METRICS_LISTEN  # empty: no metrics endpoint
     metrics_tls_cert_file: str = ""  # with metrics_tls_key_file: /metrics over https (PEM)
     metrics_tls_key_file: str = ""
@@ -193,6 +196,8 @@ def _check(name: str, value: Any) -> Any:
         raise InvalidConfigError(f"{name}={value!r}: expected true or false")
     if name == "security":
         return value if isinstance(value, SecurityConfig) else SecurityConfig.from_options(value)
+    if name == "kafka":
+        return value if isinstance(value, KafkaListenerConfig) else KafkaListenerConfig.from_options(value)
     if name == "topic_defaults":
         if not isinstance(value, Mapping):
             raise InvalidConfigError(f"{name}: expected a table of topic options")
@@ -297,13 +302,9 @@ def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = N
         checked["data_dir"] = os.path.abspath(os.path.expanduser(checked["data_dir"]))
     cfg = NodeConfig(**checked)
     _check_metrics_tls(cfg)
-    if cfg.kafka_listen and cfg.security.authorizer == "acl":
-        raise InvalidConfigError(
-            f"kafka_listen={cfg.kafka_listen!r}: the Kafka listener has no authentication yet, so it cannot run "
-            'with [security] authorizer = "acl" (its clients would all be User:ANONYMOUS); see docs/kafka.md'
-        )
     if cfg.security.uses_curve:
         cfg.security.load(cfg.node_id)  # refuse bad key files at start, not in the first worker
+    check_kafka_listener(cfg)  # [kafka]: TLS files, the credentials file, SASL needs CURVE
     if cfg.restart_backoff_max_ms < cfg.restart_backoff_ms:
         raise InvalidConfigError(
             f"restart_backoff_max_ms={cfg.restart_backoff_max_ms} is below restart_backoff_ms={cfg.restart_backoff_ms}"

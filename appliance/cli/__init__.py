@@ -18,6 +18,7 @@
     sluice acls add|list|remove ...                (docs/security.md)
     sluice quotas set|remove|list ...              (docs/security.md)
     sluice connect create|list|status|pause|resume|restart|delete ...   (docs/connect.md)
+    sluice kafka-users add|remove|list ... --file PATH   (docs/kafka.md#security)
     sluice perf produce|consume|e2e|pipe|memory ...   (loadtest/perf.py)
 
 ``--bootstrap`` (or ``$SLUICE_BOOTSTRAP``) names the node for client commands. Errors
@@ -55,6 +56,7 @@ from appliance.cli.common import EXIT_ERROR, CliError
 from appliance.cli.connect import cmd_connect
 from appliance.cli.consume import cmd_consume
 from appliance.cli.groups import cmd_groups
+from appliance.cli.kafka_users import cmd_kafka_users
 from appliance.cli.node import cmd_serve
 from appliance.cli.parser import build_parser, parse
 from appliance.cli.quotas import cmd_quotas
@@ -87,6 +89,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "acls": cmd_acls,
     "quotas": cmd_quotas,
     "connect": cmd_connect,
+    "kafka-users": cmd_kafka_users,
 }
 
 

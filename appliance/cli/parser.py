@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from appliance.cli import cluster, consume, groups, node, records, status, topics
 from appliance.cli.common import non_negative
 from appliance.cli.connect import add_parsers as add_connect_parsers
+from appliance.cli.kafka_users import add_parsers as add_kafka_users_parsers
 from appliance.cli.quotas import add_parsers as add_quota_parsers
 from appliance.cli.security import add_parsers as add_security_parsers
 from appliance.cli.streams import add_parsers as add_streams_parsers
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_security_parsers(sub, client)
     add_quota_parsers(sub, client)
     add_connect_parsers(sub)
+    add_kafka_users_parsers(sub)
 
     from loadtest.perf import add_parsers as add_perf_parsers  # argparse only: the modes import lazily
 

@@ -85,6 +85,7 @@ class KafkaListenerChild:
             beat_path=self.beat_path,
             supervisor_pid=os.getpid(),
             log_level=cfg.log_level,
+            kafka=cfg.kafka,
         )
 
     def _start(self) -> tuple[Callable[..., None], tuple[Any, ...]]:

@@ -4,9 +4,11 @@
 workers: appliance/kafka/child.py): close the fork server's pipe, die with the node,
 set up logging, then run one asyncio loop until SIGTERM:
 
-- the TCP server (appliance/kafka/server.py) on ``kafka_listen``, each connection a
-  task, each Kafka API a handler (``handlers_*``) that speaks to the node through the
-  ``Backend`` (ZeroMQ DEALERs to the front and the workers);
+- the TCP server (appliance/kafka/server.py) on ``kafka_listen`` (TLS and SASL as
+  ``[kafka]`` says), each connection a task, each Kafka API a handler (``handlers_*``)
+  that speaks to the node through the ``Backend`` (ZeroMQ DEALERs to the front and the
+  workers), for the request's client (``CALLER``: the workers and the front authorize
+  and throttle that user);
 - a heartbeat task writing the beat file every ``BEAT_S`` (the node kills a listener
   whose heartbeat stops, as it kills a hung worker);
 - a watch on the supervisor: if it is gone, the listener stops.
@@ -30,16 +32,20 @@ from appliance.beat import Beat
 from appliance.kafka import handlers_admin as admin
 from appliance.kafka import handlers_data as data
 from appliance.kafka import handlers_groups as groups
-from appliance.kafka.backend import Backend
-from appliance.kafka.server import Handler, KafkaRequest, KafkaServer
+from appliance.kafka.backend import CALLER, Backend, Caller
+from appliance.kafka.credentials import CredentialStore
+from appliance.kafka.server import Handler, KafkaRequest, KafkaServer, SaslSettings
 from appliance.kafka.spec import BEAT_S, ListenerSpec
 from appliance.partition.process import _close_forkserver_alive_fd
 from appliance.process import die_with_parent, pid_alive, setup_logging
 from ipc.kafka import apis_admin, apis_data, apis_groups
+from ipc.kafka import errors as kerr
+from ipc.kafka.apis_sasl import SASL_AUTHENTICATE, SASL_HANDSHAKE
 
 log = logging.getLogger(__name__)
 
 DRAIN_S = 5.0
+TLS_HANDSHAKE_S = 10.0
 
 NodeHandler = Callable[[data.Node, KafkaRequest], Awaitable[dict[str, Any] | None]]
 HANDLERS: dict[int, NodeHandler] = {
@@ -79,8 +85,28 @@ def run_listener(spec: ListenerSpec) -> None:
     raise SystemExit(asyncio.run(serve(spec)))
 
 
+async def _for_caller(handler: NodeHandler, node: data.Node, req: KafkaRequest) -> dict[str, Any] | None:
+    """Run ``handler`` with the request's client as ``CALLER`` (the request's own task)."""
+    CALLER.set(Caller(req.principal, req.host, req.client_id))
+    return await handler(node, req)
+
+
+async def _sasl_handshake_after(req: KafkaRequest) -> dict[str, Any]:
+    """A SaslHandshake on a listener without SASL or after authentication (Kafka's answer)."""
+    return {"error_code": kerr.ILLEGAL_SASL_STATE, "mechanisms": []}
+
+
+async def _sasl_authenticate_after(req: KafkaRequest) -> dict[str, Any]:
+    return {"error_code": kerr.ILLEGAL_SASL_STATE, "error_message": "no SASL authentication in progress"}
+
+
 def handlers(node: data.Node, table: dict[int, NodeHandler] | None = None) -> dict[int, Handler]:
-    return {key: functools.partial(h, node) for key, h in (table or HANDLERS).items()}
+    out: dict[int, Handler] = {
+        key: functools.partial(_for_caller, h, node) for key, h in (table or HANDLERS).items()
+    }
+    out[SASL_HANDSHAKE.key] = _sasl_handshake_after
+    out[SASL_AUTHENTICATE.key] = _sasl_authenticate_after
+    return out
 
 
 async def serve(spec: ListenerSpec) -> int:
@@ -89,14 +115,20 @@ async def serve(spec: ListenerSpec) -> int:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     backend = Backend(spec.front, spec.security, spec.node_id)
     node = data.Node(spec.node_id, spec.advertised_host, spec.advertised_port, backend)
-    server = KafkaServer(handlers(node), spec.max_request_bytes, spec.security.protected_mode)
+    kafka = spec.kafka
+    sasl = SaslSettings(kafka.sasl_mechanisms, CredentialStore(kafka.credentials_file).lookup) if kafka.sasl else None
+    server = KafkaServer(handlers(node), spec.max_request_bytes, spec.security.protected_mode, sasl)
     family = socket.AF_INET6 if ":" in spec.bind_host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((spec.bind_host, spec.bind_port))
-    tcp = await asyncio.start_server(server.connection, sock=sock, backlog=1024)
+    tls = kafka.tls_context() if kafka.tls else None
+    tcp = await asyncio.start_server(
+        server.connection, sock=sock, backlog=1024, ssl=tls, ssl_handshake_timeout=TLS_HANDSHAKE_S if tls else None
+    )
     log.info(
-        "kafka listener serving on %s:%d (advertised %s:%d)",
+        "kafka listener serving %s on %s:%d (advertised %s:%d)",
+        kafka.security_protocol,
         spec.bind_host,
         spec.bind_port,
         spec.advertised_host,

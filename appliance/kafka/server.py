@@ -17,9 +17,16 @@ answered instead with ``UNSUPPORTED_VERSION`` and the served ranges in version 0
 the client can pick one (KIP-511). An unexpected error in a handler is logged with its
 traceback and closes that connection only.
 
-Protected mode: with ``[security] protected_mode`` on (the default), a connection from
-an address that is not loopback is closed at once with a logged reason: the listener
-has no authentication, so it serves only its own host unless told otherwise.
+Authentication: with SASL on the listener (``[kafka] security_protocol`` SASL_PLAINTEXT
+or SASL_SSL), a connection's frames go to its ``SaslSession``
+(appliance/kafka/sasl_session.py), one at a time, until the client is authenticated;
+its requests are then ``User:NAME``'s (``KafkaRequest.principal``). Without SASL they
+are ``User:ANONYMOUS``'s. TLS, when configured, is asyncio's (the server's ``ssl``).
+
+Protected mode: with ``[security] protected_mode`` on (the default) and no SASL on the
+listener, a connection from an address that is not loopback is closed at once with a
+logged reason: without authentication the listener serves only its own host unless told
+otherwise (as the node does for its own clients without CURVE: docs/security.md).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from appliance.gate import is_loopback
+from appliance.kafka.sasl_session import SaslSession
 from ipc.kafka import errors as kerr
 from ipc.kafka.protocol import (
     API_VERSIONS_KEY,
@@ -43,6 +51,7 @@ from ipc.kafka.protocol import (
     read_request,
     supported_versions,
 )
+from ipc.kafka.sasl import Lookup
 from ipc.kafka.schema import Api
 from ipc.kafka.wire import KafkaDecodeError
 
@@ -50,6 +59,9 @@ log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 32  # requests of one connection in hand at once
 MIN_FRAME = 8  # api key, version, correlation id, client id length
+MAX_SASL_FRAME = 64 * 1024  # a frame before authentication (a SASL message is at most 4 KiB)
+ANONYMOUS = "User:ANONYMOUS"
+FAILED_AUTH_DELAY_S = 0.1
 MAX_CONNECTIONS = 10_000
 _SIZE = struct.Struct(">i")
 
@@ -62,16 +74,30 @@ class KafkaRequest:
     client_id: str | None
     body: dict[str, Any]
     host: str  # the client's address
+    principal: str = ANONYMOUS  # "User:NAME" once SASL authenticated it
 
 
 Handler = Callable[[KafkaRequest], Awaitable[dict[str, Any] | None]]
 
 
+@dataclasses.dataclass(frozen=True)
+class SaslSettings:
+    mechanisms: tuple[str, ...]
+    lookup: Lookup  # user -> their SCRAM credentials (appliance/kafka/credentials.py)
+
+
 class KafkaServer:
-    def __init__(self, handlers: dict[int, Handler], max_request_bytes: int, protected_mode: bool) -> None:
+    def __init__(
+        self,
+        handlers: dict[int, Handler],
+        max_request_bytes: int,
+        protected_mode: bool,
+        sasl: SaslSettings | None = None,
+    ) -> None:
         self.handlers = handlers
         self.max_request_bytes = max_request_bytes
-        self.protected_mode = protected_mode
+        self.sasl = sasl
+        self.protected_mode = protected_mode and sasl is None  # SASL authenticates: no need
         self.connections = 0
 
     async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -81,7 +107,8 @@ class KafkaServer:
         if self.protected_mode and not is_loopback(host):
             log.warning(
                 "kafka: closing the connection from %s: protected mode (no authentication on this "
-                "listener; set protected_mode = false in [security] to serve other hosts)",
+                "listener: configure SASL in [kafka], or set protected_mode = false in [security] to serve "
+                "other hosts)",
                 name,
             )
             writer.close()
@@ -94,7 +121,13 @@ class KafkaServer:
         queue: asyncio.Queue[asyncio.Task[bytes | None] | None] = asyncio.Queue(MAX_IN_FLIGHT)
         writing = asyncio.get_running_loop().create_task(self._write(queue, writer, name))
         try:
-            await self._read(reader, queue, host, name)
+            principal = ANONYMOUS
+            if self.sasl is not None:
+                user = await self._authenticate(reader, queue, name)
+                if user is None:
+                    return
+                principal = f"User:{user}"
+            await self._read(reader, queue, host, name, principal)
         finally:
             if not writing.done():
                 try:
@@ -106,12 +139,46 @@ class KafkaServer:
             self.connections -= 1
             writer.close()
 
+    async def _authenticate(
+        self, reader: asyncio.StreamReader, queue: asyncio.Queue[asyncio.Task[bytes | None] | None], name: str
+    ) -> str | None:
+        """Feed the connection's frames to its SASL session, one at a time, until the
+        client is authenticated (its user name) or the connection is to end (None)."""
+        assert self.sasl is not None
+        session = SaslSession(self.sasl.mechanisms, self.sasl.lookup, name)
+        loop = asyncio.get_running_loop()
+        while session.user is None:
+            try:
+                (size,) = _SIZE.unpack(await reader.readexactly(4))
+                low = 0 if session.raw else MIN_FRAME
+                if size < low or size > MAX_SASL_FRAME:
+                    log.warning("kafka: closing %s: frame of %d bytes before authentication", name, size)
+                    return None
+                frame = await reader.readexactly(size)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return None
+            try:
+                out, close = await session.step(frame)
+            except KafkaDecodeError as exc:
+                log.warning("kafka: closing %s: %s", name, exc.message)
+                return None
+            if out is not None:
+                await queue.put(loop.create_task(_done(out)))
+            if close:
+                # as Kafka's connection.failed.authentication.delay.ms: the answer goes out, the
+                # close comes later (a client that sees the close first loses the reason)
+                with contextlib.suppress(TimeoutError, ConnectionError):
+                    await asyncio.wait_for(reader.read(MAX_SASL_FRAME), FAILED_AUTH_DELAY_S)
+                return None
+        return session.user
+
     async def _read(
         self,
         reader: asyncio.StreamReader,
         queue: asyncio.Queue[asyncio.Task[bytes | None] | None],
         host: str,
         name: str,
+        principal: str = ANONYMOUS,
     ) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -131,13 +198,13 @@ class KafkaServer:
                 log.info("kafka: %s closed the connection in the middle of a request", name)
                 return
             try:
-                task = loop.create_task(self._handle(frame, host))
+                task = loop.create_task(self._handle(frame, host, principal))
             except KafkaDecodeError as exc:
                 log.warning("kafka: closing %s: %s", name, exc.message)
                 return
             await queue.put(task)
 
-    def _handle(self, frame: bytes, host: str) -> Coroutine[Any, Any, bytes | None]:
+    def _handle(self, frame: bytes, host: str, principal: str) -> Coroutine[Any, Any, bytes | None]:
         """Decode now (a bad frame raises here, in the reader), answer later."""
         try:
             header, api, body = read_request(frame)
@@ -152,7 +219,7 @@ class KafkaServer:
                 {"error_code": kerr.UNSUPPORTED_VERSION, "api_keys": supported_versions()},
             )
             return _done(out)
-        request = KafkaRequest(api, header.api_version, header.correlation_id, header.client_id, body, host)
+        request = KafkaRequest(api, header.api_version, header.correlation_id, header.client_id, body, host, principal)
         return self._answer(request)
 
     async def _answer(self, req: KafkaRequest) -> bytes | None:

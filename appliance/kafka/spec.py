@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from appliance.kafka.config import KafkaListenerConfig
 from appliance.security_config import SecurityConfig
 
 BEAT_S = 0.25
@@ -26,3 +27,4 @@ class ListenerSpec:
     beat_path: str
     supervisor_pid: int
     log_level: str
+    kafka: KafkaListenerConfig = dataclasses.field(default_factory=KafkaListenerConfig)  # [kafka]

@@ -20,13 +20,15 @@ import struct
 from collections.abc import Mapping
 from typing import Any
 
-from ipc.kafka import apis_admin, apis_data, apis_groups
+from ipc.kafka import apis_admin, apis_data, apis_groups, apis_sasl
 from ipc.kafka.schema import Api
 from ipc.kafka.wire import KafkaDecodeError, Reader, Writer
 
 APIS: dict[int, Api] = {
     a.key: a
     for a in (
+        apis_sasl.SASL_HANDSHAKE,
+        apis_sasl.SASL_AUTHENTICATE,
         apis_data.API_VERSIONS,
         apis_data.METADATA,
         apis_data.PRODUCE,
