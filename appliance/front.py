@@ -25,6 +25,7 @@ from typing import Any
 
 from appliance.acl_store import AclApis
 from appliance.children import ChildState
+from appliance.connect.admin import ConnectApis
 from appliance.coordinator import NO_LEADER, PartitionState, TopicInfo
 from appliance.gate import is_loopback
 from appliance.groups.apis import GroupApis
@@ -82,6 +83,7 @@ class FrontApi:
         self.group_apis = GroupApis(self.groups)
         self.acl_apis = AclApis(lambda: self.node.coordinator)
         self.quota_apis = QuotaApis(lambda: self.node.coordinator)
+        self.connect_apis = ConnectApis(lambda: self.node.config)  # the node's connectors (docs/connect.md)
         self.request_quota = RequestQuota(node.clock)  # configured by the supervisor (appliance/quotas.py)
         self._pipeline: RequestPipeline | None = None
         # what the front holds for one client is bounded; one that does not read is not served
@@ -115,6 +117,7 @@ class FrontApi:
             **self.group_apis.handlers(),
             **self.acl_apis.handlers(),
             **self.quota_apis.handlers(),
+            **self.connect_apis.handlers(),
         }
         assert frozenset(handlers) == FRONT_APIS, sorted(frozenset(handlers) ^ FRONT_APIS)
         return handlers
@@ -247,7 +250,11 @@ class FrontApi:
             parts = [self._partition_md(name, i, st) for i, st in enumerate(info.partitions)]
             out.append({"topic": name, "error": None, "partitions": parts})
         coord = self.node.coordinator
-        brokers = [{"node_id": n.node_id, "endpoint": n.endpoint} for n in sorted(coord.nodes().values(), key=_id)]
+        published = coord.endpoints()  # with each node's Kafka address, when it has a listener
+        brokers = [
+            {"node_id": n.node_id, "endpoint": n.endpoint, "kafka": published.get(n.node_id, {}).get("kafka", "")}
+            for n in sorted(coord.nodes().values(), key=_id)
+        ]
         return ok(node_id=cfg.node_id, controller=coord.controller(), brokers=brokers, topics=out)
 
     def list_topics(self, req: Request) -> Response:

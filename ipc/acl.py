@@ -186,6 +186,10 @@ REQUIRED: dict[str, Callable[[Mapping[str, Any]], list[Action]]] = {
     "describe_acls": _on_cluster(Operation.DESCRIBE),
     "set_quota": _on_cluster(Operation.ALTER_CONFIGS),
     "describe_quotas": _on_cluster(Operation.DESCRIBE_CONFIGS),
+    # connectors (as Kafka Connect's REST API would be guarded): reading DESCRIBE, changing ALTER
+    "connect": lambda f: [
+        (_CLUSTER, CLUSTER_NAME, Operation.DESCRIBE if f["action"] in ("list", "status") else Operation.ALTER)
+    ],
 }
 
 

@@ -161,6 +161,8 @@ GENERATION = Field(int, check=_int_range(-1, 2**31 - 1))
 PARTITION = Field(int, check=_int_range(0, 2**31 - 1))
 OFFSET = Field(int, check=_int_range(0))
 
+CONNECT_ACTIONS = ("list", "status", "create", "pause", "resume", "restart", "delete")
+
 SCHEMAS: dict[str, dict[str, Field]] = {
     # front endpoint (supervisor)
     "metadata": {
@@ -215,6 +217,14 @@ SCHEMAS: dict[str, dict[str, Field]] = {
     "describe_quotas": {
         "user": Field(str, required=False, check=_short_str),
         "client": Field(str, required=False, check=_short_str),
+    },
+    # connectors (front endpoint; appliance/connect/admin.py): the node's own connectors
+    "connect": {
+        "action": Field(
+            str, check=lambda v: None if v in CONNECT_ACTIONS else f"allowed: {', '.join(CONNECT_ACTIONS)}"
+        ),
+        "name": Field(str, required=False, check=_short_str),
+        "connector": Field(dict, required=False),  # create: {"name", "class", "options"}
     },
     # consumer groups (front endpoint, the group coordinator)
     "find_coordinator": {"group": GROUP},
@@ -304,6 +314,7 @@ FRONT_APIS = (
             "delete_acls",
             "set_quota",
             "describe_quotas",
+            "connect",
         }
     )
     | GROUP_APIS

@@ -1,23 +1,26 @@
-"""``sluice connect``: the node's connectors (docs/connect.md), on the node's host.
+"""``sluice connect``: a node's connectors (docs/connect.md).
 
-    sluice connect list   [--config FILE] [--data-dir DIR] [--json]
-    sluice connect status [NAME] [--config FILE] [--data-dir DIR] [--json]
-    sluice connect create NAME --class CLASS [-o KEY=VALUE ...] | --from-file FILE.toml
-    sluice connect pause|resume|restart|delete NAME
+    sluice connect list   [NODE] [--json]
+    sluice connect status [NAME] [NODE] [--json]
+    sluice connect create NAME --class CLASS [-o KEY=VALUE ...] | --from-file FILE.toml  [NODE]
+    sluice connect pause|resume|restart|delete NAME [NODE]
 
-Like ``sluice status``, these read and write the node's own directories (found from its
-configuration): ``create``, ``pause``, ``resume``, ``restart`` and ``delete`` leave a
-file in ``<data_dir>/connect/`` that the node acts on within about a second; ``list``
-and ``status`` read ``<runtime_dir>/connect/status.json``, which the node rewrites every
-second. A connector declared in the configuration cannot be created or deleted here
-(edit the file, then reload); it can be paused, resumed and restarted.
+NODE is ``--bootstrap HOST:PORT`` (with ``--server-key`` / ``--secret-key-file`` on a
+node with CURVE): through the node's ``connect`` API, from anywhere, authorized by ACLs
+(CLUSTER DESCRIBE for list and status, CLUSTER ALTER for the rest); or ``--config FILE``
+/ ``--data-dir DIR`` on the node's host: through its directories, like ``sluice
+status``. Both do the same (``appliance/connect/admin.py``): ``create``, ``pause``,
+``resume``, ``restart`` and ``delete`` leave a file in ``<data_dir>/connect/`` that the
+node acts on within about a second; ``list`` and ``status`` read
+``<runtime_dir>/connect/status.json``, which the node rewrites every second. A
+connector declared in the configuration cannot be created or deleted (edit the file,
+then reload); it can be paused, resumed and restarted.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import time
 import tomllib
 from typing import Any
 
@@ -29,8 +32,19 @@ def add_parsers(sub: Any) -> None:
     csub = c.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     def node(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--config", help="the node's configuration file")
+        sp.add_argument("--config", help="the node's configuration file (on the node's host)")
         sp.add_argument("--data-dir", help="the node's data directory (instead of or over --config)")
+        sp.add_argument(
+            "-b",
+            "--bootstrap",
+            dest="bootstrap",
+            help="[tcp://]HOST:PORT of the node whose connectors to manage, through its API "
+            "(CLUSTER DESCRIBE to list, CLUSTER ALTER to change; default: $SLUICE_BOOTSTRAP "
+            "when neither --config nor --data-dir is given)",
+        )
+        sp.add_argument("--timeout-ms", type=int, default=None, dest="request_timeout_ms", metavar="MS")
+        sp.add_argument("--server-key", help="the node's server public key (default: $SLUICE_SERVER_KEY)")
+        sp.add_argument("--secret-key-file", help="this client's .key_secret file (default: $SLUICE_SECRET_KEY_FILE)")
 
     sp = csub.add_parser("list", help="connectors, their class and state")
     node(sp)
@@ -62,59 +76,31 @@ def _config(a: argparse.Namespace) -> Any:
     return load_config(a.config, {"data_dir": a.data_dir})
 
 
-def _status(cfg: Any) -> dict[str, Any]:
-    from appliance.connect.spec import STATUS_DIR
-    from appliance.connect.status import read_json
-
-    doc = read_json(os.path.join(cfg.resolved_runtime_dir, STATUS_DIR, "status.json"))
-    if not isinstance(doc, dict):
-        raise CliError(f"no connector status in {cfg.resolved_runtime_dir}: is the node running?")
-    age = time.time() - float(doc.get("time", 0))
-    doc["age_s"] = round(age, 1)
-    doc["node_running"] = age < 10.0
-    return doc
-
-
-def _known(cfg: Any, name: str) -> str:
-    """``config`` or ``created``; CliError if neither."""
-    from appliance.connect.store import ConnectorStore
-
-    if any(c.name == name for c in cfg.connectors):
-        return "config"
-    if name in ConnectorStore(cfg.data_dir).created():
-        return "created"
-    raise CliError(f"no connector named {name!r}")
+def remote(a: argparse.Namespace) -> bool:
+    """Through a node's API: ``--bootstrap`` given, or ``$SLUICE_BOOTSTRAP`` set and
+    neither ``--config`` nor ``--data-dir``."""
+    if a.bootstrap:
+        return True
+    return bool(os.environ.get("SLUICE_BOOTSTRAP")) and not a.config and not a.data_dir
 
 
 def cmd_connect(a: argparse.Namespace) -> int:
-    from appliance.connect.store import ConnectorStore
+    name = getattr(a, "name", None)
+    connector = _table(a) if a.action == "create" else None
+    if connector is not None:
+        name = None
+    if remote(a):
+        from appliance.cli.common import admin_client
 
-    cfg = _config(a)
-    store = ConnectorStore(cfg.data_dir)
+        with admin_client(a) as admin:
+            doc = admin.connect(a.action, name, connector)
+    else:
+        from appliance.connect.admin import ConnectAdmin
+
+        doc = ConnectAdmin(_config(a)).act(a.action, name, connector)
     if a.action in ("list", "status"):
-        return _show(a, cfg)
-    if a.action == "create":
-        table = _table(a)
-        name = table.get("name")
-        if any(c.name == name for c in cfg.connectors):
-            raise CliError(f"connector {name!r} is declared in the node's configuration")
-        if name in store.created():
-            raise CliError(f"connector {name!r} exists (delete it first)")
-        created = store.create(table)
-        print(f"created connector {created.name} ({created.cls}); the node starts it within a few seconds")
-        return 0
-    origin = _known(cfg, a.name)
-    if a.action == "delete":
-        if origin == "config":
-            raise CliError(f"connector {a.name!r} is declared in the node's configuration: remove it there and reload")
-        store.delete(a.name)
-        print(f"deleted connector {a.name}")
-    elif a.action in ("pause", "resume"):
-        store.set_paused(a.name, a.action == "pause")
-        print(f"{'paused' if a.action == 'pause' else 'resumed'} connector {a.name}")
-    elif a.action == "restart":
-        store.request_restart(a.name)
-        print(f"restarting connector {a.name}")
+        return _show(a, doc)
+    print(doc["message"])
     return 0
 
 
@@ -140,13 +126,8 @@ def _table(a: argparse.Namespace) -> dict[str, Any]:
     return {"name": a.name, "class": a.cls, "options": options}
 
 
-def _show(a: argparse.Namespace, cfg: Any) -> int:
-    doc = _status(cfg)
+def _show(a: argparse.Namespace, doc: dict[str, Any]) -> int:
     connectors = doc["connectors"]
-    if getattr(a, "name", None):
-        connectors = [c for c in connectors if c["name"] == a.name]
-        if not connectors:
-            raise CliError(f"no connector named {a.name!r}")
     if a.json:
         print_json({**doc, "connectors": connectors})
         return 0

@@ -366,6 +366,25 @@ class Admin:
         return [[AclBinding.from_json(b) for b in group] for group in found]
 
     # ---- quotas (docs/security.md) ------------------------------------------------------------
+    def connect(
+        self,
+        action: str,
+        name: str | None = None,
+        connector: Mapping[str, Any] | None = None,
+        timeout_ms: int | None = None,
+    ) -> dict[str, Any]:
+        """``sluice connect ACTION`` on the node this client reaches (give one bootstrap
+        endpoint: each node runs its own connectors; docs/connect.md). ``list`` and
+        ``status`` return the node's connector status (CLUSTER DESCRIBE), the others
+        (``create`` with ``connector={"name", "class", "options"}``, ``pause``, ``resume``,
+        ``restart``, ``delete`` with ``name``) ``{"message"}`` (CLUSTER ALTER)."""
+        fields: dict[str, Any] = {"action": action}
+        if name is not None:
+            fields["name"] = name
+        if connector is not None:
+            fields["connector"] = dict(connector)
+        return self._call("connect", timeout_ms, **fields)
+
     def set_quota(
         self,
         user: str | None = None,

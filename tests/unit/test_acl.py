@@ -150,7 +150,20 @@ TABLE: dict[str, tuple[dict[str, Any], list[AclBinding], type[AuthorizationError
     "describe_acls": ({}, [allow(C, CLUSTER_NAME, "describe")], ClusterAuthorizationFailedError),
     "set_quota": ({}, [allow(C, CLUSTER_NAME, "alter_configs")], ClusterAuthorizationFailedError),
     "describe_quotas": ({}, [allow(C, CLUSTER_NAME, "describe_configs")], ClusterAuthorizationFailedError),
+    "connect": ({"action": "pause", "name": "x"}, [allow(C, CLUSTER_NAME, "alter")], ClusterAuthorizationFailedError),
 }
+
+
+@pytest.mark.parametrize("action", ["list", "status", "create", "pause", "resume", "restart", "delete"])
+def test_connect_reads_need_describe_changes_alter(action: str) -> None:
+    f = parse_request([encode_request("connect", 1, action=action)]).fields
+    describe = on(allow(C, CLUSTER_NAME, "describe"))
+    if action in ("list", "status"):
+        describe.authorize(BOB, HOST, "connect", f)
+    else:
+        with pytest.raises(ClusterAuthorizationFailedError):
+            describe.authorize(BOB, HOST, "connect", f)
+    on(allow(C, CLUSTER_NAME, "alter")).authorize(BOB, HOST, "connect", f)  # ALTER implies DESCRIBE
 
 
 def fields(api: str) -> dict[str, Any]:
