@@ -138,6 +138,9 @@ class Clock:
         return (n - self.n0) / (time.perf_counter() - self.t0)
 
 
+MAX_POLL = {"records": 2000}  # --max-poll-records: the plain loop's and the apps' batch
+
+
 def run_plain(bootstrap: str, records: int, i: int) -> float:
     from ipc.client import Consumer, Producer
 
@@ -145,7 +148,7 @@ def run_plain(bootstrap: str, records: int, i: int) -> float:
     n = 0
     with Producer(bootstrap) as producer, Consumer(
         bootstrap, group_id=f"sb-plain-{i}", enable_auto_commit=False, auto_offset_reset="earliest",
-        max_poll_records=2000, partition_assignment_strategy="range",
+        max_poll_records=MAX_POLL["records"], partition_assignment_strategy="range",
     ) as consumer:
         consumer.subscribe(["sb-in"])
         deadline = time.monotonic() + 600
@@ -168,7 +171,7 @@ def build(mode: str, bootstrap: str, i: int) -> Any:
     from ipc.streams import StreamsApp, TumblingWindows
 
     app = StreamsApp(f"sb-{mode}-{i}" if mode != "restore" else "sb-restore", bootstrap=bootstrap,
-                     key_serde="str", value_serde="json")
+                     key_serde="str", value_serde="json", max_poll_records=MAX_POLL["records"])
     if mode == "stateless":
         (app.stream("sb-in").filter(lambda k, v: v["amount"] >= 0)
             .map_values(lambda v: {"id": v["id"], "amount": v["amount"] * 2}).to("sb-out-stateless"))
@@ -220,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--restore-keys", type=int, default=1_000_000, help="keys in the restored store")
     ap.add_argument("--runs", type=int, default=3, help="runs per mode (medians reported)")
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
+    ap.add_argument("--max-poll-records", type=int, default=2000,
+                    help="records per poll: the batch of the plain loop and of the apps (default 2000, the apps')")
     ap.add_argument("--profile", choices=MODES, help="run this mode once under cProfile instead")
     ap.add_argument("--json", action="store_true", help="print the results as one JSON object")
     a = ap.parse_args(argv)
@@ -227,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     bad = [m for m in modes if m not in MODES]
     if bad or a.records < 10_000 or a.runs < 1 or a.restore_keys < 1:
         ap.error(f"--modes of {', '.join(MODES)} (got {bad}); --records >= 10000; --runs, --restore-keys >= 1")
+    MAX_POLL["records"] = a.max_poll_records
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")

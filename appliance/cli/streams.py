@@ -81,7 +81,7 @@ def describe_app(admin: Admin, bootstrap: str | None, app: str) -> dict[str, Any
         })
     return {
         "app": app,
-        "state": group["state"] if group else "Dead",
+        "state": group["state"] if group else "dead",
         "generation": group["generation"] if group else -1,
         "topology": topology,
         "instances": instances,

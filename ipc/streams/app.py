@@ -19,12 +19,15 @@ The loop (``run``), after gunicorn's arbiter in spirit: one thread, one ``poll``
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
+
+import orjson
 
 from ipc.client import Admin, Consumer, ConsumerRecord, FutureRecordMetadata, Producer
 from ipc.client.group import CommitFailedError
@@ -43,6 +46,7 @@ __all__ = ["StreamsApp"]
 log = logging.getLogger(__name__)
 
 _APP_ID = re.compile(r"[A-Za-z0-9._-]{1,200}")
+TOPOLOGY_KEY = b"topology"
 TaskId = tuple[int, int]
 BadRecordHandler = Callable[[SerdeError, ConsumerRecord], Any]
 
@@ -71,6 +75,8 @@ class StreamsApp:
         restore_timeout_s: float = 600.0,
         flush_timeout_s: float = 120.0,
         security: Security = None,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         if not isinstance(app_id, str) or not _APP_ID.fullmatch(app_id):
             raise TopologyError(f"app_id={app_id!r}: 1-200 characters of A-Z a-z 0-9 . _ - (it names topics)")
@@ -79,8 +85,14 @@ class StreamsApp:
         for name, v, lo in (("max_poll_records", max_poll_records, 1), ("max_task_idle_ms", max_task_idle_ms, 0)):
             if type(v) is not int or v < lo:
                 raise TopologyError(f"{name}={v!r}: must be an integer >= {lo}")
+        if metrics_port is not None and (type(metrics_port) is not int or not 0 <= metrics_port <= 65535):
+            raise TopologyError(f"metrics_port={metrics_port!r}: a TCP port, 0-65535 (0: any free port)")
         self.app_id = app_id
         self.bootstrap = bootstrap
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
+        self._registry: Any = None
+        self._metrics_server: Any = None
         self.security = security
         self.topology = Topology(
             app_id,
@@ -153,8 +165,31 @@ class StreamsApp:
     def metrics(self) -> dict[str, Any]:
         out = self.counters.as_dict()
         out["tasks"] = len(self.tasks)
-        out["store_sizes"] = {name: len(self.store(name)) for name in self.topology.stores}
+        out["store_sizes"] = self.store_sizes()
         return out
+
+    def store_sizes(self) -> dict[str, int]:
+        """Keys per store in this instance's partitions (safe from another thread)."""
+        return {name: len(self.store(name)) for name in self.topology.stores}
+
+    @property
+    def metrics_registry(self) -> Any:
+        """A prometheus_client ``CollectorRegistry`` holding this app's series
+        (``ipc/streams/metrics.py``), to serve yourself; ``metrics_port`` serves it."""
+        if self._registry is None:
+            from ipc.streams.metrics import make_registry
+
+            self._registry = make_registry(self)
+        return self._registry
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """(host, port) of the metrics endpoint while ``run`` serves it (the port chosen
+        when ``metrics_port=0``)."""
+        if self._metrics_server is None:
+            return None
+        host, port = self._metrics_server.server_address[:2]
+        return str(host), int(port)
 
     def stop(self) -> None:
         """Make ``run`` return after the current pass (from any thread or a signal handler)."""
@@ -166,8 +201,13 @@ class StreamsApp:
         (checked after every pass) is true."""
         self._stop.clear()
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
-        self._setup()
+        if self.metrics_port is not None and self._metrics_server is None:
+            from ipc.streams.metrics import serve
+
+            self._metrics_server, _thread = serve(self.metrics_registry, self.metrics_port, self.metrics_host)
+            log.info("%s: metrics on http://%s:%d/metrics", self.app_id, *self.metrics_address)  # type: ignore[misc]
         try:
+            self._setup()
             assert self._consumer is not None
             while not self._stop.is_set():
                 if deadline is not None and time.monotonic() >= deadline:
@@ -177,6 +217,10 @@ class StreamsApp:
                     break
         finally:
             self._close()
+            if self._metrics_server is not None:
+                self._metrics_server.shutdown()
+                self._metrics_server.server_close()
+                self._metrics_server = None
 
     def _setup(self) -> None:
         t = self.topology
@@ -198,9 +242,11 @@ class StreamsApp:
                 for spec in sub.stores:
                     if spec.changelog is not None:
                         self._internal_topic(admin, spec.changelog, sub.partitions, {"cleanup.policy": "compact"})
+            self._internal_topic(admin, self.topology_topic, 1, {"cleanup.policy": "compact"})
         self._sub_of = {s.topic: sub for sub in self.subs for s in sub.sources}
         log.info("%s: topology\n%s", self.app_id, self.describe())
         self._producer = Producer(self.bootstrap, security=self.security)
+        self._publish_topology()
         self._restorer = Consumer(self.bootstrap, auto_offset_reset="earliest", max_poll_records=10_000,
                                   security=self.security)
         self._consumer = Consumer(
@@ -218,6 +264,39 @@ class StreamsApp:
             security=self.security,
         )
         self._consumer.subscribe(sorted(t.sources))
+
+    @property
+    def topology_topic(self) -> str:
+        """``<app>-topology``: where every instance publishes the topology at start, for
+        ``sluice streams describe`` (one partition, compacted, one record per app)."""
+        return f"{self.app_id}-topology"
+
+    def topology_record(self) -> dict[str, Any]:
+        """What is published in ``<app>-topology`` (key ``topology``): the planned topology."""
+        return {
+            "app": self.app_id,
+            "published_ms": int(time.time() * 1000),
+            "topology": self.topology.describe(),
+            "sub_topologies": [
+                {
+                    "index": sub.index,
+                    "topics": sub.topics,
+                    "partitions": sub.partitions,
+                    "stores": [spec.name for spec in sub.stores],
+                    "changelogs": [spec.changelog for spec in sub.stores if spec.changelog is not None],
+                }
+                for sub in self.subs
+            ],
+            "repartition_topics": list(self.topology.repartition_topics),
+        }
+
+    def _publish_topology(self) -> None:
+        assert self._producer is not None
+        fut = self._producer.send(self.topology_topic, orjson.dumps(self.topology_record()), key=TOPOLOGY_KEY)
+        self._producer.flush(timeout=self.flush_timeout_s)
+        exc = fut.exception()
+        if exc is not None:
+            raise StreamsError(f"{self.app_id}: cannot publish the topology to {self.topology_topic!r}: {exc}")
 
     def _internal_topic(self, admin: Admin, topic: str, partitions: int, config: dict[str, str]) -> None:
         admin.create_topic(topic, partitions=partitions, config=config, exist_ok=True)
@@ -254,13 +333,14 @@ class StreamsApp:
         handler(exc, r)
 
     def _pass(self, records: list[ConsumerRecord]) -> None:
+        began = time.perf_counter()
         tasks = self.tasks
-        for r in records:
-            sub = self._sub_of.get(r.topic)
-            task = tasks.get((sub.index, r.partition)) if sub is not None else None
+        for (topic, partition), run in itertools.groupby(records, key=lambda r: (r.topic, r.partition)):
+            sub = self._sub_of.get(topic)
+            task = tasks.get((sub.index, partition)) if sub is not None else None
             if task is None:  # a partition whose task went with a refused commit: read again later
                 continue
-            task.buffers[(r.topic, r.partition)].append(r)
+            task.buffers[(topic, partition)].extend(run)
         now = time.monotonic()
         consumer = self._consumer
         assert consumer is not None and self._producer is not None
@@ -278,6 +358,16 @@ class StreamsApp:
         if not active:
             return
         self.counters.batches += 1
+        try:
+            self._finish_batch(active)
+        finally:
+            self.counters.observe_batch(time.perf_counter() - began)
+
+    def _finish_batch(self, active: list[Task]) -> None:
+        """Flush the batch's outputs and changelog records, check every one was written,
+        then commit what the tasks processed."""
+        consumer = self._consumer
+        assert consumer is not None and self._producer is not None
         self._producer.flush(timeout=self.flush_timeout_s)
         futures = self._futures
         self._futures = []

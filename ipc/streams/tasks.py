@@ -123,22 +123,39 @@ class Task:
             return n
         done = 0
         while True:
-            heads = [(buf[0].timestamp, tp) for tp, buf in buffers.items() if buf]
+            heads = sorted((buf[0].timestamp, tp) for tp, buf in buffers.items() if buf)
             if not heads:
                 self.blocked_since = 0.0
                 return done
-            empty = [tp for tp, buf in buffers.items() if not buf and not caught_up(tp)]
-            if empty and not any(len(b) >= MAX_BUFFERED for b in buffers.values()):
-                if not self.blocked_since:
-                    self.blocked_since = now
-                if now - self.blocked_since < max_idle_s:
-                    return done
-                self.counters.enforced_processing += 1
-                log.debug("task %s: processing without %s after %.1f s idle", self.id, empty, now - self.blocked_since)
+            enforced = False
+            if len(heads) < len(buffers):
+                empty = [tp for tp, buf in buffers.items() if not buf and not caught_up(tp)]
+                if empty and not any(len(b) >= MAX_BUFFERED for b in buffers.values()):
+                    if not self.blocked_since:
+                        self.blocked_since = now
+                    if now - self.blocked_since < max_idle_s:
+                        return done
+                    self.counters.enforced_processing += 1
+                    enforced = True
+                    log.debug("task %s: processing without %s after %.1f s idle", self.id, empty,
+                              now - self.blocked_since)
             self.blocked_since = 0.0
-            _, tp = min(heads)
-            self._one(self.sources[tp], buffers[tp].popleft())
-            done += 1
+            tp = heads[0][1]
+            buf = buffers[tp]
+            # the run of records that come before every other partition's head (by timestamp,
+            # then topic name): processed as one, in offset order; one record when enforced
+            if enforced:
+                run = [buf.popleft()]
+            elif len(heads) == 1:
+                run = list(buf)
+                buf.clear()
+            else:
+                next_ts, next_tp = heads[1]
+                run = []
+                while buf and (buf[0].timestamp < next_ts or (buf[0].timestamp == next_ts and tp < next_tp)):
+                    run.append(buf.popleft())
+            self._many(self.sources[tp], run)
+            done += len(run)
 
     def _many(self, source: SourceNode, records: list[ConsumerRecord]) -> None:
         """``_one`` for a run of records of one partition, with the per-record work
