@@ -250,11 +250,14 @@ class FrontApi:
             parts = [self._partition_md(name, i, st) for i, st in enumerate(info.partitions)]
             out.append({"topic": name, "error": None, "partitions": parts})
         coord = self.node.coordinator
-        published = coord.endpoints()  # with each node's Kafka address, when it has a listener
-        brokers = [
-            {"node_id": n.node_id, "endpoint": n.endpoint, "kafka": published.get(n.node_id, {}).get("kafka", "")}
-            for n in sorted(coord.nodes().values(), key=_id)
+        brokers: list[dict[str, Any]] = [
+            {"node_id": n.node_id, "endpoint": n.endpoint} for n in sorted(coord.nodes().values(), key=_id)
         ]
+        published = coord.endpoints()  # a node with a Kafka listener published its address (reconcile.py)
+        for b in brokers:
+            kafka = published.get(b["node_id"], {}).get("kafka")
+            if kafka:
+                b["kafka"] = kafka
         return ok(node_id=cfg.node_id, controller=coord.controller(), brokers=brokers, topics=out)
 
     def list_topics(self, req: Request) -> Response:

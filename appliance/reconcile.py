@@ -43,6 +43,9 @@ RECONCILE_S = 1.0  # reconcile with the coordinator at least this often (besides
 Assigned = dict[tuple[str, int], tuple[TopicInfo, PartitionState]]
 
 
+KAFKA_ENDPOINT = "kafka"  # in a node's published endpoints: its advertised Kafka HOST:PORT (no '/': no partition)
+
+
 def worker_node_options(cfg: NodeConfig) -> NodeOptionsCommand:
     """The node options a worker takes live (they are in its ``WorkerSpec`` too)."""
     return NodeOptionsCommand(
@@ -216,6 +219,9 @@ class Reconciler:
                 self.workers.send_role(r, role)
         serving = [r for r in replicas.values() if r.state is ChildState.SERVING]
         endpoints = {f"{r.topic}/{r.partition}": r.endpoint for r in serving}
+        if cfg.kafka_listen:  # this node's Kafka address, for every node's Metadata (docs/kafka.md#clusters)
+            host, port = cfg.kafka_advertised
+            endpoints[KAFKA_ENDPOINT] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
             coord.publish_endpoints(endpoints)
         except Exception as exc:  # noqa: BLE001 - retried on the next reconcile

@@ -36,13 +36,31 @@ class Node:
     port: int
     backend: Backend
     cluster_id: str = "sluice"
+    # node id -> the Kafka address it published (HOST:PORT), from the latest metadata replies
+    kafka_addresses: dict[int, str] = dataclasses.field(default_factory=dict)
 
-    def broker(self, node_id: int, endpoint: str) -> dict[str, Any]:
+    def learn_brokers(self, brokers: list[dict[str, Any]]) -> None:
+        self.kafka_addresses = {int(b["node_id"]): str(b.get("kafka") or "") for b in brokers}
+
+    async def kafka_broker(self, node_id: int, endpoint: str) -> dict[str, Any]:
+        """``broker`` for a node named outside a metadata reply (a group coordinator):
+        its published Kafka address, asked once when not known yet."""
+        if node_id != self.node_id and not self.kafka_addresses.get(node_id):
+            reply = await self.backend.call("metadata", topics=[], allow_auto_create=False)
+            if reply.error is None:
+                self.learn_brokers(reply.fields["brokers"])
+        return self.broker(node_id, endpoint, self.kafka_addresses.get(node_id, ""))
+
+    def broker(self, node_id: int, endpoint: str, kafka: str = "") -> dict[str, Any]:
         """A node as a Kafka broker: this node at its advertised Kafka address; another at
-        the host of its advertised front endpoint and this node's Kafka port (every node
-        of a cluster listens for Kafka on the same port: docs/kafka.md)."""
+        the Kafka address it published through the coordinator (``kafka``, HOST:PORT),
+        or, for a node that published none (no listener, or a release before it did),
+        at the host of its advertised front endpoint and this node's Kafka port."""
         if node_id == self.node_id:
             return {"node_id": node_id, "host": self.host, "port": self.port}
+        host, _, port = kafka.rpartition(":")
+        if host and port.isdigit():
+            return {"node_id": node_id, "host": host.strip("[]"), "port": int(port)}
         host = endpoint.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")
         return {"node_id": node_id, "host": host, "port": self.port}
 
@@ -64,6 +82,7 @@ async def metadata(node: Node, req: KafkaRequest) -> dict[str, Any]:
     reply = await node.backend.call("metadata", **fields)
     reply.raise_for_error()
     node.backend.learn(reply.fields)
+    node.learn_brokers(reply.fields["brokers"])
     out_topics = []
     for t in reply.fields["topics"]:
         error = t.get("error")
@@ -93,7 +112,7 @@ async def metadata(node: Node, req: KafkaRequest) -> dict[str, Any]:
             }
         )
     return {
-        "brokers": [node.broker(b["node_id"], b["endpoint"]) for b in reply.fields["brokers"]],
+        "brokers": [node.broker(b["node_id"], b["endpoint"], b.get("kafka") or "") for b in reply.fields["brokers"]],
         "cluster_id": node.cluster_id,
         "controller_id": reply.fields.get("controller", -1),
         "topics": out_topics,

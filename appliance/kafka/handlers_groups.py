@@ -61,7 +61,7 @@ async def find_coordinator(node: Node, req: KafkaRequest) -> dict[str, Any]:
             out.update(error_code=_code(reply), error_message=reply.error.message[:500])
             return out
         node.backend.coordinators[key] = str(reply.fields["endpoint"])
-        out.update(node.broker(reply.fields["node_id"], str(reply.fields["endpoint"])))
+        out.update(await node.kafka_broker(reply.fields["node_id"], str(reply.fields["endpoint"])))
         return out
 
     found = await asyncio.gather(*(one(k) for k in keys))
