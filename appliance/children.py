@@ -60,10 +60,10 @@ log = logging.getLogger(__name__)
 PAUSE_S = 1.0
 # Time the loop spends starting queued children in one pass (at least one is started).
 START_BUDGET_S = 0.05
-# A serving child's heartbeat is read at most this often (and at most every eighth of its
-# timeout): the check runs every tick (0.1 s), and reading 1,000 status slots ten times
-# a second was most of an idle node's CPU.
-BEAT_READ_S = 1.0
+# A serving child's heartbeat is read every eighth of its timeout, at most this often
+# (and again before it is judged): the check runs every tick (0.1 s), and reading 1,000
+# status slots ten times a second was most of an idle node's CPU.
+BEAT_READ_S = 2.5
 
 
 def run_titled(name: str, target: Callable[..., object], args: tuple[Any, ...]) -> None:
