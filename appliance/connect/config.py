@@ -72,7 +72,9 @@ COMMON: dict[str, Option] = {
         "how often the position is made durable (sources: __connect_offsets; sinks: the target)",
         at_least(10),
     ),
-    "tasks.max": Option(int, 1, "accepted for Kafka Connect compatibility; one task per connector", in_range(1, 1)),
+    "tasks.max": Option(
+        int, 1, "tasks run at once (threads, each with its own connection; postgres-sink only)", in_range(1, 64)
+    ),
 }
 SINK_COMMON: dict[str, Option] = {
     "topics": Option(list, REQUIRED, "the topics to read (comma-separated or a list)", topic_names),
@@ -178,6 +180,9 @@ def parse_connector(table: Any, where: str = "connectors") -> ConnectorConfig:
             raise InvalidConfigError(f"{label}: option {opt!r} is required ({spec.doc})")
         else:
             options[opt] = spec.default
+    if options["tasks.max"] > 1 and not getattr(mod, "MULTI_TASK", False):
+        why = getattr(mod, "SINGLE_TASK_WHY", "it runs one task")
+        raise InvalidConfigError(f"{label}: option 'tasks.max'={options['tasks.max']!r}: must be 1: {why}")
     check = getattr(mod, "check_options", None)
     if check is not None:
         why = check(options)

@@ -29,6 +29,7 @@ from appliance.log.checkpoint import atomic_write
 from ipc.client.consumer import ConsumerRecord
 
 KIND = "sink"
+SINGLE_TASK_WHY = "one file is written by one writer, with one position file"
 OPTIONS: dict[str, Option] = {
     "file": Option(
         str,

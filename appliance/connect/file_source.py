@@ -24,6 +24,7 @@ from appliance.connect.config import TOPIC, Option, at_least
 log = logging.getLogger(__name__)
 
 KIND = "source"
+SINGLE_TASK_WHY = "one file is read by one reader"
 OPTIONS: dict[str, Option] = {
     "file": Option(
         str,

@@ -45,6 +45,7 @@ from ipc.client.consumer import ConsumerRecord
 log = logging.getLogger(__name__)
 
 KIND = "sink"
+MULTI_TASK = True  # tasks.max > 1: threads, each a share of the partitions and its own connection
 
 
 def _qualified(v: str) -> str | None:
@@ -172,6 +173,9 @@ class PostgresSink(SinkTask):
                         f"table={self.schema}.{self.table}: no such table in {self.dsn['dbname']!r}, or it has no "
                         "primary key (the sink upserts by primary key)"
                     )
+                # one at a time (several tasks start together): two CREATE TABLE IF NOT EXISTS
+                # at once can both try to create it
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{self.off_schema}.{self.off_table}",))
                 cur.execute(
                     sql.SQL(
                         "CREATE TABLE IF NOT EXISTS {} (connector text, topic text, partition int, "

@@ -57,6 +57,7 @@ from appliance.connect.pgoutput import (
 log = logging.getLogger(__name__)
 
 KIND = "source"
+SINGLE_TASK_WHY = "a replication slot is read by one connection, in commit order"
 IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
 from typing import Any
 
@@ -93,9 +94,14 @@ def run(spec: ConnectorSpec, stop: Stop) -> int:
         mod = module_of(spec.cls)
         while not stop.requested:
             task = mod.TASK(spec.name, spec.options)
-            runner: SourceRunner | SinkRunner
+            runner: SourceRunner | SinkRunner | SinkTasks
+            tasks = int(spec.options.get("tasks.max", 1))
             if mod.KIND == "source":
                 runner = SourceRunner(spec, task, counters, stop, beat)
+            elif tasks > 1:
+                runner = SinkTasks(
+                    spec, [task] + [mod.TASK(spec.name, spec.options) for _ in range(tasks - 1)], counters, stop, beat
+                )
             else:
                 runner = SinkRunner(spec, task, counters, stop, beat)
             try:
@@ -153,7 +159,9 @@ class LazyBeat:
 
 
 class Runner:
-    def __init__(self, spec: ConnectorSpec, counters: Counters, stop: Stop, beat: LazyBeat) -> None:
+    def __init__(
+        self, spec: ConnectorSpec, counters: Counters, stop: Stop | TaskStop, beat: LazyBeat | TaskBeat
+    ) -> None:
         self.spec = spec
         self.counters = counters
         self.stop = stop
@@ -273,9 +281,18 @@ class SourceRunner(Runner):
 
 
 class SinkRunner(Runner):
-    def __init__(self, spec: ConnectorSpec, task: SinkTask, counters: Counters, stop: Stop, beat: LazyBeat) -> None:
+    def __init__(
+        self,
+        spec: ConnectorSpec,
+        task: SinkTask,
+        counters: Counters,
+        stop: Stop | TaskStop,
+        beat: LazyBeat | TaskBeat,
+        share: tuple[int, int] = (0, 1),
+    ) -> None:
         super().__init__(spec, counters, stop, beat)
         self.task = task
+        self.share = share  # (this task's index, the number of tasks): which partitions it reads
         self.positions: dict[TopicPartition, int] = {}
         self.unflushed = 0
         self.producer: Producer | None = None  # for the dead-letter topic, made when first needed
@@ -338,7 +355,8 @@ class SinkRunner(Runner):
                     self.counters.set(state="waiting", last_error=f"topic {topic!r}: {exc}")
                     time.sleep(POLL_S)  # polling for the topic to be created
             pairs.extend((topic, p) for p in range(n))
-        return pairs
+        index, count = self.share
+        return pairs[index::count]  # task i: the i-th, (i+count)-th, ... partition of them all
 
     def put(self, admin: Admin, records: list[Any]) -> None:
         n = len(records)
@@ -382,7 +400,7 @@ class SinkRunner(Runner):
         self.counters.add("records_written", self.unflushed)
         metrics.RECORDS_WRITTEN.labels(self.spec.name).inc(self.unflushed)
         self.unflushed = 0
-        self.counters.set(offset={f"{t}-{p}": o for (t, p), o in self.positions.items()})
+        self.counters.set_part("offset", self.share[0], {f"{t}-{p}": o for (t, p), o in self.positions.items()})
 
     def _lag(self, consumer: Consumer) -> None:
         lag = 0
@@ -390,5 +408,111 @@ class SinkRunner(Runner):
             hw = consumer.highwater(t, p)
             if hw is not None:
                 lag += max(0, hw - pos)
-        self.counters.set(lag=lag, lag_unit="records")
-        metrics.LAG.labels(self.spec.name, "records").set(lag)
+        total = self.counters.set_part("lag", self.share[0], lag)
+        self.counters.set(lag_unit="records")
+        metrics.LAG.labels(self.spec.name, "records").set(total)
+
+
+class TaskStop:
+    """A task thread's stop: the process's (SIGTERM, the supervisor gone) or the group's
+    (another task failed)."""
+
+    def __init__(self, outer: Stop) -> None:
+        self.outer = outer
+        self.own = False
+
+    @property
+    def requested(self) -> bool:
+        return self.outer.requested or self.own
+
+    @requested.setter
+    def requested(self, value: bool) -> None:
+        self.own = value
+
+
+class TaskBeat:
+    """A task thread's heartbeat: the time of its last turn, read by ``SinkTasks``."""
+
+    def __init__(self) -> None:
+        self.at = time.monotonic()
+        self.set_up = False
+
+    def ready(self) -> None:
+        self.set_up = True
+        self.at = time.monotonic()
+
+    def __call__(self) -> None:
+        self.at = time.monotonic()
+
+
+class SinkTasks:
+    """``tasks.max`` > 1 (a sink whose ``MULTI_TASK`` allows it): that many ``SinkRunner``
+    threads, each with its own task (its own connection to the target), consumer and
+    share of the partitions (task i reads the i-th, (i+n)-th, ... partition of the
+    configured topics). Each keeps the positions of its partitions with its data, so
+    exactly once holds per partition as with one task; which task reads a partition may
+    change when ``tasks.max`` does, since the positions are in the target.
+
+    This thread beats for the process while every task turned within ``TASK_SILENT_S``
+    (a task stuck longer stops the beat and the node restarts the connector, as it would
+    one task); the process is set up once every task is. A task that fails stops the
+    others, and the failure is the process's (retried or fatal, as with one task)."""
+
+    TASK_SILENT_S = 1.0
+
+    def __init__(
+        self, spec: ConnectorSpec, tasks: list[SinkTask], counters: Counters, stop: Stop, beat: LazyBeat
+    ) -> None:
+        self.spec = spec
+        self.counters = counters
+        self.stop = stop
+        self.beat = beat
+        self.beats = [TaskBeat() for _ in tasks]
+        self.stops = [TaskStop(stop) for _ in tasks]
+        self.runners = [
+            SinkRunner(spec, task, counters, self.stops[i], self.beats[i], (i, len(tasks)))
+            for i, task in enumerate(tasks)
+        ]
+        self.errors: list[BaseException] = []
+        self.running = False
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if not self.running:  # between runs (the retry backoff): the process itself is alive
+            self.beat()
+        elif all(now - b.at < self.TASK_SILENT_S for b in self.beats):
+            if all(b.set_up for b in self.beats):
+                self.beat.ready()
+            else:
+                self.beat()
+        if not pid_alive(self.spec.supervisor_pid):
+            log.warning("connector %s: supervisor %d is gone; stopping", self.spec.name, self.spec.supervisor_pid)
+            self.stop.requested = True
+        self.counters.publish()
+
+    def _run_one(self, runner: SinkRunner) -> None:
+        try:
+            runner.run()
+        except BaseException as exc:  # noqa: BLE001 - handed to the process's loop, which judges it
+            self.errors.append(exc)
+            for s in self.stops:
+                s.requested = True  # the others stop too (each after a last flush of its own)
+
+    def run(self) -> None:
+        threads = [
+            threading.Thread(target=self._run_one, args=(r,), name=f"{self.spec.name}-task-{i}", daemon=True)
+            for i, r in enumerate(self.runners)
+        ]
+        self.running = True
+        for t in threads:
+            t.start()
+        log.info("connector %s: %d tasks", self.spec.name, len(threads))
+        try:
+            while any(t.is_alive() for t in threads):
+                self.tick()
+                for t in threads:
+                    t.join(0.1 / len(threads))
+        finally:
+            self.running = False
+        if self.errors:
+            raise self.errors[0]

@@ -20,6 +20,7 @@ pid, restarts and last exit status. ``sluice connect status`` reads that file.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any
 
@@ -69,17 +70,34 @@ class Counters:
             "updated_at": time.time(),
         }
         self._next = 0.0
+        self._lock = threading.Lock()  # a sink's tasks are threads of one process
+        self._parts: dict[str, dict[int, Any]] = {}  # field -> task index -> its share
 
     def add(self, field: str, n: int) -> None:
-        self.doc[field] += n
+        with self._lock:
+            self.doc[field] += n
 
     def set(self, **fields: Any) -> None:
-        self.doc.update(fields)
+        with self._lock:
+            self.doc.update(fields)
+
+    def set_part(self, field: str, task: int, value: Any) -> Any:
+        """Task ``task``'s share of ``field``: numbers add up, dicts merge. Returns the whole."""
+        with self._lock:
+            parts = self._parts.setdefault(field, {})
+            parts[task] = value
+            if all(isinstance(v, dict) for v in parts.values()):
+                whole: Any = {k: x for v in parts.values() for k, x in v.items()}
+            else:
+                whole = sum(parts.values())
+            self.doc[field] = whole
+            return whole
 
     def publish(self, force: bool = False) -> None:
-        now = self.clock()
-        if not force and now < self._next:
-            return
-        self._next = now + 1.0
-        self.doc["updated_at"] = time.time()
-        write_json(self.path, self.doc)
+        with self._lock:
+            now = self.clock()
+            if not force and now < self._next:
+                return
+            self._next = now + 1.0
+            self.doc["updated_at"] = time.time()
+            write_json(self.path, self.doc)

@@ -72,6 +72,59 @@ def test_cdc_to_sink_replica_equals_source_across_a_sink_crash(node_factory: Any
     assert node.stop() == 0
 
 
+def test_sink_with_three_tasks_over_four_partitions(node_factory: Any, pg: PgCluster) -> None:
+    """tasks.max = 3: three threads, each its own PostgreSQL connection and share of the 4
+    partitions; one task's failure (a SIGKILL of the process, then a connection killed
+    in PostgreSQL) restarts them all from the positions committed with the rows."""
+    make_items(pg, 2000)
+    pg.sql("CREATE DATABASE replica")
+    pg.sql("CREATE TABLE items (id int PRIMARY KEY, name text, qty int, flag boolean)", dbname="replica")
+    node: Node = node_factory()
+    declare(
+        node,
+        "cdc",
+        "postgres-cdc",
+        **pg.options(),
+        **{"topic.prefix": "pg", "table.include.list": "public.items", "topic.partitions": 4},
+    )
+    declare(
+        node,
+        "replica",
+        "postgres-sink",
+        **pg.options("replica"),
+        topics="pg.public.items",
+        table="public.items",
+        **{"offset.flush.interval.ms": 100, "batch.max.records": 200, "tasks.max": 3},
+    )
+    node.start()
+    pid = int(wait_connector(node, "replica", lambda c: c["state"] == "serving", "the sink serving")["pid"])
+
+    def backends() -> list[int]:
+        found = pg.sql("SELECT pid FROM pg_stat_activity WHERE application_name = 'sluice-connect-replica'")
+        return sorted(r[0] for r in found)
+
+    wait_until(lambda: len(backends()) == 3, 30, "three connections, one per task")
+    stop = threading.Event()
+    writer = threading.Thread(target=workload, args=(pg, 4000, 7, 2000, stop))
+    writer.start()
+    try:
+        wait_until(lambda: pg.sql("SELECT count(*) FROM items", dbname="replica")[0][0] > 1000, 60, "rows copied")
+        os.kill(pid, signal.SIGKILL)
+        wait_connector(node, "replica", lambda c: c["state"] == "serving" and c["pid"] not in (0, pid), "restarted")
+        wait_until(lambda: len(backends()) == 3, 30, "three connections again")
+        pg.sql("SELECT pg_terminate_backend(%s)", (backends()[0],))  # one task's connection lost
+    finally:
+        writer.join(180)
+    wait_until(lambda: caught_up(pg, node), 60, "the source caught up")
+    wait_until(lambda: rows(pg, "replica") == rows(pg, "postgres"), 60, "the replica equal to the source")
+    positions = pg.sql("SELECT topic, partition FROM sluice_connect_offsets ORDER BY partition", dbname="replica")
+    assert positions == [("pg.public.items", p) for p in range(4)]
+    c = wait_connector(node, "replica", lambda c: c["task"] and c["task"]["lag"] == 0, "no lag")
+    assert sorted(c["task"]["offset"]) == [f"pg.public.items-{p}" for p in range(4)]
+    assert c["task"]["dead_letter_records"] == 0
+    assert node.stop() == 0
+
+
 def test_a_truncate_reaches_the_replica_in_order(node_factory: Any, pg: PgCluster) -> None:
     """TRUNCATE captured (op "t") and applied by the sink between the changes around it."""
     make_items(pg, 300)

@@ -14,6 +14,8 @@ from appliance.connect.config import parse_connector, parse_connectors
 from appliance.connect.store import ConnectorStore
 from ipc.errors import InvalidConfigError
 
+PG = {"database.user": "u", "database.dbname": "d", "tasks.max": 2}
+
 
 def table(**options: Any) -> dict[str, Any]:
     return {"name": "f", "class": "file-sink", "options": {"topics": "a, b", "file": "/tmp/out", **options}}
@@ -41,7 +43,12 @@ def test_defaults_and_coercion() -> None:
         (table(topics="a,b c"), "option 'topics'='a,b c': not topic names: 'b c'"),
         (table(**{"offset.flush.interval.ms": 5}), "option 'offset.flush.interval.ms'=5: must be >= 10"),
         (table(**{"batch.max.records": True}), "option 'batch.max.records'=True: expected an integer"),
-        (table(**{"tasks.max": 2}), "option 'tasks.max'=2: must be in 1..1"),
+        (table(**{"tasks.max": 2}), "(file-sink): option 'tasks.max'=2: must be 1: one file is written by one writer"),
+        (table(**{"tasks.max": 65}), "option 'tasks.max'=65: must be in 1..64"),
+        (
+            {"name": "c", "class": "postgres-cdc", "options": {**PG, "topic.prefix": "p", "table.include.list": "s.t"}},
+            "(postgres-cdc): option 'tasks.max'=2: must be 1: a replication slot is read by one connection",
+        ),
         ({"name": "f", "class": "file-sink", "options": 3}, "connector 'f' (file-sink): options: expected a table"),
     ],
 )
@@ -50,6 +57,11 @@ def test_bad_connector_is_one_line_naming_connector_and_option(tbl: dict[str, An
         parse_connector(tbl, "connectors")
     assert message in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_postgres_sink_takes_several_tasks() -> None:
+    c = parse_connector({"name": "s", "class": "postgres-sink", "options": {**PG, "topics": "t", "table": "s.t"}})
+    assert c.options["tasks.max"] == 2
 
 
 def test_names_unique_and_node_option(tmp_path: Path) -> None:
