@@ -11,6 +11,7 @@ is logged every ``PROGRESS_S`` seconds of a long restore, and when it ends.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Iterable
@@ -75,6 +76,10 @@ def restore_tasks(
         counters.restore_remaining[targets[tp][0].spec.name] += n
     applied = skipped = 0
     deadline = began + timeout_s
+
+    def keep(headers: list[tuple[str, bytes | None]]) -> bool:
+        return _committed_write(headers, committed)
+
     if todo:
         log.info("restoring %d store partition(s) from %d record(s) at most: %s", len(todo), total, sorted(todo))
     try:
@@ -86,15 +91,8 @@ def restore_tasks(
                 last_log = now
                 log.info("restoring: %d of at most %d records read (%.0f %%), %d partition(s) left, %.0f s",
                          applied + skipped, total, 100 * (applied + skipped) / total, len(todo), now - began)
-            by_tp: dict[TP, list[ConsumerRecord]] = {}
-            for r in consumer.poll(timeout_ms=200):
-                tp = (r.topic, r.partition)
-                recs = by_tp.get(tp)
-                if recs is None:
-                    by_tp[tp] = [r]
-                else:
-                    recs.append(r)
-            for tp, recs in by_tp.items():
+            for tp, run in itertools.groupby(consumer.poll(timeout_ms=200), key=lambda r: (r.topic, r.partition)):
+                recs = list(run)
                 stop = todo.get(tp)
                 if stop is None:
                     continue
@@ -106,11 +104,9 @@ def restore_tasks(
                         _apply_table(store, r)
                     applied += len(recs)
                 else:
-                    good = [(r.key if r.key is not None else b"", r.value) for r in recs
-                            if not r.headers or _committed_write(r.headers, committed)]
-                    store.restore_many(good)
-                    applied += len(good)
-                    skipped += len(recs) - len(good)
+                    n = store.restore_many(recs, keep)
+                    applied += n
+                    skipped += len(recs) - n
                 if not recs:
                     continue
                 name = store.spec.name

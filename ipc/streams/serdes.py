@@ -140,12 +140,12 @@ def pack(obj: Any) -> bytes:
 
 
 def unpack(data: bytes | memoryview) -> Any:
-    raw = bytes(data)
-    if raw[:1] == b"B":
-        return raw[1:]
-    if raw[:1] == b"J":
-        return orjson.loads(raw[1:])
-    raise SerdeError(f"not a record of the streams library's internal encoding (tag {raw[:1]!r})")
+    tag = data[:1]
+    if tag == b"J":
+        return orjson.loads(data[1:])
+    if tag == b"B":
+        return bytes(data[1:])
+    raise SerdeError(f"not a record of the streams library's internal encoding (tag {bytes(tag)!r})")
 
 
 INTERNAL = Serde(pack, unpack, "internal")

@@ -26,8 +26,10 @@ partition), so window closing resumes where it stopped.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+
+import orjson
 
 from ipc.streams.errors import SerdeError
 from ipc.streams.serdes import Serde, freeze, pack, unpack
@@ -170,24 +172,42 @@ class Store:
         else:
             self.data[k] = self.spec.decode_value(value)
 
-    def restore_many(self, records: list[tuple[bytes, bytes | None]]) -> None:
-        """Apply changelog records in order (``restore`` for a whole fetch)."""
-        if not records:
-            return
+    def restore_many(self, records: Iterable[Any], keep: Callable[[Any], bool] | None = None) -> int:
+        """Apply a run of changelog records (objects with ``key``, ``value``, ``headers``,
+        as the consumer returns them) in order: ``restore`` for a whole fetch, with the
+        common cases inline (a plain key or value in JSON that is not a list or an
+        object). ``keep(headers)`` false: the record is skipped. Returns the number applied."""
         self.extra.clear()
         data = self.data
         decode_key = self.decode_key
         decode_value = self.spec.decode_value
-        for key, value in records:
-            if key == STREAM_TIME_KEY:
+        fast_key = not self.spec.windowed
+        fast_value = decode_value is unpack
+        loads = orjson.loads
+        applied = 0
+        for r in records:
+            if keep is not None and r.headers and not keep(r.headers):
+                continue
+            key = r.key if r.key is not None else b""
+            value = r.value
+            applied += 1
+            if fast_key and key[:1] == b"J":
+                k = loads(key[1:])
+                if type(k) is list or type(k) is dict:
+                    k = freeze(k)
+            elif key == STREAM_TIME_KEY:
                 if value is not None:
                     self.stream_time = max(self.stream_time, int(value))
                 continue
-            k = decode_key(key)
+            else:
+                k = decode_key(key)
             if value is None:
                 data.pop(k, None)
+            elif fast_value and value[:1] == b"J":
+                data[k] = loads(value[1:])
             else:
                 data[k] = decode_value(value)
+        return applied
 
     def discard_pending(self) -> None:
         self._pending.clear()

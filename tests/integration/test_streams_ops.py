@@ -6,16 +6,18 @@ on a stopped app. Each app runs in a thread of the test, stopped with ``app.stop
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import threading
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ipc.client import Producer
-from ipc.streams import StreamsApp, TumblingWindows
+from ipc.streams import StreamsApp, TumblingWindows, restore
 
 from .conftest import REPO, SLUICE, Node, free_port, wait_until
 
@@ -76,7 +78,8 @@ def windowed_app(bootstrap: str, port: int | None) -> StreamsApp:
     return app
 
 
-def test_metrics_endpoint_of_a_running_app(node: Node) -> None:
+def test_metrics_endpoint_of_a_running_app(node: Node, caplog: pytest.LogCaptureFixture,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     with node.admin() as a:
         a.create_topic("ops-clicks-in", partitions=2)
         a.create_topic("ops-clicks-out", partitions=2)
@@ -105,7 +108,10 @@ def test_metrics_endpoint_of_a_running_app(node: Node) -> None:
         assert sample(port, processed, **app_label) == 61
         assert app.metrics()["late_records_dropped"] == 1
 
-    # a new instance restores the store from its changelog: the restore is on its endpoint
+    # a new instance restores the store from its changelog: the restore is on its endpoint,
+    # and in its log: the progress line of a long restore (every PROGRESS_S; here at once)
+    monkeypatch.setattr(restore, "PROGRESS_S", 0.0)
+    caplog.set_level(logging.INFO, logger="ipc.streams.restore")
     port2 = free_port()
     again = windowed_app(node.bootstrap, port2)
     restored = ("sluice_streams_restore_records_total", (("app", "ops-clicks"), ("store", "per-10s")))
@@ -115,6 +121,8 @@ def test_metrics_endpoint_of_a_running_app(node: Node) -> None:
         assert m[("sluice_streams_restore_remaining_records", (("app", "ops-clicks"), ("store", "per-10s")))] == 0
         assert m[("sluice_streams_restore_seconds_total", (("app", "ops-clicks"),))] > 0
         assert again.store("per-10s").items() and len(again.store("per-10s")) == keys
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("restoring: ")]
+    assert progress and "records read (" in progress[0] and "partition(s) left" in progress[0], progress
     # run() returned: the endpoint is closed
     assert sample(port2, processed, **app_label) is None
 
