@@ -7,7 +7,9 @@ Each handler takes the typed request and returns a ``Response``, raises a
 * ``join_group``: when the group's rebalance completes (the responder waits in the
   ``Group`` as the member's parked join);
 * ``offset_commit`` and ``delete_group``: once ``__consumer_offsets`` acknowledged the
-  write (acks=all), or with the error the write met.
+  write (acks=all), or with the error the write met;
+* ``sync_group`` of a generation whose group metadata record is not acknowledged yet:
+  once it is (``GroupCoordinator.park_sync``).
 
 ``find_coordinator`` and ``list_groups`` are answered by any node; every other API
 first checks that this node coordinates the group and has loaded its offsets
@@ -80,11 +82,15 @@ class GroupApis:
         self.coordinator.complete(done)  # this join too, when it completed the rebalance
         self.coordinator.persist(g)  # a completed rebalance: its generation survives a move
 
-    def sync_group(self, req: Request) -> Response:
+    def sync_group(self, req: Request) -> Response | None:
         f = req.fields
         self.coordinator.check(f["group"])
         g = self.coordinator.group(f["group"], member_id=f["member_id"])
-        return ok(**g.sync(f["member_id"], f["generation"]))
+        answer = g.sync(f["member_id"], f["generation"])  # its errors at once
+        if self.coordinator.sync_must_wait(g):  # until the generation's record is acknowledged
+            self.coordinator.park_sync(g, req.responder, f["member_id"], f["generation"])
+            return None
+        return ok(**answer)
 
     def heartbeat(self, req: Request) -> Response:
         f = req.fields

@@ -40,6 +40,7 @@ from ipc.errors import (
     TopicAlreadyExistsError,
     UnknownMemberIdError,
 )
+from ipc.protocol import Responder
 from metrics.exporter import GroupSnap
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class GroupCoordinator:
         self._persisted: dict[str, dict[str, Any]] = {}
         self._persisting: set[str] = set()
         self._persist_retry: dict[str, float] = {}
+        # syncs waiting for their generation's record to be acknowledged: (responder, member, generation)
+        self._parked_syncs: dict[str, list[tuple[Responder, str, int]]] = {}
 
     # ---- plumbing ---------------------------------------------------------------------------------
     def counts(self, topics: Sequence[str]) -> Mapping[str, int]:
@@ -102,15 +105,16 @@ class GroupCoordinator:
 
     def tick(self, now: float) -> None:
         self._ensure_offsets_topic(now, on_demand=False)
-        # cut off from the cluster's coordinator for a session timeout, this node's leaders
-        # step down (NodeView.cut_off): keep everything, serve nothing (check) until the
-        # metadata says who leads now
-        if not self.node.cut_off():
-            self._track_leadership()
-            for g in list(self.groups.values()):
-                self.complete(g.tick(self.counts))
-                self.persist(g)
-            self._expire_groups()
+        # Also while cut off from the cluster's coordinator (ZooKeeper): as the partition
+        # leaders do, this node goes on coordinating the groups of the partitions it led
+        # last, until the metadata says otherwise. Safe as the leaders are: every commit and
+        # every new generation (``sync``) waits for an acks=all write to __consumer_offsets,
+        # which a coordinator the controller replaced cannot get acknowledged.
+        self._track_leadership()
+        for g in list(self.groups.values()):
+            self.complete(g.tick(self.counts))
+            self.persist(g)
+        self._expire_groups()
         self.store.tick(now)
         self.lag.tick(now)
 
@@ -168,6 +172,9 @@ class GroupCoordinator:
             log.info("group %s: no longer coordinated here (%s)", group_id, why)
         for group_id in [g for g in self._persisted if self.store.partition_for(g) == partition]:
             del self._persisted[group_id]
+        for group_id in [g for g in self._parked_syncs if self.store.partition_for(g) == partition]:
+            for responder, _, _ in self._parked_syncs.pop(group_id):
+                responder.fail(err)
         self.lag.forget(partition)
 
     # ---- the group metadata record ---------------------------------------------------------------
@@ -207,8 +214,45 @@ class GroupCoordinator:
                 log.warning(
                     "group %s: cannot write its metadata record (generation %d): %s", gid, snap["generation"], err
                 )
+            current = self.groups.get(gid)
+            if current is not None and err is None:
+                self.persist(current)  # a newer generation completed meanwhile
+            self._answer_syncs(gid, err)
 
         self.store.write(gid, [], done, meta=snap)
+
+    def sync_must_wait(self, g: Group) -> bool:
+        """Is ``g``'s current generation not acknowledged by ``__consumer_offsets`` yet?
+        Its assignment is handed out only then (as Kafka's sync waits for the group
+        metadata record): a member never holds an assignment the next coordinator would
+        not know, and a coordinator that was replaced (cut off from ZooKeeper) hands out
+        none."""
+        return self._persisted.get(g.group_id, {}).get("generation") != g.generation
+
+    def park_sync(self, g: Group, responder: Responder, member_id: str, generation: int) -> None:
+        """Answer this sync once the generation's record is written (``persist``)."""
+        self._parked_syncs.setdefault(g.group_id, []).append((responder, member_id, generation))
+        self.persist(g)
+
+    def _answer_syncs(self, gid: str, err: SluiceError | None) -> None:
+        """After a metadata write: the parked syncs of ``gid`` whose generation is now
+        written get their assignment; a failed write fails them all (the members find
+        the coordinator again, or rejoin)."""
+        parked = self._parked_syncs.pop(gid, [])
+        g = self.groups.get(gid)
+        waiting = []
+        for responder, member_id, generation in parked:
+            if err is not None or g is None:
+                responder.fail(err if err is not None else NotCoordinatorError(f"group {gid!r} is gone from here"))
+            elif self.sync_must_wait(g) and generation == g.generation:
+                waiting.append((responder, member_id, generation))
+            else:
+                try:
+                    responder.ok(**g.sync(member_id, generation))
+                except SluiceError as exc:
+                    responder.fail(exc)
+        if waiting:
+            self._parked_syncs[gid] = waiting
 
     def check(self, group_id: str) -> None:
         """Raise unless this node coordinates ``group_id`` now and has its offsets loaded."""
@@ -225,8 +269,6 @@ class GroupCoordinator:
             raise NotCoordinatorError(
                 f"node {me} is not the coordinator of group {group_id!r}: node {st.leader} leads {OFFSETS_TOPIC}-{p}"
             )
-        if self.node.cut_off():
-            raise CoordinatorNotAvailableError(f"node {me} is cut off from the cluster's coordinator")
         if self.store.led.get(p) != st.leader_epoch or not self.store.is_loaded(p):
             raise CoordinatorLoadInProgressError(
                 f"the offsets of {OFFSETS_TOPIC}-{p} (group {group_id!r}) are still being loaded; retry"

@@ -9,8 +9,11 @@ leaves the group on its behalf, so its partitions move to live members.
 
 Every group request goes to the group's coordinator through a ``CoordinatorLink``
 (``ipc/client/coordinator.py``, one per thread), which finds it and finds it again when
-it moves. The new coordinator does not know the member (UNKNOWN_MEMBER_ID): it rejoins
-as a new member, as in Kafka.
+it moves. The new coordinator restores the group from its metadata record in
+``__consumer_offsets`` (docs/groups.md): the member's heartbeats and commits go on with
+the same member id and generation. Where the new coordinator does not know the member
+(UNKNOWN_MEMBER_ID: the generation was not written before the move, or the member's
+session ran out) it rejoins as a new member, as in Kafka.
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ class GroupMembership:
         self.lost = False  # the membership ended behind our back: partitions are lost, not revoked
         # Coordinators forgotten by any of this member's links (moved, unreachable, silent),
         # and that count when the member last joined: if it changed, an UNKNOWN_MEMBER_ID
-        # means the coordinator changed or restarted (membership is not persisted), not
+        # means the coordinator changed or restarted without the member's generation, not
         # that the group evicted the member, so its positions carry over (see ensure_active).
         self.coordinator_changes = 0
         self._joined_at_change = 0

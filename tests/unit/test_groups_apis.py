@@ -204,10 +204,27 @@ def test_group_apis_wait_for_the_offsets_to_load(cluster: Cluster) -> None:
     assert cluster.ok("list_groups") == {"groups": []}  # any node answers it
 
 
-def test_a_cut_off_node_coordinates_nothing(loaded: Cluster) -> None:
+def test_a_cut_off_node_goes_on_coordinating_but_hands_out_no_unwritten_generation(loaded: Cluster) -> None:
+    """Cut off from ZooKeeper, the node coordinates the groups of the partitions it led
+    last (as its leaders go on leading); a new generation's assignment is handed out only
+    once __consumer_offsets acknowledged its record, which a replaced coordinator's
+    partition cannot (its followers left it): the sync fails with the write."""
     loaded.node.is_cut_off = True
-    _, reply = loaded.join()
-    assert code(reply) == "COORDINATOR_NOT_AVAILABLE" and "cut off" in reply.error.message  # type: ignore[union-attr]
+    a = loaded.ok("join_group", group="g", member_id="", topics=["t"])
+    cid, parked = loaded.call("sync_group", group="g", member_id=a["member_id"], generation=1)
+    assert parked is None  # waits for the generation's record
+    ((ch, record),) = loaded.metadata_writes()
+    loaded.worker_answers(ch, record, error=NotEnoughReplicasError("the followers left"))
+    assert code(loaded.reply(cid)) == "COORDINATOR_NOT_AVAILABLE"
+    loaded.node.now += 1.0  # PERSIST_RETRY_S: written again
+    loaded.api.tick(loaded.node.now)
+    cid, parked = loaded.call("sync_group", group="g", member_id=a["member_id"], generation=1)
+    assert parked is None
+    ((ch, record),) = loaded.metadata_writes()
+    loaded.worker_answers(ch, record)
+    reply = loaded.reply(cid)
+    assert reply is not None and reply.error is None and reply.fields["generation"] == 1
+    assert loaded.ok("heartbeat", group="g", member_id=a["member_id"], generation=1) == {}
 
 
 def move_group(c: Cluster, group: str, leader: int) -> None:
@@ -236,7 +253,11 @@ def test_a_parked_join_is_told_not_coordinator_when_the_group_moves(loaded: Clus
 def test_join_sync_heartbeat_leave(loaded: Cluster) -> None:
     a = loaded.ok("join_group", group="g", member_id="", client_id="a", topics=["t"])
     assert a["generation"] == 1 and a["leader"] == a["member_id"] and a["members"] == [a["member_id"]]
-    assert loaded.ok("sync_group", group="g", member_id=a["member_id"], generation=1)["generation"] == 1
+    cid, parked = loaded.call("sync_group", group="g", member_id=a["member_id"], generation=1)
+    assert parked is None  # answered once the generation's group metadata record is written
+    ((ch, record),) = loaded.metadata_writes()
+    loaded.worker_answers(ch, record)
+    assert loaded.reply(cid).fields["generation"] == 1  # type: ignore[union-attr]
     assert loaded.ok("heartbeat", group="g", member_id=a["member_id"], generation=1) == {}
 
     cid_b, parked = loaded.join(client_id="b")
