@@ -45,6 +45,7 @@ from ipc.client.consumer import ConsumerRecord
 log = logging.getLogger(__name__)
 
 KIND = "sink"
+PAGE_ROWS = 5000  # rows per INSERT (execute_values' default, 100, costs a round trip per 100 rows)
 MULTI_TASK = True  # tasks.max > 1: threads, each a share of the partitions and its own connection
 
 
@@ -67,6 +68,7 @@ class RecordRejected(ValueError):
     """A record that cannot be applied (dead-lettered)."""
 
 
+_UNAVAILABLE_JSON = orjson.dumps(UNAVAILABLE)
 Op = tuple[str, dict[str, Any]]  # ("upsert", row), ("delete", key columns) or ("truncate", {})
 
 
@@ -109,7 +111,9 @@ def decode(record: ConsumerRecord, pk: tuple[str, ...]) -> Op | None:
             raise RecordRejected(f"unknown op {op!r}")
     else:
         row = value
-    row = {c: v for c, v in row.items() if v != UNAVAILABLE}
+    raw = record.value
+    if not isinstance(raw, bytes) or _UNAVAILABLE_JSON in raw:  # only then is there one to leave out
+        row = {c: v for c, v in row.items() if v != UNAVAILABLE}
     for c in pk:
         if c not in row:
             if key and c in key:
@@ -257,23 +261,31 @@ class PostgresSink(SinkTask):
 
         if not ops:
             return
-        last: dict[tuple[Any, ...], Op] = {}
-        for kind, row in ops:  # the last change of each key wins
-            k = tuple(orjson.dumps(row.get(c)) for c in self.pk)
+        last: dict[Any, Op] = {}
+        pk_names = self.pk
+        for op in ops:  # the last change of each key wins
+            row = op[1]
+            k: Any = tuple([row.get(c) for c in pk_names])
+            try:
+                hash(k)
+            except TypeError:  # a JSON object or array in the key: compare its text
+                k = tuple([orjson.dumps(row.get(c)) for c in pk_names])
             last.pop(k, None)
-            last[k] = (kind, row)
+            last[k] = op
         target = sql.Identifier(self.schema, self.table)
         pk = sql.SQL(", ").join(map(sql.Identifier, self.pk))
-        deletes = [tuple(row[c] for c in self.pk) for kind, row in last.values() if kind == "delete"]
+        deletes = [tuple([row[c] for c in pk_names]) for kind, row in last.values() if kind == "delete"]
         if deletes:
-            execute_values(
-                cur, sql.SQL("DELETE FROM {} WHERE ({}) IN (VALUES %s)").format(target, pk).as_string(cur), deletes
-            )
+            stmt = sql.SQL("DELETE FROM {} WHERE ({}) IN (VALUES %s)").format(target, pk).as_string(cur)
+            execute_values(cur, stmt, deletes, page_size=PAGE_ROWS)
         by_columns: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        structured = (dict, list)
         for kind, row in last.values():
             if kind == "upsert":
-                cols = tuple(row)
-                by_columns.setdefault(cols, []).append(tuple(_param(row[c]) for c in cols))
+                values = list(row.values())
+                if any([isinstance(v, structured) for v in values]):
+                    values = [_param(v) for v in values]
+                by_columns.setdefault(tuple(row), []).append(tuple(values))
         for cols, rows in by_columns.items():
             others = [c for c in cols if c not in self.pk]
             update = (
@@ -288,7 +300,7 @@ class PostgresSink(SinkTask):
                 )
                 + update
             )
-            execute_values(cur, stmt.as_string(cur), rows)
+            execute_values(cur, stmt.as_string(cur), rows, page_size=PAGE_ROWS)
 
     def flush(self, positions: dict[TopicPartition, int]) -> None:
         import psycopg2
