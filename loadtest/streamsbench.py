@@ -138,7 +138,7 @@ class Clock:
         return (n - self.n0) / (time.perf_counter() - self.t0)
 
 
-MAX_POLL = {"records": 2000}  # --max-poll-records: the plain loop's and the apps' batch
+MAX_POLL = {"records": 2000, "commit_interval_ms": 0}  # --max-poll-records, --commit-interval-ms
 
 
 def run_plain(bootstrap: str, records: int, i: int) -> float:
@@ -171,7 +171,8 @@ def build(mode: str, bootstrap: str, i: int) -> Any:
     from ipc.streams import StreamsApp, TumblingWindows
 
     app = StreamsApp(f"sb-{mode}-{i}" if mode != "restore" else "sb-restore", bootstrap=bootstrap,
-                     key_serde="str", value_serde="json", max_poll_records=MAX_POLL["records"])
+                     key_serde="str", value_serde="json", max_poll_records=MAX_POLL["records"],
+                     commit_interval_ms=MAX_POLL["commit_interval_ms"])
     if mode == "stateless":
         (app.stream("sb-in").filter(lambda k, v: v["amount"] >= 0)
             .map_values(lambda v: {"id": v["id"], "amount": v["amount"] * 2}).to("sb-out-stateless"))
@@ -225,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
     ap.add_argument("--max-poll-records", type=int, default=2000,
                     help="records per poll: the batch of the plain loop and of the apps (default 2000, the apps')")
+    ap.add_argument("--commit-interval-ms", type=int, default=0,
+                    help="the apps' commit_interval_ms (default 0: every batch); the plain loop commits every batch")
     ap.add_argument("--profile", choices=MODES, help="run this mode once under cProfile instead")
     ap.add_argument("--json", action="store_true", help="print the results as one JSON object")
     a = ap.parse_args(argv)
@@ -233,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad or a.records < 10_000 or a.runs < 1 or a.restore_keys < 1:
         ap.error(f"--modes of {', '.join(MODES)} (got {bad}); --records >= 10000; --runs, --restore-keys >= 1")
     MAX_POLL["records"] = a.max_poll_records
+    MAX_POLL["commit_interval_ms"] = a.commit_interval_ms
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")

@@ -11,7 +11,7 @@ for it would be late). Stream time is the store's (per partition, restored with 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ipc.streams.errors import TopologyError
@@ -77,6 +77,8 @@ class _WindowAggregate(Node):
         self.initializer = initializer
         self.aggregator = aggregator
         self.emit = check_emit(emit)
+        # tumbling windows: one window per record, found with one modulo (no list built)
+        self.tumbling = isinstance(windows, TimeWindows) and windows.advance_ms == windows.size_ms
 
 
 class WindowedAggregateNode(_WindowAggregate):
@@ -94,7 +96,12 @@ class WindowedAggregateNode(_WindowAggregate):
         applied = False
         data = store.data
         by_start = None
-        for start in w.starts(ts):
+        if self.tumbling:
+            first = ts - ts % w.size_ms
+            starts: Iterable[int] = (first,) if first >= 0 else ()
+        else:
+            starts = w.starts(ts)
+        for start in starts:
             if w.closed(start, stream_time):
                 continue
             wkey = (key, start, start + w.size_ms)

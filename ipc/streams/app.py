@@ -77,12 +77,14 @@ class StreamsApp:
         security: Security = None,
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
+        commit_interval_ms: int = 0,
     ) -> None:
         if not isinstance(app_id, str) or not _APP_ID.fullmatch(app_id):
             raise TopologyError(f"app_id={app_id!r}: 1-200 characters of A-Z a-z 0-9 . _ - (it names topics)")
         if on_deserialize_error not in ("fail", "skip") and not callable(on_deserialize_error):
             raise TopologyError(f"on_deserialize_error={on_deserialize_error!r}: 'fail', 'skip' or a callable")
-        for name, v, lo in (("max_poll_records", max_poll_records, 1), ("max_task_idle_ms", max_task_idle_ms, 0)):
+        for name, v, lo in (("max_poll_records", max_poll_records, 1), ("max_task_idle_ms", max_task_idle_ms, 0),
+                            ("commit_interval_ms", commit_interval_ms, 0)):
             if type(v) is not int or v < lo:
                 raise TopologyError(f"{name}={v!r}: must be an integer >= {lo}")
         if metrics_port is not None and (type(metrics_port) is not int or not 0 <= metrics_port <= 65535):
@@ -107,6 +109,7 @@ class StreamsApp:
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.restore_timeout_s = restore_timeout_s
         self.flush_timeout_s = flush_timeout_s
+        self.commit_interval_s = commit_interval_ms / 1000
         self.counters = Counters()
         self.tasks: dict[TaskId, Task] = {}
         self.subs: list[SubTopology] = []
@@ -118,6 +121,8 @@ class StreamsApp:
         self._restorer: Consumer | None = None
         self._producer: Producer | None = None
         self._futures: list[FutureRecordMetadata] = []
+        self._dirty: dict[TaskId, Task] = {}  # tasks that processed records since the last commit
+        self._last_commit = 0.0
 
     # ---- the DSL's entry points --------------------------------------------------------------------
     def stream(self, topic: str, key_serde: SerdeLike = None, value_serde: SerdeLike = None) -> Stream:
@@ -209,12 +214,15 @@ class StreamsApp:
         try:
             self._setup()
             assert self._consumer is not None
+            self._last_commit = time.monotonic()
             while not self._stop.is_set():
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 self._pass(self._consumer.poll(timeout_ms=100))
                 if until is not None and until(self):
                     break
+            if self._dirty:  # what was processed since the last commit (commit_interval_ms)
+                self._commit_dirty()
         finally:
             self._close()
             if self._metrics_server is not None:
@@ -351,23 +359,34 @@ class StreamsApp:
 
         active = [task for task in tasks.values() if task.process(caught_up, self.max_task_idle_s, now)]
         for task in active:
+            self._dirty[(task.sub.index, task.partition)] = task
+        if not active and not self._dirty:
+            return
+        if active:
+            self.counters.batches += 1
+        if self.commit_interval_s and now - self._last_commit < self.commit_interval_s:
+            if active:
+                self.counters.observe_batch(time.perf_counter() - began)
+            return
+        try:
+            self._commit_dirty()
+        finally:
+            self.counters.observe_batch(time.perf_counter() - began)
+
+    def _commit_dirty(self) -> None:
+        """End the batch of every task that processed records since the last commit: close
+        windows and write the stores' changes to their changelogs; flush the outputs and
+        changelog records and check every one was written; then commit what they processed."""
+        consumer = self._consumer
+        assert consumer is not None and self._producer is not None
+        active = [task for tid, task in self._dirty.items() if self.tasks.get(tid) is task]
+        self._dirty.clear()
+        self._last_commit = time.monotonic()
+        for task in active:
             for topic, key, value, src in task.end_batch():
                 self._futures.append(self._producer.send(
                     topic, value, key=key, partition=task.partition, headers=[(SRC_HEADER, src_bytes(src))]
                 ))
-        if not active:
-            return
-        self.counters.batches += 1
-        try:
-            self._finish_batch(active)
-        finally:
-            self.counters.observe_batch(time.perf_counter() - began)
-
-    def _finish_batch(self, active: list[Task]) -> None:
-        """Flush the batch's outputs and changelog records, check every one was written,
-        then commit what the tasks processed."""
-        consumer = self._consumer
-        assert consumer is not None and self._producer is not None
         self._producer.flush(timeout=self.flush_timeout_s)
         futures = self._futures
         self._futures = []
@@ -387,6 +406,7 @@ class StreamsApp:
             log.warning("%s: commit refused (%s): every task is restored from what was committed", self.app_id, exc)
             self.tasks.clear()
             self._cache.clear()
+            self._dirty.clear()
             self._assign(consumer.assignment())
             return
         self._committed.update({tp: int(off) for tp, off in offsets.items() if isinstance(off, int)})
@@ -399,6 +419,11 @@ class StreamsApp:
     def _on_revoke(self, tps: list[TP]) -> None:
         for tid in self._task_ids(tps):
             task = self.tasks.pop(tid, None)
+            if self._dirty.pop(tid, None) is not None:
+                # processed records not committed yet (commit_interval_ms): its state is ahead of
+                # the committed offsets, so it is not kept; if it comes back, it is restored
+                log.info("%s: task %d_%d revoked with uncommitted processing: dropped", self.app_id, *tid)
+                continue
             if task is not None:
                 for buf in task.buffers.values():
                     buf.clear()

@@ -179,3 +179,49 @@ def test_streams_describe(node: Node) -> None:
     stopped = sluice("streams", "describe", "ops-enricher", "-b", node.bootstrap)
     assert stopped.returncode == 0, stopped.stderr
     assert "instances 0" in stopped.stdout and "none (no instance is running)" in stopped.stdout
+
+
+def count_app(bootstrap: str, commit_interval_ms: int = 0) -> StreamsApp:
+    app = StreamsApp("ops-counts", bootstrap=bootstrap, key_serde="str", value_serde="str",
+                     commit_interval_ms=commit_interval_ms, session_timeout_ms=6000)
+    app.stream("ops-words").group_by_key().count(name="counts")
+    return app
+
+
+def test_commit_interval_with_a_rebalance_counts_every_record_once(node: Node) -> None:
+    """commit_interval_ms: stores' changes and offsets are committed once per interval (here
+    never within the run) and when run() returns. A second instance joining revokes the
+    first one's tasks while their processing is uncommitted: they are dropped, not kept, and
+    whoever gets them restores them from what was committed; the final counts are exact."""
+    with node.admin() as a:
+        a.create_topic("ops-words", partitions=4)
+    words = [f"w{(i * 13) % 50}" for i in range(4000)]
+    produce(node.bootstrap, "ops-words", [(w.encode(), b"x", i) for i, w in enumerate(words[:2000])])
+    first = count_app(node.bootstrap, commit_interval_ms=600_000)
+    second = count_app(node.bootstrap, commit_interval_ms=600_000)
+    with running(first):
+        wait_until(lambda: first.counters.records_processed >= 2000, 60, "the first half processed")
+        assert first.counters.commits == 0  # the interval has not passed
+        with running(second):
+            wait_until(lambda: second.tasks, 60, "the second instance has tasks")
+            produce(node.bootstrap, "ops-words", [(w.encode(), b"x", i) for i, w in enumerate(words[2000:])])
+            wait_until(lambda: len(first.tasks) + len(second.tasks) == 4 and not any(
+                t.buffered() for app in (first, second) for t in app.tasks.values()), 60, "all tasks running")
+            wait_until(lambda: sum(v for app in (first, second) for _, v in app.store("counts").items())
+                       >= 4000, 60, "every record counted by the two instances")
+    # both stopped: each committed its last changes on the way out; a new instance restores them
+    final = count_app(node.bootstrap)
+    final_counts: dict[str, int] = {}
+
+    def restored(a: StreamsApp) -> bool:
+        if len(a.tasks) < 4:
+            return False
+        final_counts.update(a.store("counts").items())  # read before run() returns and drops the tasks
+        return True
+
+    final.run(max_seconds=60, until=restored)
+    assert final.counters.records_processed == 0  # everything was committed
+    want: dict[str, int] = {}
+    for w in words:
+        want[w] = want.get(w, 0) + 1
+    assert final_counts == want
