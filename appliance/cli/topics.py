@@ -146,6 +146,8 @@ def record_deletions(a: argparse.Namespace, partition_count: Callable[[str], int
         return _offsets_file(a.offset_json_file)
     if not a.topic or a.offset is None:
         raise CliError("name the topic and --offset N (-1: the high watermark), or give --offset-json-file FILE")
+    if a.offset < -1:  # before anything is asked of the node
+        raise CliError(f"--offset {a.offset} is not an offset >= 0 or -1 (the high watermark)")
     partitions = a.partition or list(range(partition_count(a.topic)))
     return {(a.topic, p): a.offset for p in partitions}
 
