@@ -193,3 +193,49 @@ def test_list_offsets_sees_nothing_below(kafka_node: Node) -> None:
     produce(kafka_node, "all-gone", 0, 2, start=10)
     assert read_from_beginning(kafka_node, "all-gone", 0, 2) == [(10, None), (10, b"v10"), (11, b"v11")]
     wait_until(lambda: kafka_node.partition("all-gone", 0)["log_start_offset"] == 10, 10, "the status table")
+
+
+def test_kafka_delete_records_on_the_wire_versions_and_bad_input(kafka_node: Node) -> None:
+    """DeleteRecords v0 and v2 (flexible) as raw frames: ApiVersions lists it, and each
+    partition gets its own answer: a low watermark, or Kafka's error code."""
+    from ipc.kafka import apis_admin
+    from ipc.kafka.protocol import decode_response, encode_request
+    from tests.integration.test_kafka_listener import _api_versions, _connect, _recv_frame
+
+    versions = _api_versions(kafka_node.kafka)  # type: ignore[attr-defined]
+    assert versions is not None
+    assert {"api_key": 21, "min_version": 0, "max_version": 2} in versions["api_keys"]
+    with kafka_node.admin() as admin:
+        admin.create_topic("wire", partitions=1)
+    produce(kafka_node, "wire", 0, 10)
+    api = apis_admin.DELETE_RECORDS
+    with _connect(kafka_node.kafka) as s:  # type: ignore[attr-defined]
+        for cid, (version, offset, want) in enumerate([(0, 3, 3), (2, -1, 10), (1, 4, 10)], start=1):
+            body = {"topics": [{"name": "wire", "partitions": [{"partition_index": 0, "offset": offset}]}]}
+            s.sendall(encode_request(api, version, cid, {**body, "timeout_ms": 5000}))
+            frame = _recv_frame(s)
+            assert frame is not None
+            got_cid, answer = decode_response(api, version, frame)
+            (part,) = answer["topics"][0]["partitions"]
+            assert (got_cid, part["error_code"], part["low_watermark"]) == (cid, 0, want), answer
+        bad = {
+            "topics": [
+                {
+                    "name": "wire",
+                    "partitions": [{"partition_index": 0, "offset": -5}, {"partition_index": 9, "offset": 1}],
+                },
+                {"name": "nosuch", "partitions": [{"partition_index": 0, "offset": 1}]},
+                {"name": "wire", "partitions": [{"partition_index": 0, "offset": 11}]},
+            ],
+            "timeout_ms": 5000,
+        }
+        s.sendall(encode_request(api, 2, 9, bad))
+        frame = _recv_frame(s)
+        assert frame is not None
+        _, answer = decode_response(api, 2, frame)
+    codes = [[(p["partition_index"], p["error_code"]) for p in t["partitions"]] for t in answer["topics"]]
+    assert codes == [[(0, 1), (9, 3)], [(0, 3)], [(0, 1)]], (
+        answer
+    )  # OFFSET_OUT_OF_RANGE 1, UNKNOWN_TOPIC_OR_PARTITION 3
+    with kafka_node.admin() as admin:
+        assert "nosuch" not in admin.list_topics()
