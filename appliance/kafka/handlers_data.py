@@ -65,6 +65,14 @@ class Node:
         return {"node_id": node_id, "host": host, "port": self.port}
 
 
+def _throttle_ms(reply: Reply | None) -> int:
+    """The throttle time a worker's reply carries (a quota: KIP-219), or 0."""
+    if reply is None:
+        return 0
+    ms = reply.fields.get("throttle_time_ms") if reply.error is None else getattr(reply.error, "throttle_time_ms", 0)
+    return ms if isinstance(ms, int) and ms > 0 else 0
+
+
 def _err(reply: Reply) -> int:
     return kerr.kafka_code(reply.error) if reply.error is not None else kerr.NONE
 
@@ -137,9 +145,14 @@ async def produce(node: Node, req: KafkaRequest) -> dict[str, Any] | None:
     if acks == 0:
         return None
     by_topic: dict[str, list[dict[str, Any]]] = {}
+    throttle = 0
     for topic, part in results:
+        throttle = max(throttle, part.pop("throttle_ms", 0))
         by_topic.setdefault(topic, []).append(part)
-    return {"responses": [{"name": t, "partition_responses": ps} for t, ps in by_topic.items()]}
+    return {
+        "responses": [{"name": t, "partition_responses": ps} for t, ps in by_topic.items()],
+        "throttle_time_ms": throttle,
+    }
 
 
 async def _produce_partition(
@@ -170,6 +183,7 @@ async def _produce_partition(
         reply = await backend.request(endpoint, "produce", timeout_ms / 1000 + MARGIN_S, batches, **fields)
     except SluiceError as exc:
         reply = Reply(0, {}, [], exc)
+    out["throttle_ms"] = _throttle_ms(reply)
     if reply.error is not None:
         out["error_code"] = _err(reply)
         out["error_message"] = reply.error.message[:500]
@@ -240,7 +254,8 @@ async def fetch(node: Node, req: KafkaRequest) -> dict[str, Any]:
             p.reply = r
         if sum(map(_size, replies)) < max(min_bytes, 1) and max_wait_ms > 0:
             await _long_poll(node, parts, deadline)
-    return {"responses": _fetch_responses(parts, body["max_bytes"])}
+    throttle = max((_throttle_ms(p.reply) for p in parts), default=0)
+    return {"responses": _fetch_responses(parts, body["max_bytes"]), "throttle_time_ms": throttle}
 
 
 async def _long_poll(node: Node, parts: list[_Part], deadline: float) -> None:

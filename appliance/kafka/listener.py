@@ -121,6 +121,7 @@ async def serve(spec: ListenerSpec) -> int:
     family = socket.AF_INET6 if ":" in spec.bind_host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # [kafka] listener_processes share the port
     sock.bind((spec.bind_host, spec.bind_port))
     tls = kafka.tls_context() if kafka.tls else None
     tcp = await asyncio.start_server(
