@@ -43,6 +43,8 @@ SKIP_KINDS = {
     "cluster": "needs several nodes and ZooKeeper (tests/cluster covers these commands)",
     "host": "installs on the host or drives its systemd and journal (root, /etc, make install)",
     "suite": "runs the test suite itself",
+    "secured": "needs TLS certificates, SASL credentials and a password typed at a terminal "
+    "(tests/integration/test_kafka_security.py covers them)",
 }
 MARK = re.compile(r"<!--\s*example:\s*([\w-]+)\s*-->")
 BLOCK = re.compile(r"^```(sh|console)\n(.*?)^```", re.S | re.M)
