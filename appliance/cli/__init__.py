@@ -62,8 +62,8 @@ from appliance.cli.parser import build_parser, parse
 from appliance.cli.quotas import cmd_quotas
 from appliance.cli.records import cmd_produce
 from appliance.cli.security import cmd_acls, cmd_keys
-from appliance.cli.streams import cmd_streams
 from appliance.cli.status import cmd_status
+from appliance.cli.streams import cmd_streams
 from appliance.cli.topics import cmd_topics
 
 __all__ = ["COMMANDS", "main"]
