@@ -39,8 +39,6 @@ from appliance.kafka.spec import BEAT_S, ListenerSpec
 from appliance.partition.process import _close_forkserver_alive_fd
 from appliance.process import die_with_parent, pid_alive, setup_logging
 from ipc.kafka import apis_admin, apis_data, apis_groups
-from ipc.kafka import errors as kerr
-from ipc.kafka.apis_sasl import SASL_AUTHENTICATE, SASL_HANDSHAKE
 
 log = logging.getLogger(__name__)
 
@@ -91,21 +89,10 @@ async def _for_caller(handler: NodeHandler, node: data.Node, req: KafkaRequest) 
     return await handler(node, req)
 
 
-async def _sasl_handshake_after(req: KafkaRequest) -> dict[str, Any]:
-    """A SaslHandshake on a listener without SASL or after authentication (Kafka's answer)."""
-    return {"error_code": kerr.ILLEGAL_SASL_STATE, "mechanisms": []}
-
-
-async def _sasl_authenticate_after(req: KafkaRequest) -> dict[str, Any]:
-    return {"error_code": kerr.ILLEGAL_SASL_STATE, "error_message": "no SASL authentication in progress"}
-
-
 def handlers(node: data.Node, table: dict[int, NodeHandler] | None = None) -> dict[int, Handler]:
     out: dict[int, Handler] = {
         key: functools.partial(_for_caller, h, node) for key, h in (table or HANDLERS).items()
     }
-    out[SASL_HANDSHAKE.key] = _sasl_handshake_after
-    out[SASL_AUTHENTICATE.key] = _sasl_authenticate_after
     return out
 
 

@@ -42,6 +42,7 @@ from typing import Any
 from appliance.gate import is_loopback
 from appliance.kafka.sasl_session import SaslSession
 from ipc.kafka import errors as kerr
+from ipc.kafka.apis_sasl import SASL_AUTHENTICATE, SASL_HANDSHAKE
 from ipc.kafka.protocol import (
     API_VERSIONS_KEY,
     APIS,
@@ -64,6 +65,10 @@ ANONYMOUS = "User:ANONYMOUS"
 FAILED_AUTH_DELAY_S = 0.1
 MAX_CONNECTIONS = 10_000
 _SIZE = struct.Struct(">i")
+_SASL_AFTER: dict[int, dict[str, Any]] = {
+    SASL_HANDSHAKE.key: {"error_code": kerr.ILLEGAL_SASL_STATE, "mechanisms": []},
+    SASL_AUTHENTICATE.key: {"error_code": kerr.ILLEGAL_SASL_STATE, "error_message": "no SASL exchange in progress"},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,6 +229,8 @@ class KafkaServer:
 
     async def _answer(self, req: KafkaRequest) -> bytes | None:
         handler = self.handlers.get(req.api.key)
+        if req.api.key in _SASL_AFTER:  # no SASL here, or authenticated already (Kafka's answer)
+            return encode_response(req.api, req.version, req.correlation_id, _SASL_AFTER[req.api.key])
         if handler is None:
             raise KafkaDecodeError(f"{req.api.name} is not served")
         body = await handler(req)
