@@ -342,39 +342,34 @@ class _suppress_missing:
 class FifoDoorbell:
     """A named pipe: the waiting side (``listen``) polls ``fileno()``; the ringing side
     (``connect``) writes a byte. Bytes pile up at most to the pipe's size (a full pipe
-    already rings). The listener also holds a write end, so a ringer that goes away does
-    not leave the read end reporting POLLHUP forever."""
+    already rings). The listener holds no write end of its own, so when its ringer has
+    gone (closed, exited, killed) the read end reports POLLHUP and ``drain`` returns
+    False: each side learns at once that the other died. Before anyone connected there
+    is no POLLHUP (Linux reports it only after a writer came and went)."""
 
-    def __init__(self, path: str, read_fd: int, write_fd: int, listening: bool) -> None:
+    def __init__(self, path: str, read_fd: int, write_fd: int) -> None:
         self.path = path
         self._read_fd = read_fd
         self._write_fd = write_fd
-        self.listening = listening
 
     @classmethod
     def create(cls, path: str) -> FifoDoorbell:
-        """Make the FIFO (0600, replacing any file there) and listen on it."""
+        """Make the FIFO (0600, replacing any file there); nobody listens yet."""
         with _suppress_missing():
             os.unlink(path)
         os.mkfifo(path, 0o600)
         os.chmod(path, 0o600)  # whatever the umask
-        return cls.listen(path)
+        return cls(path, -1, -1)
 
     @classmethod
     def listen(cls, path: str) -> FifoDoorbell:
-        read_fd = cls._open(path, os.O_RDONLY)
-        try:
-            write_fd = cls._open(path, os.O_WRONLY)
-        except BaseException:
-            os.close(read_fd)
-            raise
-        return cls(path, read_fd, write_fd, True)
+        return cls(path, cls._open(path, os.O_RDONLY), -1)
 
     @classmethod
     def connect(cls, path: str) -> FifoDoorbell:
         """Ring the FIFO someone listens on (``RingError`` if it is not this user's FIFO
         or nobody listens)."""
-        return cls(path, -1, cls._open(path, os.O_WRONLY), False)
+        return cls(path, -1, cls._open(path, os.O_WRONLY))
 
     @staticmethod
     def _open(path: str, flags: int) -> int:
@@ -398,13 +393,18 @@ class FifoDoorbell:
         except BlockingIOError:  # the pipe is full: the listener has plenty of rings pending
             pass
 
-    def drain(self) -> None:
+    def drain(self) -> bool:
+        """Empty the pipe; False if the ringer has gone (end of file: no writer left)."""
         for _ in range(64):  # bounded: a pipe holds 64 KiB
             try:
-                if len(os.read(self._read_fd, 4096)) < 4096:
-                    return
+                got = os.read(self._read_fd, 4096)
             except BlockingIOError:
-                return
+                return True
+            if not got:
+                return False
+            if len(got) < 4096:
+                return True
+        return True
 
     def close(self) -> None:
         for fd in (self._read_fd, self._write_fd):
@@ -430,11 +430,12 @@ class EventDoorbell:
     def ring(self) -> None:
         os.eventfd_write(self._fd, 1)
 
-    def drain(self) -> None:
+    def drain(self) -> bool:
         try:
             os.eventfd_read(self._fd)
         except BlockingIOError:
             pass
+        return True
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -84,7 +84,9 @@ def _doorbells(mode: str, directory: str) -> tuple[Any, Any]:
     if mode == "eventfd":
         return EventDoorbell(), EventDoorbell()
     if mode == "fifo":
-        return FifoDoorbell.create(f"{directory}/a.bell"), FifoDoorbell.create(f"{directory}/b.bell")
+        FifoDoorbell.create(f"{directory}/a.bell")
+        FifoDoorbell.create(f"{directory}/b.bell")
+        return FifoDoorbell.listen(f"{directory}/a.bell"), FifoDoorbell.listen(f"{directory}/b.bell")
     return None, None
 
 

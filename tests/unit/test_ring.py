@@ -332,23 +332,44 @@ def test_a_reader_killed_while_reading_leaves_the_rest_for_the_next(tmp_path: Pa
 
 
 # ---- the doorbell --------------------------------------------------------------------------
-def test_a_fifo_doorbell_wakes_another_process(tmp_path: Path) -> None:
-    bell = FifoDoorbell.create(str(tmp_path / "bell"))
-    assert os.stat(bell.path).st_mode & 0o777 == 0o600
+def test_a_fifo_doorbell_wakes_another_process_and_sees_it_go(tmp_path: Path) -> None:
+    made = FifoDoorbell.create(str(tmp_path / "bell"))
+    assert os.stat(made.path).st_mode & 0o777 == 0o600
+    bell = FifoDoorbell.listen(made.path)
     poller = select.poll()
     poller.register(bell.fileno(), select.POLLIN)
-    assert poller.poll(0) == []
-    code = f"from ipc.ring import FifoDoorbell; b = FifoDoorbell.connect({bell.path!r}); b.ring(); b.ring(); b.close()"
-    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=30)
-    assert poller.poll(10_000) == [(bell.fileno(), select.POLLIN)]
-    bell.drain()
-    assert poller.poll(0) == []  # drained, and no POLLHUP after the ringer left
+    assert poller.poll(0) == []  # no ringer yet: no event, not even a hang-up
+    code = textwrap.dedent(
+        f"""
+        import os, sys
+        from ipc.ring import FifoDoorbell
+        b = FifoDoorbell.connect({bell.path!r})
+        b.ring()
+        b.ring()
+        sys.stdin.readline()  # until the test has seen the rings
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdin=subprocess.PIPE, start_new_session=True)
+    try:
+        assert poller.poll(10_000) == [(bell.fileno(), select.POLLIN)]
+        assert bell.drain() is True
+        assert poller.poll(0) == []  # drained; the ringer is still there
+        proc.kill()  # the ringer dies: the listener hears the hang-up
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+        events = poller.poll(10_000)
+        assert events and events[0][1] & select.POLLHUP
+        assert bell.drain() is False
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
     bell.close()
     bell.unlink()
 
 
 def test_a_doorbell_nobody_listens_on_is_refused(tmp_path: Path) -> None:
-    bell = FifoDoorbell.create(str(tmp_path / "bell"))
+    FifoDoorbell.create(str(tmp_path / "bell"))
+    bell = FifoDoorbell.listen(str(tmp_path / "bell"))
     ringer = FifoDoorbell.connect(bell.path)
     bell.close()
     with pytest.raises(BrokenPipeError):
@@ -365,11 +386,12 @@ def test_a_doorbell_nobody_listens_on_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_full_doorbell_still_rings(tmp_path: Path) -> None:
-    bell = FifoDoorbell.create(str(tmp_path / "bell"))
+    FifoDoorbell.create(str(tmp_path / "bell"))
+    bell = FifoDoorbell.listen(str(tmp_path / "bell"))
     ringer = FifoDoorbell.connect(bell.path)
     for _ in range(70_000):  # more than a pipe holds: never blocks, never raises
         ringer.ring()
-    bell.drain()
-    bell.drain()
+    assert bell.drain() is True
+    assert bell.drain() is True
     ringer.close()
     bell.close()
