@@ -81,9 +81,39 @@ def source(
     }
 
 
+def source_parts(
+    prefix: str, db: str, schema: str, table: str, xid: int | None, ts_ms: int, snapshot: bool
+) -> tuple[bytes, bytes]:
+    """``source`` as JSON around its ``lsn``: ``head + str(lsn).encode() + tail`` is
+    ``orjson.dumps(source(...))``, byte for byte (one transaction's changes of one table
+    differ only by their LSN: the stream serializes the rest once)."""
+    whole = orjson.dumps(source(prefix, db, schema, table, 0, xid, ts_ms, snapshot))
+    head, sep, tail = whole.partition(b'"lsn":0,')
+    assert sep, whole
+    return head + b'"lsn":', b"," + tail
+
+
 def value(
-    op: str, before: dict[str, Any] | None, after: dict[str, Any] | None, src: dict[str, Any], ts_ms: int
+    op: str, before: dict[str, Any] | None, after: dict[str, Any] | None, src: dict[str, Any] | bytes, ts_ms: int
 ) -> bytes:
+    """The envelope; ``src`` a dict, or already JSON (``source_parts``): the same bytes."""
+    if isinstance(src, bytes):
+        dumps = orjson.dumps
+        return b"".join(
+            (
+                b'{"before":',
+                dumps(before),
+                b',"after":',
+                dumps(after),
+                b',"source":',
+                src,
+                b',"op":"',
+                op.encode(),
+                b'","ts_ms":',
+                str(ts_ms).encode(),
+                b"}",
+            )
+        )
     return orjson.dumps({"before": before, "after": after, "source": src, "op": op, "ts_ms": ts_ms})
 
 

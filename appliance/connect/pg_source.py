@@ -132,6 +132,7 @@ class Tx:
     ts_ms: int
     events: int = 0  # change events read (each may be several records)
     skip: int = 0  # events already stored before a restart: not emitted again
+    sources: dict[int, tuple[bytes, bytes]] = dataclasses.field(default_factory=dict)  # by table: source_parts
 
 
 class PostgresSource(SourceTask):
@@ -456,16 +457,24 @@ class PostgresSource(SourceTask):
                 return
             self._emit(msg, current, lsn, out)
 
+    def _source(self, t: Table, tx: Tx, lsn: int) -> bytes:
+        """The change's ``source`` as JSON (serialized once per transaction and table)."""
+        parts = tx.sources.get(t.oid)
+        if parts is None:
+            parts = tx.sources[t.oid] = envelope.source_parts(
+                self.prefix, self.db, t.schema, t.name, tx.xid, tx.ts_ms, False
+            )
+        return parts[0] + str(lsn).encode() + parts[1]
+
     def _emit(self, msg: Insert | Update | Delete | Truncate, tx: Tx, lsn: int, out: list[SourceRecord]) -> None:
         now = int(time.time() * 1000)
         if isinstance(msg, Truncate):
             for oid in msg.oids:
                 t = self.tables[oid]
-                src = envelope.source(self.prefix, self.db, t.schema, t.name, lsn, tx.xid, tx.ts_ms, False)
-                out.append(SourceRecord(t.topic, None, envelope.value("t", None, None, src, now)))
+                out.append(SourceRecord(t.topic, None, envelope.value("t", None, None, self._source(t, tx, lsn), now)))
             return
         t = self.tables[msg.oid]
-        src = envelope.source(self.prefix, self.db, t.schema, t.name, lsn, tx.xid, tx.ts_ms, False)
+        src = self._source(t, tx, lsn)
         if isinstance(msg, Insert):
             after = envelope.row(t.columns, msg.new)
             out.append(

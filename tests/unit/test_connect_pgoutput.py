@@ -180,3 +180,24 @@ def test_key_change_is_delete_tombstone_create_and_truncate() -> None:
     out = feed(src, *tx(100, 110, Update(1, ["1", None], True, ["2", "n"]), Truncate((1,), False, False)))
     ops = [(r.key, orjson.loads(r.value)["op"] if r.value else None) for r in out]
     assert ops == [(b'{"id":1}', "d"), (b'{"id":1}', None), (b'{"id":2}', "c"), (None, "t")]
+
+
+@pytest.mark.parametrize("xid", [741, None])
+def test_spliced_envelopes_are_the_same_bytes(xid: int | None) -> None:
+    """The stream's source serialized once per transaction, and the snapshot's records
+    spliced around PostgreSQL's row JSON, give the bytes ``envelope.value`` gives."""
+    head, tail = envelope.source_parts("shop", "db", "public", 'we"ird', xid, 1765, xid is None)
+    for lsn in (0, 23876544):
+        src = envelope.source("shop", "db", "public", 'we"ird', lsn, xid, 1765, xid is None)
+        after = {"id": 1, "name": 'é"x', "ok": True}
+        assert envelope.value("u", {"id": 0}, after, head + str(lsn).encode() + tail, 9) == envelope.value(
+            "u", {"id": 0}, after, src, 9
+        )
+    cols = (Column("id", 23, True), Column("name", 25, False))
+    src = envelope.source("shop", "db", "public", "t", 5, None, 7, True)
+    (rec,) = envelope.snapshot_records("top", cols, ("id",), [(b'{"id":42,"name":"n"}', b"42")], src, 9)
+    assert rec.key == envelope.key_of(cols, ("id",), {"id": 42}) == b'{"id":42}'
+    assert rec.value == envelope.value("r", None, {"id": 42, "name": "n"}, src, 9)
+    cols2 = (Column("a", 25, True), Column("b", 20, True))
+    (rec,) = envelope.snapshot_records("top", cols2, ("a", "b"), [(b'{"a":"x","b":3}', b"x", b"3")], src, 9)
+    assert rec.key == envelope.key_of(cols2, ("a", "b"), {"a": "x", "b": 3})
