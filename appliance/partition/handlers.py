@@ -37,6 +37,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from appliance.gate import Gate
+from appliance.log.config import CleanupPolicy
 from appliance.partition.purgatory import DelayedFetch, DelayedProduce, Purgatory
 from appliance.partition.replica import Replica
 from ipc.errors import (
@@ -46,6 +47,7 @@ from ipc.errors import (
     MessageTooLargeError,
     NotEnoughReplicasError,
     OffsetOutOfRangeError,
+    PolicyViolationError,
     StorageError,
     UnknownLeaderEpochError,
     UnknownTopicOrPartitionError,
@@ -251,12 +253,17 @@ def list_offsets(replica: Replica, req: Request) -> Response:
 # ---- delete_records ---------------------------------------------------------------------
 def delete_records(replica: Replica, req: Request) -> Response:
     """Kafka's DeleteRecords: make ``offset`` (-1: the high watermark) the log start
-    offset, so that the records below it are no longer read. Leader only; an offset past
+    offset, so that the records below it are no longer read. Leader only; refused with
+    POLICY_VIOLATION on a compacted topic (``__consumer_offsets``), as Kafka; an offset past
     the high watermark is OFFSET_OUT_OF_RANGE; one at or below the log start offset
     changes nothing. Answers ``low_watermark``, the log start offset now. The followers
     take it from their next fetch reply (``replication.apply_fetch_reply``)."""
     replica.check_leader()
     lg = replica.log
+    if lg.config.cleanup_policy is not CleanupPolicy.DELETE:  # as Kafka: a compacted log keeps its keys
+        raise PolicyViolationError(
+            f"{replica.name}: records of a topic with cleanup.policy={lg.config.cleanup_policy.value} cannot be deleted"
+        )
     hw = replica.high_watermark
     offset = req.fields["offset"]
     if offset == -1:

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from appliance.log.config import CleanupPolicy, LogConfig
 from appliance.log.log import Log
 from appliance.partition import handlers
 from appliance.partition.replica import Replica
 from ipc.control import RoleCommand
-from ipc.errors import InvalidRequestError, NotLeaderError, OffsetOutOfRangeError
+from ipc.errors import InvalidRequestError, NotLeaderError, OffsetOutOfRangeError, PolicyViolationError
 from ipc.protocol import Reply
 from ipc.shm import Role
 from tests.unit.test_partition_handlers import Leader, batch, handlers_request, values_in
@@ -59,6 +60,14 @@ def test_a_follower_refuses_and_bad_offsets_do_not_parse(tmp_path: Path) -> None
     p.replica.role = Role.FOLLOWER
     with pytest.raises(NotLeaderError):
         delete(p, 0)
+
+
+def test_a_compacted_topic_refuses(tmp_path: Path) -> None:
+    p = Leader(tmp_path, config=LogConfig(cleanup_policy=CleanupPolicy.COMPACT))
+    p.produce(batch(b"a", keys=[b"k"]))
+    with pytest.raises(PolicyViolationError, match="cleanup.policy=compact"):
+        delete(p, 1)
+    assert p.log.log_start_offset == 0
 
 
 def test_a_follower_takes_the_leaders_log_start_up_to_its_own_end(tmp_path: Path) -> None:
