@@ -19,6 +19,9 @@ removed at the end) and a node, then measures three phases:
    of a second database; the time runs from its first commit to its last one (its
    positions in ``sluice_connect_offsets``): upserts/s.
 
+Each rate is also given per CPU second of the connector's process (``*_per_cpu_s``,
+from ``/proc/<pid>/stat``): what the connector costs, whatever else the host runs.
+
 The node runs with its defaults (``fsync = interval``); PostgreSQL with
 ``synchronous_commit = off``. Prints each run and the medians; ``--json`` for a line of
 JSON per run.
@@ -214,6 +217,29 @@ def high_watermark(admin: Any, partitions: int) -> int:
     return sum(int(o) for o in got.values() if o is not None)
 
 
+def connector_pid(data: str, name: str) -> int:
+    from appliance.config import resolve_runtime_dir
+
+    path = os.path.join(resolve_runtime_dir("", data), "connect", "status.json")
+
+    def pid() -> int:
+        try:
+            with open(path) as f:
+                doc = json.load(f)
+        except (OSError, ValueError):
+            return 0
+        return next((int(c["pid"]) for c in doc["connectors"] if c["name"] == name and c["pid"]), 0)
+
+    return int(wait(pid, 60, f"connector {name}'s process", 0.05))
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (and its threads) so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def slot_lag(pg: Postgres) -> int | None:
     rows = pg.sql(
         "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots "
@@ -246,12 +272,16 @@ def one_run(args: argparse.Namespace) -> dict[str, float]:
                 "topic.partitions": args.partitions,
             },
         }
+        data = os.path.join(work, "data")
         with node(work, [cdc]) as bootstrap, Admin(bootstrap) as admin:
             # 1. snapshot: from the slot's creation to every row acknowledged
             wait(lambda: pg.sql("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'sluice_bench'"), 60, "the slot")
             t0 = time.monotonic()
+            cdc_pid = connector_pid(data, "bench")
+            cpu0 = cpu_s(cdc_pid)
             wait(lambda: high_watermark(admin, args.partitions) >= args.rows, 600, "the snapshot")
             out["snapshot_rows_per_s"] = args.rows / (time.monotonic() - t0)
+            out["snapshot_rows_per_cpu_s"] = args.rows / (cpu_s(cdc_pid) - cpu0)
             # 2. stream: updates in 1,000-row transactions, the slot's lag sampled meanwhile
             lags: list[int] = []
             done = threading.Event()
@@ -265,6 +295,7 @@ def one_run(args: argparse.Namespace) -> dict[str, float]:
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
             t0 = time.monotonic()
+            cpu0 = cpu_s(cdc_pid)
             conn = pg.connect()
             try:
                 with conn.cursor() as cur:
@@ -281,13 +312,14 @@ def one_run(args: argparse.Namespace) -> dict[str, float]:
             total = args.rows + args.changes
             wait(lambda: high_watermark(admin, args.partitions) >= total, 600, "the changes")
             out["stream_changes_per_s"] = args.changes / (time.monotonic() - t0)
+            out["stream_changes_per_cpu_s"] = args.changes / (cpu_s(cdc_pid) - cpu0)
             out["stream_written_per_s"] = args.changes / written_s
             done.set()
             sampler.join(5)
             out["slot_lag_median_bytes"] = float(statistics.median(lags)) if lags else 0.0
             out["slot_lag_max_bytes"] = float(max(lags)) if lags else 0.0
             # 3. sink: from its first commit to its last
-            ConnectorStore(os.path.join(work, "data")).create(
+            ConnectorStore(data).create(
                 {
                     "name": "replica",
                     "class": "postgres-sink",
@@ -310,8 +342,11 @@ def one_run(args: argparse.Namespace) -> dict[str, float]:
 
             first = wait(committed, 120, "the sink's first commit", 0.01)
             t0 = time.monotonic()
+            sink_pid = connector_pid(data, "replica")
+            cpu0 = cpu_s(sink_pid)
             wait(lambda: committed() >= total, 600, "the sink")
             out["sink_upserts_per_s"] = (total - first) / (time.monotonic() - t0)
+            out["sink_upserts_per_cpu_s"] = (total - first) / (cpu_s(sink_pid) - cpu0)
     finally:
         pg.stop()
         shutil.rmtree(pg.dir, ignore_errors=True)
