@@ -30,7 +30,11 @@ def kafka_node(node_factory: Callable[..., Node]) -> Node:
     port = free_port()
     n = node_factory(kafka_listen=f"127.0.0.1:{port}", offsets_topic_partitions=1)
     n.kafka = f"127.0.0.1:{port}"  # type: ignore[attr-defined]
-    return n.start()
+    n.start()
+    from tests.integration.test_kafka_listener import _api_versions
+
+    wait_until(lambda: _api_versions(n.kafka) is not None, 20, "the Kafka listener")  # type: ignore[attr-defined]
+    return n
 
 
 def produce(node: Node, topic: str, partition: int, count: int, start: int = 0) -> None:
@@ -202,8 +206,7 @@ def test_kafka_delete_records_on_the_wire_versions_and_bad_input(kafka_node: Nod
     from ipc.kafka.protocol import decode_response, encode_request
     from tests.integration.test_kafka_listener import _api_versions, _connect, _recv_frame
 
-    versions = _api_versions(kafka_node.kafka)  # type: ignore[attr-defined]
-    assert versions is not None
+    versions = wait_until(lambda: _api_versions(kafka_node.kafka), 20, "ApiVersions")  # type: ignore[attr-defined]
     assert {"api_key": 21, "min_version": 0, "max_version": 2} in versions["api_keys"]
     with kafka_node.admin() as admin:
         admin.create_topic("wire", partitions=1)
