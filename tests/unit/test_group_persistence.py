@@ -196,3 +196,16 @@ def test_delete_group_writes_the_metadata_tombstone(loaded: Cluster) -> None:
     loaded.worker_answers(ch, sent)
     assert loaded.reply(cid).fields == {"group": "g"}  # type: ignore[union-attr]
     assert "g" not in loaded.api.groups.store.metadata
+
+
+def test_an_expired_group_that_never_committed_writes_the_metadata_tombstone(loaded: Cluster) -> None:
+    a = loaded.ok("join_group", group="g", member_id="", topics=["t"])
+    ack_metadata(loaded)
+    loaded.ok("leave_group", group="g", member_id=a["member_id"])
+    ack_metadata(loaded)  # the emptied group's record
+    loaded.node.now += loaded.node.config.offsets_retention_ms / 1000 + 1
+    loaded.api.tick(loaded.node.now)
+    ((ch, sent),) = loaded.metadata_writes()
+    assert written(sent) == [(["g"], None)]
+    loaded.worker_answers(ch, sent)
+    assert "g" not in loaded.api.groups.store.metadata and "g" not in loaded.api.groups.groups
