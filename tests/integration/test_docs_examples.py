@@ -152,6 +152,9 @@ class Scratch:
             return st.returncode == 0
 
         wait_until(answering, 60, "the node to answer")
+        from tests.integration.test_kafka_listener import _api_versions
+
+        wait_until(lambda: _api_versions(f"127.0.0.1:{self.kport}") is not None, 30, "the Kafka listener")
 
     def localize(self, cmd: str) -> str:
         return (
