@@ -17,14 +17,25 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ipc.streams.tasks import PROCESS_BUCKETS
+from ipc.streams.dsl import Topology
+from ipc.streams.tasks import PROCESS_BUCKETS, Counters
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
-    from ipc.streams.app import StreamsApp
+
+class StreamsApp(Protocol):
+    """What the collector reads of ``ipc.streams.app.StreamsApp`` (which imports this
+    module: no import back)."""
+
+    app_id: str
+    counters: Counters
+    topology: Topology
+    tasks: dict[Any, Any]
+
+    def store_sizes(self) -> dict[str, int]: ...
 
 __all__ = ["StreamsCollector", "make_registry", "serve"]
 
