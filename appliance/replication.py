@@ -29,7 +29,9 @@ its own log end offset; a follower that becomes leader keeps it. It changes only
 replica's log, producer state, follower high watermark and storage condition
 (``FollowerReplica``), so it is tested without sockets. An append that fails (a full
 disk) marks the storage condition failed and the fetch is retried after
-``STUCK_RETRY_S``; the first append that succeeds again clears it.
+``STUCK_RETRY_S``; the first append that succeeds again clears it. One reply is applied
+for at most ``APPLY_BUDGET_S`` (each batch of an ``fsync=always`` topic is fsynced);
+what is left is fetched again from the new log end offset.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -58,6 +61,11 @@ REPLY_TIMEOUT_S = 5.0  # no reply this long after a fetch: reconnect and fetch a
 RETRY_S = 0.1  # after an error reply
 STUCK_RETRY_S = 1.0  # after a reply the follower could not apply (no progress, a bad transfer, a full disk)
 ALTER_ISR_RETRY_S = 1.0  # ask the controller again if its answer has not arrived
+# at most this long appending one reply's batches (then the rest is fetched again): a
+# follower of an fsync=always topic catching up on thousands of small batches (commits
+# to __consumer_offsets after a node's downtime) fsyncs each, and must not stall its
+# worker's loop past the hung-worker timeout
+APPLY_BUDGET_S = 0.5
 
 
 @dataclasses.dataclass
@@ -292,11 +300,14 @@ def apply_fetch_reply(
     if div is not None:
         return _truncate_diverging(replica, div)
     appended = False
+    deadline = time.monotonic() + APPLY_BUDGET_S
     try:
         for frame in reply.frames:
-            if _append_replicated(replica, frame.buffer if hasattr(frame, "buffer") else memoryview(frame)):
+            if _append_replicated(replica, frame.buffer if hasattr(frame, "buffer") else memoryview(frame), deadline):
                 appended = True
                 on_append()
+            if time.monotonic() >= deadline:
+                break  # the rest comes with the next fetch, from the new log end offset
     except OSError as exc:  # a full disk: its storage condition says so; fetch again later
         replica.storage.fail(exc)
         log.error("%s: cannot append what the leader sent: %s", replica.name, exc)
@@ -342,9 +353,11 @@ def _truncate_diverging(replica: FollowerReplica, div: dict[str, Any]) -> float 
     return None
 
 
-def _append_replicated(replica: FollowerReplica, data: memoryview) -> bool:
+def _append_replicated(replica: FollowerReplica, data: memoryview, deadline: float = float("inf")) -> bool:
     """Append the batches of one data frame that are not here yet (a reply crossing a
-    reconnect may repeat some). True if the frame held any batch."""
+    reconnect may repeat some), until ``deadline`` (``time.monotonic``) passes: then
+    the rest is left for the next fetch (at least one batch is appended). True if the
+    frame held any batch."""
     lg = replica.log
     pos = 0
     for h in iter_headers(data, verify_crc=True):
@@ -352,5 +365,7 @@ def _append_replicated(replica: FollowerReplica, data: memoryview) -> bool:
         if h.base_offset >= lg.log_end_offset:
             lg.append_replica(data[pos : pos + size])
             replica.producers.update(h, h.base_offset)
+            if time.monotonic() >= deadline:
+                return True
         pos += size
     return pos > 0

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from appliance import replication
 from appliance.log.log import Log
 from appliance.partition.replica import Replica
 from appliance.replication import ALTER_ISR_RETRY_S, RETRY_S, STUCK_RETRY_S, LeaderState, apply_fetch_reply
@@ -321,6 +322,22 @@ def test_batches_the_follower_has_already_are_skipped(tmp_path: Path) -> None:
     # a reply crossing a reconnect repeats offset 0
     assert apply(r, data_reply(stamped(0, 1, b"a"), stamped(1, 1, b"b"), hw=2)) == (None, 1)
     assert offsets_and_values(r) == [(0, b"a"), (1, b"b")]
+
+
+def test_a_reply_is_applied_within_its_time_budget_and_the_rest_fetched_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A follower of an fsync=always topic catching up on many small batches stops
+    appending a reply once APPLY_BUDGET_S is spent (here: at once, so one batch per
+    reply); its next fetch, from its new log end offset, gets the rest."""
+    monkeypatch.setattr(replication, "APPLY_BUDGET_S", 0.0)
+    r = follower(tmp_path)
+    batches = [stamped(i, 1, b"v%d" % i) for i in range(4)]
+    for n in range(1, 5):
+        sent = batches[r.log.log_end_offset :]  # what the leader answers the fetch at the follower's LEO
+        assert apply(r, data_reply(*sent, hw=4)) == (None, 1)
+        assert r.log.log_end_offset == n and r.high_watermark == n  # capped at its log end
+    assert offsets_and_values(r) == [(i, b"v%d" % i) for i in range(4)]
 
 
 def test_an_empty_reply_only_moves_the_hw(tmp_path: Path) -> None:
