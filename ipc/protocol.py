@@ -14,6 +14,10 @@ raw bytes, sent with ``copy=False`` when large. A reply is ``[header, *data]`` w
 Every API's fields are declared once in ``SCHEMAS``; ``parse_request`` checks types and
 ranges, so handlers receive clean values, and anything malformed becomes an
 ``InvalidRequestError`` reply. See docs/protocol.md for each API.
+
+Over 500 lines because ``SCHEMAS`` is one table of every API's fields (front, groups,
+workers, admin): split, the APIs an endpoint serves and their validation would live
+in several places.
 """
 
 from __future__ import annotations
