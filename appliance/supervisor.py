@@ -112,6 +112,7 @@ class Supervisor:
         self.workers: PartitionWorkers | None = None  # made in setup (sockets)
         self.kafka: KafkaListenerChild | None = None  # the Kafka listener (kafka_listen), a child like a worker
         self.reconciler: Reconciler | None = None
+        self._reconcile_s = 0.0  # what the last reconcile took
         self.connect: ConnectorManager | None = None  # the connectors (appliance/connect/), children like workers
         self._deadline_stop = 0.0
         self.handover = Handover(self.coordinator, config.node_id)  # controlled shutdown (SIGTERM)
@@ -152,7 +153,9 @@ class Supervisor:
 
     def reconcile(self) -> None:
         if self.reconciler is not None:
+            t0 = self.clock()
             self.reconciler.reconcile()
+            self._reconcile_s = self.clock() - t0
             quotas = self.quotas.refresh(self.coordinator)  # a new version of the quotas document
             if quotas is not None:
                 self.api.request_quota.configure(quotas)
@@ -252,10 +255,12 @@ class Supervisor:
 
     def replica_ready(self, r: Replica) -> None:
         # its endpoint, its node options, and a change made while it was starting: one
-        # reconcile within READY_RECONCILE_S for all the workers ready by then (one per
-        # worker cost O(partitions) each: O(n^2) to start n partitions)
+        # reconcile for all the workers ready by then, after READY_RECONCILE_S or four times
+        # what the last one took (one per worker cost O(partitions) each: O(n^2) to start n
+        # partitions; this keeps reconciling to a fifth of the loop while many start)
         assert self.reconciler is not None
-        self.reconciler.next_at = min(self.reconciler.next_at, self.clock() + READY_RECONCILE_S)
+        delay = max(READY_RECONCILE_S, 4 * self._reconcile_s)
+        self.reconciler.next_at = min(self.reconciler.next_at, self.clock() + delay)
 
     def replica_alter_isr(self, r: Replica, event: AlterIsrEvent) -> None:
         assert self.reconciler is not None

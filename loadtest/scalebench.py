@@ -4,7 +4,8 @@ Each run starts a fresh node (``sluice serve`` in its own session, a temporary d
 directory, the default configuration apart from the addresses), then:
 
 1. creates one topic of ``--partitions`` partitions and times ``create_topic``, which
-   returns once every partition serves (time to all serving); meanwhile a probe thread
+   returns once every partition serves (after the front's 25 s, polls the topic until
+   every partition serves): the time to all serving; meanwhile a probe thread
    sends ``list_topics`` to the front endpoint back to back, and its latencies are the
    front's p50 / p99 / max while the workers start;
 2. after ``--settle`` seconds, reads the PSS / USS / RSS of the node's processes
@@ -39,10 +40,11 @@ from typing import Any
 import psutil
 
 from ipc.client import Admin, Consumer, Producer, TopicPartition
-from ipc.errors import SluiceError
+from ipc.errors import RequestTimedOutError, SluiceError
 from loadtest.memory import GIB, MIB, measure
 
 READY_TIMEOUT_S = 30.0
+SERVE_TIMEOUT_S = 600.0
 STOP_TIMEOUT_S = 60.0
 
 
@@ -126,6 +128,18 @@ class FrontProbe(threading.Thread):
         self.join(30)
 
 
+def _wait_serving(admin: Admin, topic: str, partitions: int) -> None:
+    deadline = time.monotonic() + SERVE_TIMEOUT_S
+    while True:
+        parts = admin.describe_topic(topic)["partitions"]
+        serving = sum(p.get("state") == "serving" for p in parts)
+        if serving == partitions:
+            return
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"{serving} of {partitions} partitions serving after {SERVE_TIMEOUT_S:.0f} s")
+        time.sleep(0.5)  # polling the partitions' state, bounded by the deadline
+
+
 def _percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -174,7 +188,10 @@ def run_once(partitions: int, settle_s: float, idle_s: float, consume: bool) -> 
             probe.start()
             t0 = time.monotonic()
             with Admin(node.bootstrap, timeout_ms=300_000) as admin:
-                admin.create_topic("scale", partitions=partitions)
+                try:  # returns once all serve, or after the front's 25 s (they keep starting)
+                    admin.create_topic("scale", partitions=partitions)
+                except RequestTimedOutError:
+                    _wait_serving(admin, "scale", partitions)
             serving_s = time.monotonic() - t0
             probe.stop()
             lat = probe.latencies_ms
@@ -201,6 +218,10 @@ def run_once(partitions: int, settle_s: float, idle_s: float, consume: bool) -> 
                 "idle_cpu_pct_of_core": round(idle_cpu, 2),
                 "consume_all_s": round(consume_s, 2) if consume_s is not None else None,
             }
+        except BaseException:
+            lines = (Path(tmp) / "node.log").read_text(errors="replace").splitlines()
+            sys.stderr.write("--- the node's log, last 40 lines ---\n" + "\n".join(lines[-40:]) + "\n")
+            raise
         finally:
             node.stop()
 

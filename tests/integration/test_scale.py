@@ -33,7 +33,7 @@ def test_a_thousand_partitions_serve_and_one_consumer_reads_them_all(node_factor
             parts: list[dict[str, Any]] = admin.describe_topic("wide")["partitions"]
             return parts if all(p.get("state") == "serving" for p in parts) else None
 
-        parts = wait_until(all_serving, 120, f"{PARTITIONS} partitions serving", interval=0.5)
+        parts = wait_until(all_serving, 300, f"{PARTITIONS} partitions serving", interval=0.5)
     assert len(parts) == PARTITIONS
     assert {p["state"] for p in parts} == {"serving"}
     assert len({p["endpoint"] for p in parts}) == PARTITIONS  # a worker (and a port) each
