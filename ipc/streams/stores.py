@@ -84,7 +84,7 @@ class Store:
         self.partition = partition
         self.data: dict[Any, Any] = {}
         self.stream_time = -1
-        self._pending: dict[Any, tuple[Any, Source]] = {}
+        self._pending: dict[Any, Source] = {}  # key -> the source of its last write (value: in data)
         self._stream_time_src: Source | None = None
         self.last_src: Source | None = None  # the input record that last moved the stream time
         self.extra: dict[str, Any] = {}  # indexes a processor keeps beside the dict (dropped on restore)
@@ -108,12 +108,12 @@ class Store:
             return
         self.data[key] = value
         if self.spec.changelog is not None:
-            self._pending[key] = (value, src)
+            self._pending[key] = src
 
     def delete(self, key: Any, src: Source) -> None:
         self.data.pop(key, None)
         if self.spec.changelog is not None:
-            self._pending[key] = (_DELETED, src)
+            self._pending[key] = src
 
     def advance(self, ts: int, src: Source) -> int:
         """Move the stream time up to ``ts`` (never back); returns it."""
@@ -146,7 +146,9 @@ class Store:
             self._pending.clear()
             return out
         enc_v = self.spec.encode_value
-        for key, (value, src) in self._pending.items():
+        data = self.data
+        for key, src in self._pending.items():
+            value = data.get(key, _DELETED)
             try:
                 raw_v = None if value is _DELETED else enc_v(value)
                 out.append((self.encode_key(key), raw_v, src))

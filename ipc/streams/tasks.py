@@ -167,6 +167,7 @@ class Task:
         task_processed = self.processed
         topic, partition = tp = (records[0].topic, records[0].partition)
         done = 0
+        last = -1  # the offset of the last record processed here (set in task.processed at the end)
         try:
             for r in records:
                 try:
@@ -179,11 +180,14 @@ class Task:
                     continue
                 if internal and key is not None:
                     key = freeze(key)
-                process(RecordContext(self, r.timestamp, (topic, partition, r.offset)), key, value)
-                task_processed[tp] = r.offset + 1
+                offset = r.offset
+                process(RecordContext(self, r.timestamp, (topic, partition, offset)), key, value)
+                last = offset
                 done += 1
         finally:
             self.counters.records_processed += done
+            if last >= 0 and last + 1 > task_processed.get(tp, -1):
+                task_processed[tp] = last + 1
 
     def _one(self, source: SourceNode, r: ConsumerRecord) -> None:
         src = (r.topic, r.partition, r.offset)
