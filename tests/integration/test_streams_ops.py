@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -225,3 +226,17 @@ def test_commit_interval_with_a_rebalance_counts_every_record_once(node: Node) -
     for w in words:
         want[w] = want.get(w, 0) + 1
     assert final_counts == want
+
+
+def test_streamsbench_runs_every_mode_small(node: Node) -> None:
+    """The benchmark tool itself (docs/performance.md), with small numbers against the
+    test's node: every mode completes and reports a rate (no timing is asserted)."""
+    r = subprocess.run(
+        [sys.executable, "-m", "loadtest.streamsbench", "--bootstrap", node.bootstrap, "--records", "10000",
+         "--restore-keys", "2000", "--runs", "1", "--json"],
+        cwd=REPO, capture_output=True, text=True, timeout=180,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert set(result["medians"]) == {"plain", "stateless", "windowed", "join", "restore"}
+    assert all(v > 0 for v in result["medians"].values()), result
