@@ -155,6 +155,7 @@ REQUIRED: dict[str, Callable[[Mapping[str, Any]], list[Action]]] = {
     "fetch": _fetch,
     "list_offsets": _on_topic(Operation.DESCRIBE),
     "delete_records": _on_topic(Operation.DELETE),  # as Kafka's DeleteRecords
+    "same_host_open": _on_topic(Operation.DESCRIBE),  # then each request over its rings, as over TCP
     # topics: metadata and list_topics filter by DESCRIBE in the handler (may_describe),
     # and metadata's auto-creation needs may_create_topic
     "metadata": _nothing,

@@ -285,6 +285,14 @@ SCHEMAS: dict[str, dict[str, Field]] = {
     },
     # Kafka's DeleteRecords: the new log start offset, -1 for the high watermark
     "delete_records": {"topic": TOPIC, "partition": PARTITION, "offset": Field(int, check=_int_range(-1))},
+    # the same-host path (ipc/samehost.py): rings of 64 KiB to 64 MiB
+    "same_host_open": {
+        "topic": TOPIC,
+        "partition": PARTITION,
+        "pid": Field(int, check=_int_range(1, 2**31 - 1)),
+        "request_bytes": Field(int, required=False, default=4 << 20, check=_int_range(64 << 10, 64 << 20)),
+        "reply_bytes": Field(int, required=False, default=20 << 20, check=_int_range(64 << 10, 64 << 20)),
+    },
 }
 GROUP_APIS = frozenset(
     {
@@ -324,7 +332,7 @@ FRONT_APIS = (
     )
     | GROUP_APIS
 )
-WORKER_APIS = frozenset({"produce", "fetch", "list_offsets", "delete_records"})
+WORKER_APIS = frozenset({"produce", "fetch", "list_offsets", "delete_records", "same_host_open"})
 ASSIGNORS = ("range", "roundrobin", "cooperative-sticky")  # partition assignors the coordinator runs
 EARLIEST = -2
 LATEST = -1

@@ -168,9 +168,7 @@ class Ring:
         if not SUPPORTED:
             raise RingError(f"shared-memory rings need an x86-64 host, not {platform.machine()!r}")
         if not MIN_CAPACITY <= capacity <= MAX_CAPACITY or capacity % 64:
-            raise RingError(
-                f"ring capacity {capacity} must be a multiple of 64 in [{MIN_CAPACITY}, {MAX_CAPACITY}]"
-            )
+            raise RingError(f"ring capacity {capacity} must be a multiple of 64 in [{MIN_CAPACITY}, {MAX_CAPACITY}]")
         largest = capacity - ENTRY_HEADER - ALIGN  # one message always fits an empty ring
         max_message = largest if max_message is None else max_message
         if not 0 < max_message <= largest:
@@ -345,12 +343,14 @@ class FifoDoorbell:
     already rings). The listener holds no write end of its own, so when its ringer has
     gone (closed, exited, killed) the read end reports POLLHUP and ``drain`` returns
     False: each side learns at once that the other died. Before anyone connected there
-    is no POLLHUP (Linux reports it only after a writer came and went)."""
+    is no POLLHUP (Linux reports it only after a writer came and went); a ringer rings
+    right after it connects."""
 
     def __init__(self, path: str, read_fd: int, write_fd: int) -> None:
         self.path = path
         self._read_fd = read_fd
         self._write_fd = write_fd
+        self._heard = False  # a ringer has rung: an end of file now means it has gone
 
     @classmethod
     def create(cls, path: str) -> FifoDoorbell:
@@ -394,14 +394,17 @@ class FifoDoorbell:
             pass
 
     def drain(self) -> bool:
-        """Empty the pipe; False if the ringer has gone (end of file: no writer left)."""
+        """Empty the pipe; False if the ringer has gone: end of file (no writer left)
+        after it rang at least once (before any ringer came, a FIFO reads as end of file
+        too, and that is not a hang-up)."""
         for _ in range(64):  # bounded: a pipe holds 64 KiB
             try:
                 got = os.read(self._read_fd, 4096)
             except BlockingIOError:
                 return True
             if not got:
-                return False
+                return not self._heard
+            self._heard = True
             if len(got) < 4096:
                 return True
         return True

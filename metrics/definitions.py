@@ -9,7 +9,7 @@ shared-memory status table and the supervisor: see ``metrics/exporter.py``.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -38,4 +38,11 @@ REQUEST_ERRORS = Counter(
     "sluice_request_errors",
     "Requests answered with an error, by API and error code (api=unparsed: the request could not be parsed).",
     ["api", "error"],
+)
+# the same-host path (appliance/partition/samehost.py): shared-memory rings a worker holds
+SAME_HOST_RING_BYTES = Gauge(
+    "sluice_same_host_ring_bytes",
+    "Bytes of shared memory in the same-host rings of a partition's worker (request and reply rings of its sessions).",
+    ["topic", "partition"],
+    multiprocess_mode="livesum",
 )

@@ -288,14 +288,16 @@ def delete_records(replica: Replica, req: Request) -> Response:
 class PartitionApi:
     """This worker's handler table for the request pipeline (see the module docstring)."""
 
-    def __init__(self, replica: Replica, purgatory: Purgatory) -> None:
+    def __init__(self, replica: Replica, purgatory: Purgatory, same_host_open: Handler | None = None) -> None:
         self.replica = replica
         self.purgatory = purgatory
+        self.same_host_open = same_host_open  # the worker's SameHostSessions.open (samehost.py)
         self.handlers: Mapping[str, Handler] = {
             "produce": self.serve_produce,
             "fetch": self.serve_fetch,
             "list_offsets": self.serve_list_offsets,
             "delete_records": self.serve_delete_records,
+            "same_host_open": self.serve_same_host_open,
         }
 
     def _check_partition(self, req: Request) -> None:
@@ -330,13 +332,24 @@ class PartitionApi:
         self._check_partition(req)
         return delete_records(self.replica, req)
 
+    def serve_same_host_open(self, req: Request) -> Response | None:
+        self._check_partition(req)
+        if self.same_host_open is None:
+            raise InvalidRequestError(f"{self.replica.name}: this worker has no same-host path; use TCP")
+        return self.same_host_open(req)
+
 
 def partition_pipeline(
-    replica: Replica, purgatory: Purgatory, send: Send, gate: Gate, peers: PeerLedger | None = None
+    replica: Replica,
+    purgatory: Purgatory,
+    send: Send,
+    gate: Gate,
+    peers: PeerLedger | None = None,
+    same_host_open: Handler | None = None,
 ) -> RequestPipeline:
     """The request pipeline of a partition worker: ``send(peer, frames)`` is its reply
     through its ROUTER socket; ``gate`` authenticates and authorizes (appliance/gate.py);
-    ``peers`` bounds what is held per client (``send`` is then ``peers.send``)."""
-    return RequestPipeline(
-        replica.name, send, PartitionApi(replica, purgatory).handlers, gate.authenticate, gate.authorize, peers
-    )
+    ``peers`` bounds what is held per client (``send`` is then ``peers.send``);
+    ``same_host_open`` opens same-host sessions (samehost.py; refused without it)."""
+    api = PartitionApi(replica, purgatory, same_host_open)
+    return RequestPipeline(replica.name, send, api.handlers, gate.authenticate, gate.authorize, peers)

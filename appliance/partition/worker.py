@@ -59,6 +59,7 @@ from appliance.partition.handlers import partition_pipeline
 from appliance.partition.purgatory import Purgatory
 from appliance.partition.quota import WorkerQuotas
 from appliance.partition.replica import Replica
+from appliance.partition.samehost import SameHostSessions
 from appliance.partition.spec import WorkerSpec
 from appliance.partition.storage import PROBE_S, StorageCondition, is_storage_error, probe
 from appliance.process import SignalPipe, pid_alive
@@ -86,7 +87,7 @@ from ipc.quota_table import path_beside
 from ipc.server import RequestPipeline
 from ipc.shm import Role, StatusTable, StatusWriter
 from ipc.throttle import MutedPeers
-from metrics.definitions import FETCH_LATENCY, PRODUCE_LATENCY
+from metrics.definitions import FETCH_LATENCY, PRODUCE_LATENCY, SAME_HOST_RING_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,7 @@ class PartitionWorker:
         self.data: zmq.Socket[Any]
         self.control: zmq.Socket[Any]
         self.status: StatusWriter
+        self.same_host: SameHostSessions
         self.endpoint = ""
         self._next_retention = 0.0
         self.retention_check_ms = spec.retention_check_ms  # live: control command node_options
@@ -205,15 +207,26 @@ class PartitionWorker:
         self.purgatory = Purgatory(
             self.replica, PRODUCE_LATENCY.labels(*labels).observe, FETCH_LATENCY.labels(*labels).observe
         )
+        # the same-host path's sessions (samehost.py): their replies go into their rings
+        same_host = self.same_host = SameHostSessions(
+            self.name, os.path.join(os.path.dirname(spec.status_path), "same-host", self.name), self.poller,
+            SAME_HOST_RING_BYTES.labels(*labels).set,
+        )  # fmt: skip
         # what is held per client is bounded (ipc/peers.py): replies, parked fetches, waiting produces
         self.peers = PeerLedger(
             self.name,
-            lambda peer, frames: deliver(self.data, peer, frames),
+            lambda peer, frames: (
+                same_host.deliver(peer, frames) if len(peer) > 255 else deliver(self.data, peer, frames)
+            ),
             clock=self.clock,
             on_stall=self.purgatory.release,
         )
-        self.pipeline = partition_pipeline(self.replica, self.purgatory, self.peers.send, self.gate, self.peers)
+        self.pipeline = partition_pipeline(
+            self.replica, self.purgatory, self.peers.send, self.gate, self.peers, same_host.open
+        )
+        self.pipeline.authenticate = same_host.authenticate(self.pipeline.authenticate)
         self.muted = MutedPeers(self.pipeline.handle, self.peers.send, self.clock)
+        same_host.handle = self.muted.handle
         self.quotas = WorkerQuotas(self.name, path_beside(spec.status_path), spec.slot, self.muted, self.clock)
         self.pipeline.authorize = self.quotas.chain(self.pipeline.authorize)  # then the quota check
         self.follower = FollowerLink(self.replica, self.storage, self.poller, self.clock, self._on_replicated)
@@ -332,6 +345,8 @@ class PartitionWorker:
             timeout = max(0.0, min(self._next_deadline(), next_tick) - self.clock())
             if self.peers.congested:  # replies wait for room in a peer's queue: retry soon
                 timeout = min(timeout, CONGESTED_RETRY_S)
+            if self.same_host.sessions and self.same_host.busy():  # requests left after a burst
+                timeout = 0.0
             events = dict(poller.poll(int(timeout * 1000) + 1))
             if events:
                 next_tick = min(next_tick, self.clock() + tick_s)  # busy again: the short tick
@@ -351,6 +366,8 @@ class PartitionWorker:
                     handle(frames)
                     if self.state is not WorkerState.SERVING:
                         break
+            if self.same_host.sessions:
+                self.same_host.on_events(events)
             now = self.clock()
             self.follower.on_events(events, now)
             self.purgatory.expire(now)
@@ -432,6 +449,7 @@ class PartitionWorker:
         if self.storage.probe_due(now):
             self._probe_storage()
         self.quotas.tick()
+        self.same_host.tick()
         self._publish_status()
 
     def _probe_storage(self) -> None:
@@ -592,6 +610,7 @@ class PartitionWorker:
         self.replica.save_high_watermark()
         self.log.close()
         self._send_control(StoppedEvent(self.spec.slot, os.getpid()))
+        self.same_host.close_all()
         self.data.close(0)
         self.control.close(0)
         self.ctx.term()

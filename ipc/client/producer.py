@@ -89,6 +89,7 @@ class Producer:
         security: Security = None,
         client_id: str | None = None,
         zmq_module: ModuleType = _zmq,
+        same_host: bool = False,
     ) -> None:
         self.endpoints = parse_bootstrap(bootstrap, bootstrap_servers)
         self.client_id = client_id_for(client_id, "producer")
@@ -151,6 +152,7 @@ class Producer:
             retry_backoff_s=self.retry_backoff_s,
             request_timeout_s=self.request_timeout_s,
             delivery_timeout_s=self.delivery_timeout_s,
+            same_host=same_host,
         )
         self._thread = threading.Thread(target=self._sender.run, name="sluice-producer-io", daemon=True)
         self._thread.start()

@@ -45,11 +45,13 @@ from ipc.client.accumulator import TP, RecordAccumulator
 from ipc.client.batch import ProducerBatch, ProducerClosedError
 from ipc.client.idempotence import ProducerIdState, producer_id_from
 from ipc.client.metadata import ClusterMetadata
+from ipc.client.samehost import SameHostChannel, SameHostLinks
 from ipc.client.stats import ProducerStats
 from ipc.client.transport import BootstrapChannel, Channel, ChannelPool, backoff_s
 from ipc.errors import RequestTimedOutError, SluiceError
 from ipc.quota import MAX_THROTTLE_S
 from ipc.records import Compression
+from ipc.ring import RingError
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,13 @@ class _InFlight:
     __slots__ = ("cid", "channel", "batches", "deadline", "key", "sent")
 
     def __init__(
-        self, cid: int, channel: Channel, batches: list[ProducerBatch], deadline: float, key: TP, sent: float
+        self,
+        cid: int,
+        channel: Channel | SameHostChannel,
+        batches: list[ProducerBatch],
+        deadline: float,
+        key: TP,
+        sent: float,
     ) -> None:
         self.cid = cid
         self.channel = channel
@@ -128,6 +136,7 @@ class Sender:
         retry_backoff_s: float,
         request_timeout_s: float,
         delivery_timeout_s: float,
+        same_host: bool = False,
     ) -> None:
         self.acc = accumulator
         self.wakeup = wakeup
@@ -141,6 +150,8 @@ class Sender:
         self.poller = zmq_module.Poller()
         self.poller.register(wakeup.fd, zmq_module.POLLIN)
         self.channels = ChannelPool(ctx, self.poller, zmq_module)
+        # the same-host path (ipc/client/samehost.py), when asked for: rings instead of TCP
+        self.same_host = SameHostLinks(ctx, self.poller, zmq_module) if same_host else None
         self.inflight: dict[int, _InFlight] = {}
         self.throttled: dict[str, float] = {}  # endpoint -> until when it said to wait (a quota)
         self.need_metadata: set[str] = set()
@@ -183,10 +194,18 @@ class Sender:
                     self.drain_replies(ch)
                 if ch.monitor is not None and ch.monitor in events and ch.disconnected():
                     self.on_disconnect(ch)
+            if self.same_host is not None:
+                for link in self.same_host.ready(events):
+                    self.drain_replies(link)
+                    if link.gone:  # the worker died or ended the session
+                        self.same_host.drop(link, "the worker hung up")
+                        self.on_disconnect(link)
         self.metadata.bootstrap.close()
         self.channels.close()
+        if self.same_host is not None:
+            self.same_host.close()
 
-    def on_disconnect(self, ch: Channel) -> None:
+    def on_disconnect(self, ch: Channel | SameHostChannel) -> None:
         """The worker behind ``ch`` went away: its in-flight requests are lost; retry them
         now (they queue until ZeroMQ reconnects) instead of waiting for the timeout."""
         stale = [tp for tp, e in self.leaders.items() if e == ch.endpoint]
@@ -319,16 +338,14 @@ class Sender:
         if not encoded:
             return
         batches = encoded
-        ch = self.channels.get(endpoint)
         acks = self.acks
-        cid = ch.send(
-            "produce",
-            frames,
-            topic=tp[0],
-            partition=tp[1],
-            acks=acks,
-            timeout_ms=int(self.request_timeout_s * 1000),
-        )
+        sent = self._send_request(tp, endpoint, frames)
+        if sent is None:  # the same-host request ring is full: the batches go again in 1 ms
+            for b in batches:
+                b.not_before = now + 0.001
+            acc.reenqueue(tp, batches)
+            return
+        ch, cid = sent
         for b in batches:
             b.attempts += 1
         stats = self.stats
@@ -341,6 +358,29 @@ class Sender:
         self.inflight[cid] = _InFlight(cid, ch, batches, now + self.request_timeout_s, tp, now)
         acc.request_started(tp)
 
+    def _send_request(self, tp: TP, endpoint: str, frames: list[bytes]) -> tuple[Channel | SameHostChannel, int] | None:
+        """Send a produce request through the same-host session with ``endpoint``'s
+        worker if there is one (None: its ring is full now), else over TCP; a request
+        longer than the ring takes goes over TCP."""
+        fields = {
+            "topic": tp[0],
+            "partition": tp[1],
+            "acks": self.acks,
+            "timeout_ms": int(self.request_timeout_s * 1000),
+        }
+        link = self.same_host.get(endpoint, *tp) if self.same_host is not None else None
+        if link is not None:
+            try:
+                cid = link.send("produce", frames, **fields)
+            except RingError:
+                cid = -1
+            if cid is None:
+                return None
+            if cid >= 0:
+                return link, cid
+        ch = self.channels.get(endpoint)
+        return ch, ch.send("produce", frames, **fields)
+
     def encode(self, tp: TP, b: ProducerBatch) -> bytes:
         """Encode a batch for the first time; an idempotent producer stamps it with its
         id, epoch and the partition's next sequence (taken only if encoding succeeds)."""
@@ -352,7 +392,7 @@ class Sender:
         ids.advance(tp, len(b.values))
         return data
 
-    def drain_replies(self, ch: Channel) -> None:
+    def drain_replies(self, ch: Channel | SameHostChannel) -> None:
         for reply in ch.replies():
             f = self.inflight.pop(reply.id, None)
             if f is None:
@@ -405,7 +445,11 @@ class Sender:
             for x in lost:
                 self.inflight.pop(x.cid, None)
                 self.acc.request_ended(x.key)
-            self.channels.reset(ch)
+            if isinstance(ch, SameHostChannel):
+                assert self.same_host is not None
+                self.same_host.drop(ch, "no reply in time")
+            else:
+                self.channels.reset(ch)
             for x in lost:
                 self.fail(x, RequestTimedOutError(f"no reply from {ch.endpoint} within {self.request_timeout_s} s"))
         for tp, batches in self.acc.expired(now).items():

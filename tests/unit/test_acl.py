@@ -76,6 +76,11 @@ TABLE: dict[str, tuple[dict[str, Any], list[AclBinding], type[AuthorizationError
         [allow(T, "orders", "describe")],
         TopicAuthorizationFailedError,
     ),
+    "same_host_open": (
+        {"topic": "orders", "partition": 0, "pid": 4242},
+        [allow(T, "orders", "describe")],
+        TopicAuthorizationFailedError,
+    ),
     "delete_records": (
         {"topic": "orders", "partition": 0, "offset": 5},
         [allow(T, "orders", "delete")],

@@ -59,7 +59,7 @@ class Worker:
 def test_the_pipeline_is_named_after_the_partition_and_serves_the_worker_apis(tmp_path: Path) -> None:
     w = Worker(tmp_path)
     assert w.pipeline.name == "t-0"
-    assert w.pipeline.apis == {"produce", "fetch", "list_offsets", "delete_records"}
+    assert w.pipeline.apis == {"produce", "fetch", "list_offsets", "delete_records", "same_host_open"}
 
 
 def test_a_produce_is_answered_and_timed(tmp_path: Path) -> None:

@@ -339,6 +339,7 @@ def test_a_fifo_doorbell_wakes_another_process_and_sees_it_go(tmp_path: Path) ->
     poller = select.poll()
     poller.register(bell.fileno(), select.POLLIN)
     assert poller.poll(0) == []  # no ringer yet: no event, not even a hang-up
+    assert bell.drain() is True  # and no hang-up either
     code = textwrap.dedent(
         f"""
         import os, sys
