@@ -157,10 +157,13 @@ def _parse_records(
     empty: records.Headers = []  # shared: never mutated
     try:
         for index in range(count):
-            # one-byte varints (the usual lengths and deltas) are read inline: a call costs more
+            # one- and two-byte varints (the usual lengths and deltas) are read inline: a call costs more
             v = data[i]
             if v < 0x80:
                 i += 1
+            elif data[i + 1] < 0x80:  # two bytes (lengths of 64..8191, deltas from 64): inline too
+                v = (v & 0x7F) | (data[i + 1] << 7)
+                i += 2
             else:
                 v, i = uvar(data, i)
             length = (v >> 1) ^ -(v & 1)
@@ -171,12 +174,18 @@ def _parse_records(
             v = data[i]
             if v < 0x80:
                 i += 1
+            elif data[i + 1] < 0x80:  # two bytes (lengths of 64..8191, deltas from 64): inline too
+                v = (v & 0x7F) | (data[i + 1] << 7)
+                i += 2
             else:
                 v, i = uvar(data, i)
             tdeltas.append((v >> 1) ^ -(v & 1))
             v = data[i]
             if v < 0x80:
                 i += 1
+            elif data[i + 1] < 0x80:  # two bytes (lengths of 64..8191, deltas from 64): inline too
+                v = (v & 0x7F) | (data[i + 1] << 7)
+                i += 2
             else:
                 v, i = uvar(data, i)
             if (v >> 1) ^ -(v & 1) != index:
@@ -184,6 +193,9 @@ def _parse_records(
             v = data[i]
             if v < 0x80:
                 i += 1
+            elif data[i + 1] < 0x80:  # two bytes (lengths of 64..8191, deltas from 64): inline too
+                v = (v & 0x7F) | (data[i + 1] << 7)
+                i += 2
             else:
                 v, i = uvar(data, i)
             if v == 1:
@@ -197,6 +209,9 @@ def _parse_records(
             v = data[i]
             if v < 0x80:
                 i += 1
+            elif data[i + 1] < 0x80:  # two bytes (lengths of 64..8191, deltas from 64): inline too
+                v = (v & 0x7F) | (data[i + 1] << 7)
+                i += 2
             else:
                 v, i = uvar(data, i)
             if v == 1:
