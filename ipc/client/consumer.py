@@ -100,6 +100,7 @@ class Consumer:
         consumer_timeout_ms: float | None = None,
         security: Security = None,
         zmq_module: ModuleType = _zmq,
+        same_host: bool = False,
     ) -> None:
         self.endpoints = parse_bootstrap(bootstrap, bootstrap_servers)
         self._key_deserializer = resolve_deserializer(key_deserializer, "key_deserializer")
@@ -147,6 +148,7 @@ class Consumer:
             fetch_min_bytes=fetch_min_bytes,
             request_timeout_s=self.request_timeout_s,
             retry_backoff_s=self.retry_backoff_s,
+            same_host=same_host,
         )
         self._closed = False
         self._group: GroupMembership | None = None

@@ -45,6 +45,7 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 from ipc.client.metadata import ClusterMetadata
+from ipc.client.samehost import SameHostChannel, SameHostLinks
 from ipc.client.stats import ConsumerStats
 from ipc.client.subscription import OffsetReset, SubscriptionState, TopicPartition, TopicPartitionState
 from ipc.client.transport import Channel, ChannelPool, Connection, backoff_s
@@ -56,6 +57,7 @@ from ipc.records import Headers, decode_batches
 log = logging.getLogger(__name__)
 
 _NO_HEADERS: Headers = []
+SMALL_RING = 64 * 1024  # a consumer's same-host request ring: fetch requests are small
 _new_tuple = tuple.__new__
 
 
@@ -80,7 +82,7 @@ class PartitionFetch:
     buffer: collections.deque[ConsumerRecord] = dataclasses.field(default_factory=collections.deque)
     inflight: int = 0  # correlation id of the fetch in flight, 0 if none
     deadline: float = 0.0  # of the fetch being tried: set when first sent, kept across re-sends; 0: none
-    channel: Channel | None = None
+    channel: Channel | SameHostChannel | None = None
     retry_at: float = 0.0
     failures: int = 0  # consecutive failed attempts (connection lost, error, timeout): the back-off
     high_watermark: int = -1
@@ -160,6 +162,7 @@ class Fetcher:
         fetch_min_bytes: int,
         request_timeout_s: float,
         retry_backoff_s: float,
+        same_host: bool = False,
     ) -> None:
         self.subscription = subscription
         self.metadata = metadata
@@ -171,6 +174,8 @@ class Fetcher:
         self.retry_backoff_s = retry_backoff_s
         self.poller = zmq_module.Poller()
         self.channels = ChannelPool(ctx, self.poller, zmq_module)
+        # the same-host path (ipc/client/samehost.py), when asked for: fetches through rings
+        self.same_host = SameHostLinks(ctx, self.poller, zmq_module, request_bytes=SMALL_RING) if same_host else None
         self.fetches: dict[TopicPartition, PartitionFetch] = {}
         self.leaders: dict[TopicPartition, str] = {}
         self._by_cid: dict[int, PartitionFetch] = {}
@@ -319,7 +324,8 @@ class Fetcher:
                 st.retry_at = until
                 return
             del self.throttled[endpoint]
-        ch = self.channels.get(endpoint)
+        link = self.same_host.get(endpoint, *tp) if self.same_host is not None else None
+        ch: Channel | SameHostChannel = self.channels.get(endpoint) if link is None else link
         assert st.fetch_offset is not None
         cid = ch.send(
             "fetch",
@@ -330,6 +336,9 @@ class Fetcher:
             max_wait_ms=self.fetch_max_wait_ms,
             min_bytes=self.fetch_min_bytes,
         )
+        if cid is None:  # the same-host request ring is full (replies not read yet): again soon
+            st.retry_at = now + 0.001
+            return
         st.inflight = cid
         st.channel = ch
         st.sent_at = now
@@ -368,8 +377,14 @@ class Fetcher:
                 self._on_replies(ch)
             if ch.monitor is not None and ch.monitor in events and ch.disconnected():
                 self._on_connection_lost(ch, time.monotonic())
+        if self.same_host is not None:
+            for link in self.same_host.ready(events):
+                self._on_replies(link)
+                if link.gone:  # the worker died or ended the session
+                    self.same_host.drop(link, "the worker hung up")
+                    self._on_connection_lost(link, time.monotonic())
 
-    def _on_replies(self, ch: Channel) -> None:
+    def _on_replies(self, ch: Channel | SameHostChannel) -> None:
         for reply in ch.replies():
             st = self._by_cid.pop(reply.id, None)
             if st is None or st.inflight != reply.id:
@@ -428,7 +443,7 @@ class Fetcher:
             self._by_cid.pop(st.inflight, None)
             st.inflight = 0
 
-    def _on_connection_lost(self, ch: Channel, now: float) -> None:
+    def _on_connection_lost(self, ch: Channel | SameHostChannel, now: float) -> None:
         """The connection to ``ch``'s endpoint was refused, failed or dropped: forget the
         leader of every partition fetched there (its metadata is stale) and back off;
         their fetches in flight will not be answered: they go again, to whichever
@@ -460,10 +475,16 @@ class Fetcher:
             for other in self.fetches.values():  # the queue is dropped: theirs too
                 if other.inflight and other.channel is ch:
                     self._forget(other)
-            self.channels.reset(ch)
+            if isinstance(ch, SameHostChannel):
+                assert self.same_host is not None
+                self.same_host.drop(ch, "a fetch got no reply in time")
+            else:
+                self.channels.reset(ch)
         self._forget(st)
         st.deadline = 0.0
         self.on_fetch_error(st, RequestTimedOutError(f"fetch for {st.topic}-{st.partition} timed out"), now)
 
     def close(self) -> None:
         self.channels.close()
+        if self.same_host is not None:
+            self.same_host.close()

@@ -46,6 +46,7 @@ class SameHostChannel:
     def __init__(self, ctx: Any, endpoint: str, fields: dict[str, Any]) -> None:
         self.endpoint = endpoint
         self.gone = False
+        self.closed = False
         self._tail = header_tail(ctx)
         token = fields.get("token")
         paths = [fields.get(k) for k in ("request_ring", "reply_ring", "worker_bell", "client_bell")]
@@ -108,6 +109,7 @@ class SameHostChannel:
         raise RequestTimedOutError(f"no reply to {api} through the same-host ring of {self.endpoint}")
 
     def close(self) -> None:
+        self.closed = True
         for attr in ("requests", "replies_ring", "bell", "worker_bell"):
             obj = getattr(self, attr, None)
             if obj is not None:
@@ -175,12 +177,15 @@ class SameHostLinks:
         return [link for link in self.links.values() if link.sock in events]
 
     def drop(self, link: SameHostChannel, why: str) -> None:
-        """End a session (its worker went away, or a request got no answer); the next
-        request to the endpoint opens a new one (or goes over TCP)."""
+        """End a session (its worker went away or ended it, or a request got no answer);
+        requests to the endpoint go over TCP for ``RETRY_OPEN_S``, then a new session is
+        asked for (so a worker that keeps ending sessions, say for a reply longer than
+        the ring, is not asked again at every request)."""
         if self.links.get(link.endpoint) is link:
             del self.links[link.endpoint]
             self.poller.unregister(link.sock)
-            log.info("same-host session with %s ended: %s", link.endpoint, why)
+            self.refused[link.endpoint] = time.monotonic() + RETRY_OPEN_S
+            log.info("same-host session with %s ended (%s): TCP for %.0f s", link.endpoint, why, RETRY_OPEN_S)
         link.close()
 
     def __iter__(self) -> Iterator[SameHostChannel]:
@@ -188,7 +193,7 @@ class SameHostLinks:
 
     def close(self) -> None:
         for link in list(self.links.values()):
-            self.drop(link, "closed")
+            self.drop(link, "the client closed")
 
 
 def lost(link: SameHostChannel) -> RequestTimedOutError:

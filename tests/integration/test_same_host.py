@@ -184,3 +184,48 @@ def test_the_rings_are_sized_by_the_request(node: Node) -> None:
     req.close()
     rep.close()
     assert len(session_files(node, "sized-0")) == 4  # the session of this (living) pid stays
+
+
+# ---- fetch through the rings ------------------------------------------------------------------
+def test_a_consumer_reads_through_the_ring_from_its_long_poll(node: Node) -> None:
+    with node.admin() as admin:
+        admin.create_topic("cr", partitions=1)
+    wait_until(lambda: endpoint_of(node, "cr"), 30, "cr-0 serving")
+    with Consumer(node.bootstrap, auto_offset_reset="earliest", same_host=True, fetch_max_wait_ms=5000) as c:
+        c.assign([("cr", 0)])
+        assert c.poll(timeout_ms=300) == []  # a fetch is parked in the worker's purgatory now
+        assert c._fetcher.same_host is not None and c._fetcher.same_host.links
+        got: list[tuple[int, bytes | None]] = []
+        with Producer(node.bootstrap, same_host=True) as p:
+            for i in range(5000):
+                p.send("cr", b"%d" % i)
+            p.flush()
+        deadline = time.monotonic() + 30
+        while len(got) < 5000 and time.monotonic() < deadline:
+            got += [(r.offset, r.value) for r in c.poll(timeout_ms=200)]
+        assert got == [(i, b"%d" % i) for i in range(5000)]
+        assert c._fetcher.same_host.links  # the same session all along
+    wait_until(lambda: not session_files(node, "cr-0"), 10, "the sessions end with their clients")
+
+
+def test_a_consumer_goes_on_after_its_worker_is_killed(node: Node) -> None:
+    with node.admin() as admin:
+        admin.create_topic("ck", partitions=1)
+    wait_until(lambda: endpoint_of(node, "ck"), 30, "ck-0 serving")
+    pid = node.worker_pid("ck", 0)
+    with Producer(node.bootstrap) as p:
+        for i in range(20000):
+            p.send("ck", b"%d" % i)
+        p.flush()
+    with Consumer(node.bootstrap, auto_offset_reset="earliest", same_host=True, max_poll_records=100) as c:
+        c.assign([("ck", 0)])
+        got: list[bytes | None] = []
+        deadline = time.monotonic() + 60
+        while len(got) < 1000 and time.monotonic() < deadline:
+            got += [r.value for r in c.poll(timeout_ms=200)]
+        assert c._fetcher.same_host is not None and c._fetcher.same_host.links
+        os.kill(pid, signal.SIGKILL)  # with fetches through its rings under way
+        node.wait_serving("ck", 0, not_pid=pid)
+        while len(got) < 20000 and time.monotonic() < deadline:
+            got += [r.value for r in c.poll(timeout_ms=200)]
+    assert got == [b"%d" % i for i in range(20000)]  # nothing lost, nothing twice
