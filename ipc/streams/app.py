@@ -15,6 +15,11 @@ The loop (``run``), after gunicorn's arbiter in spirit: one thread, one ``poll``
    commit re-processes the batch, so outputs may repeat; stores do not double count,
    see ``ipc/streams/stores.py``). A refused commit (the group moved on) drops every
    task, so its state is restored again from what was committed.
+
+With ``commit_interval_ms``, steps 3-4 run once per interval for the tasks that processed
+records since the last time (and when ``run`` returns). Operations: the topology is
+published to ``<app>-topology`` at start (``sluice streams describe``); ``metrics_port``
+serves the counters to Prometheus (``ipc/streams/metrics.py``).
 """
 
 from __future__ import annotations
@@ -322,6 +327,8 @@ class StreamsApp:
         self._consumer = self._restorer = self._producer = None
         self.tasks.clear()
         self._cache.clear()
+        self._dirty.clear()
+        self._futures = []
 
     def _send(self, topic: str, key: bytes | None, value: bytes | None, timestamp: int,
               partition: int | None = None) -> None:
