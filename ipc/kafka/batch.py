@@ -33,7 +33,7 @@ from typing import NamedTuple
 from ipc import records
 from ipc.errors import CorruptRecordError, InvalidRequestError, SluiceError
 from ipc.kafka import compression
-from ipc.kafka.wire import varint
+from ipc.kafka.wire import SMALL, SMALL_VARINTS, varint
 
 HEADER = struct.Struct(">qiibIhiqqqhii")
 HEADER_SIZE = HEADER.size  # 61
@@ -306,18 +306,22 @@ def to_kafka(batch: records.RecordBatch) -> bytes:
     out: list[bytes] = []
     append = out.append
     hdrs = batch.headers
+    vt, small = SMALL_VARINTS, SMALL  # small varints from the table, inline (a call per field costs more)
     for j, (off, ts, k, v) in enumerate(zip(batch.offsets, batch.timestamps, batch.keys, batch.values, strict=True)):
+        d = ts - first_ts
+        o = off - base
         rec = b"".join(
             (
                 b"\x00",
-                varint(ts - first_ts),
-                varint(off - base),
-                _NULL if k is None else varint(len(k)) + k,
-                _NULL if v is None else varint(len(v)) + v,
+                vt[d + small] if -small <= d < small else varint(d),
+                vt[o + small] if 0 <= o < small else varint(o),
+                _NULL if k is None else (vt[len(k) + small] if len(k) < small else varint(len(k))) + k,
+                _NULL if v is None else (vt[len(v) + small] if len(v) < small else varint(len(v))) + v,
                 _headers_bytes(hdrs[j]) if hdrs is not None and hdrs[j] else b"\x00",
             )
         )
-        append(varint(len(rec)))
+        n = len(rec)
+        append(vt[n + small] if n < small else varint(n))
         append(rec)
     body = b"".join(out)
     attributes = h.attributes & TIMESTAMP_TYPE

@@ -65,6 +65,7 @@ def uvarint(n: int) -> bytes:
 # zigzag varints of small values, the usual record lengths and deltas: one list lookup
 _SMALL = 1 << 14
 _VARINTS = [uvarint(zigzag(n)) for n in range(-_SMALL, _SMALL)]
+SMALL, SMALL_VARINTS = _SMALL, _VARINTS  # varint(n) is SMALL_VARINTS[n + SMALL] for -SMALL <= n < SMALL
 
 
 def varint(n: int) -> bytes:
