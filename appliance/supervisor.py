@@ -73,6 +73,10 @@ log = logging.getLogger(__name__)
 
 TICK_S = 0.1
 READY_RECONCILE_S = 0.05
+# The health assessment for systemd (STATUS=, READY=1, WATCHDOG=1) walks every replica:
+# at most this often (and at least twice per watchdog ping interval). At every tick it
+# was 40 % of an idle 1,000-partition node's supervisor.
+HEALTH_S = 1.0
 
 
 def make_coordinator(config: NodeConfig) -> Coordinator:
@@ -286,7 +290,7 @@ class Supervisor:
         workers, reconciler = self.workers, self.reconciler
         assert workers is not None and reconciler is not None
         self.poller.register(signals.fileno(), zmq.POLLIN)
-        next_tick = self.clock()
+        next_tick = next_health = self.clock()
         while self.state is not NodeState.STOPPED:
             # workers queued to start: no sleep (they start a few per pass, between requests)
             timeout = 0.0 if workers.children.pending_starts else max(0.0, next_tick - self.clock())
@@ -327,7 +331,10 @@ class Supervisor:
                 if self.state is NodeState.RUNNING and self.handover.active and self.handover.done(now):
                     self.begin_shutdown()
                 self.api.tick(now)
-                self.systemd.tick(self.replicas.values(), stopping, self.config.advertised)
+                if now >= next_health or stopping:
+                    self.systemd.tick(self.replicas.values(), stopping, self.config.advertised)
+                    ping_s = self.systemd.watchdog_interval
+                    next_health = now + (min(HEALTH_S, ping_s / 2) if ping_s else HEALTH_S)
                 self.metrics.tick(now)
                 self.quotas.tick()
                 next_tick = now + TICK_S
