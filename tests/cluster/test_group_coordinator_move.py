@@ -18,7 +18,9 @@ no member saw a partition revoked, lost or newly assigned after the first stable
 generation), every acknowledged record delivered, and none delivered twice: with no
 rebalance, each partition is read by one member from its position in memory, so even
 the records after its last commit are not read again (counted from the first stable
-generation on: while the group forms, partitions move before their first owner commits). After the SIGKILL test the
+generation on: while the group forms, partitions move before their first owner commits;
+and up to the end of the faults: the members then close one after the other, which
+rebalances the group among those still open). After the SIGKILL test the
 replicas of every partition are byte-identical (the leaders answer their followers from
 their recent batches in memory).
 """
@@ -60,6 +62,8 @@ class Member:
             tuple[float, str, list[Any], int, str]
         ] = []  # every event: time, kind, tps, generation, member
         self.consumer: Consumer | None = None
+        self.final_events: list[tuple[str, list[Any], int]] = []  # as freeze() found them
+        self.final_delivered: list[tuple[int, int, bytes]] = []
         self.commits = 0
         self.mark = 0  # deliveries before it happened while the group formed
         self.commit_failures = 0
@@ -134,6 +138,14 @@ class Member:
                 else:
                     out -= {(str(t), int(p)) for t, p in tps}
         return out
+
+    def freeze(self) -> None:
+        """Keep what the member was handed and told so far (``final_*``): closing the
+        members one after the other rebalances the group among those still open, which
+        is the test's end, not its subject."""
+        with self._lock:
+            self.final_events = list(self.events)
+            self.final_delivered = list(self.delivered)
 
     def stop(self) -> None:
         self._stop.set()
@@ -238,7 +250,7 @@ def check_no_rebalance_no_duplicate(
     for m in members:  # (the events of the group forming were dropped by start_group)
         # an assignment of a generation before the stable one, answered late, belongs to
         # the group forming too; anything else is a change of the member's partitions
-        late = [(kind, tps, g) for kind, tps, g in m.events if not (kind == "assign" and 0 <= g < gen)]
+        late = [(kind, tps, g) for kind, tps, g in m.final_events if not (kind == "assign" and 0 <= g < gen)]
         assert not late, (
             f"member {m.name}'s partitions changed: {late}; history (member, s after the reset, "
             f"kind, partitions, generation): {history}"
@@ -249,7 +261,7 @@ def check_no_rebalance_no_duplicate(
     delivered: dict[tuple[int, int], bytes] = {}
     by: dict[tuple[int, int], list[str]] = {}
     for m in members:
-        for i, (p, o, v) in enumerate(m.delivered):
+        for i, (p, o, v) in enumerate(m.final_delivered):
             delivered[(p, o)] = v
             if i >= m.mark:
                 by.setdefault((p, o), []).append(m.name)
@@ -323,6 +335,8 @@ def test_group_membership_survives_a_sigkill_of_its_coordinator(cluster_factory:
             wl.stop()
             wait_delivered(members, acked_ends(wl), 30, "at the end")
             after = stable_group(cl, members)
+            for m in members:
+                m.freeze()
         finally:
             for m in members:
                 m.stop()
@@ -359,6 +373,8 @@ def test_group_membership_survives_a_rolling_restart(cluster_factory: Callable[.
             wl.stop()
             wait_delivered(members, acked_ends(wl), 30, "at the end")
             after = stable_group(cl, members)
+            for m in members:
+                m.freeze()
         finally:
             for m in members:
                 m.stop()
@@ -403,6 +419,8 @@ def test_the_group_goes_on_while_zookeeper_is_down(cluster_factory: Callable[...
             wl.stop()
             wait_delivered(members, acked_ends(wl), 30, "at the end")
             after = stable_group(cl, members)
+            for m in members:
+                m.freeze()
         finally:
             for m in members:
                 m.stop()
