@@ -140,6 +140,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-poll-records", type=int, default=100)
     p.add_argument("--offset-reset", default="earliest")
     p.add_argument("--lifetime-s", type=float, default=120.0)
+    p.add_argument("--same-host", action="store_true", help="fetch through shared-memory rings (issue 18)")
     p.add_argument("--print-committed", type=int, metavar="PARTITIONS", help="print committed offsets and exit")
     return p.parse_args(argv)
 
@@ -173,6 +174,7 @@ def run(a: argparse.Namespace) -> int:
         enable_auto_commit=a.commit == "auto",
         auto_commit_interval_ms=a.auto_commit_interval_ms,
         max_poll_records=a.max_poll_records,
+        same_host=a.same_host,
         fetch_max_wait_ms=50,
         request_timeout_ms=5_000,  # a fetch lost in a node crash is retried after this
         on_assign=on_assign,

@@ -226,7 +226,14 @@ MemberFactory = Callable[..., Member]
 
 
 @pytest.fixture
-def members(tmp_path: Path) -> Iterator[MemberFactory]:
+def same_host() -> bool:
+    """Whether members and feeder use the same-host path (issue 18); the tests that
+    parametrize ``same_host`` run over both."""
+    return False
+
+
+@pytest.fixture
+def members(tmp_path: Path, same_host: bool) -> Iterator[MemberFactory]:
     """Start member processes: ``members(node, group, name, *args)``; all SIGKILLed at the end."""
     started: list[Member] = []
 
@@ -234,6 +241,7 @@ def members(tmp_path: Path) -> Iterator[MemberFactory]:
         assert len(started) < MAX_MEMBERS, f"a test may start at most {MAX_MEMBERS} member processes"
         defaults = ["--topic", topic, "--session-timeout-ms", str(SESSION_MS)]
         defaults += ["--heartbeat-interval-ms", str(HEARTBEAT_MS), "--max-poll-interval-ms", "10000"]
+        defaults += ["--same-host"] if same_host else []
         m = Member(name, node, group, tmp_path, [*defaults, *args])
         started.append(m)
         return m
@@ -307,8 +315,10 @@ class Feeder:
     """Produces records to every partition in turn, a few per call, from the test thread,
     so a wait loop can keep records flowing while it polls for something else."""
 
-    def __init__(self, node: Node, topic: str = TOPIC, partitions: int = PARTITIONS, tag: str = "r") -> None:
-        self.producer = Producer(node.bootstrap, linger_ms=2)
+    def __init__(
+        self, node: Node, topic: str = TOPIC, partitions: int = PARTITIONS, tag: str = "r", same_host: bool = False
+    ) -> None:
+        self.producer = Producer(node.bootstrap, linger_ms=2, same_host=same_host)
         self.topic = topic
         self.partitions = partitions
         self.tag = tag
@@ -343,8 +353,8 @@ class Feeder:
 
 
 @pytest.fixture
-def feeder(node: Node) -> Iterator[Feeder]:
-    f = Feeder(node)
+def feeder(node: Node, same_host: bool) -> Iterator[Feeder]:
+    f = Feeder(node, same_host=same_host)
     try:
         yield f
     finally:
@@ -449,9 +459,13 @@ def wait_consumed(live: list[Member], produced: dict[tuple[int, int], str], time
 
 # ---- 1. membership and assignment -----------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("assignor", ["range", "cooperative-sticky"])
+@pytest.mark.parametrize(
+    ("assignor", "same_host"),
+    [("range", False), ("cooperative-sticky", False), ("cooperative-sticky", True)],
+    ids=["range", "cooperative-sticky", "cooperative-sticky-same_host"],
+)
 def test_three_members_share_the_partitions(
-    node: Node, front: Front, members: MemberFactory, feeder: Feeder, assignor: str
+    node: Node, front: Front, members: MemberFactory, feeder: Feeder, assignor: str, same_host: bool
 ) -> None:
     """Three members of one group on six partitions: in every generation no partition has
     two owners, in the settled one each has exactly one, and the group reads every record
@@ -477,8 +491,9 @@ def test_three_members_share_the_partitions(
 
 # ---- 2. a member dies -----------------------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.parametrize("same_host", [False, True], ids=["tcp", "same_host"])
 def test_killed_member_partitions_move_and_only_uncommitted_records_repeat(
-    node: Node, front: Front, members: MemberFactory, feeder: Feeder
+    node: Node, front: Front, members: MemberFactory, feeder: Feeder, same_host: bool
 ) -> None:
     """SIGKILL a member mid-stream: within the session timeout (plus a margin) its partitions
     move to the others, which resume from its last commit. Every record is consumed; the only
@@ -789,8 +804,9 @@ def test_committed_offsets_survive_a_graceful_restart(node: Node, front: Front, 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("same_host", [False, True], ids=["tcp", "same_host"])
 def test_members_rejoin_after_a_node_crash_and_resume_from_their_commits(
-    node: Node, front: Front, members: MemberFactory, feeder: Feeder
+    node: Node, front: Front, members: MemberFactory, feeder: Feeder, same_host: bool
 ) -> None:
     """Membership is persisted (the group metadata record in __consumer_offsets): after the
     node restarts, it restores the group, and the live members go on with their member
@@ -806,7 +822,7 @@ def test_members_rejoin_after_a_node_crash_and_resume_from_their_commits(
     marks = {m.name: m.mark() for m in live}
     node.kill_all()
     node.start()
-    after_feeder = Feeder(node, tag="after")
+    after_feeder = Feeder(node, tag="after", same_host=same_host)
     try:
         after_feeder.feed(rounds=10)
         after = after_feeder.produced()

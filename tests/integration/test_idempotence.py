@@ -3,6 +3,7 @@ same producer id and sequence is written once, and the answers say so."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 
@@ -10,6 +11,7 @@ import pytest
 import zmq
 
 from ipc.client import Admin, Consumer
+from ipc.client.samehost import SameHostChannel
 from ipc.client.transport import Channel
 from ipc.errors import OutOfOrderSequenceError
 from ipc.records import encode_batch
@@ -23,18 +25,39 @@ def leader_endpoint(node: Node) -> str | None:
     return endpoint
 
 
+Link = Channel | SameHostChannel
+
+
+def connect(endpoint: str, same_host: bool) -> Link:
+    """A TCP channel to the worker, or a same-host session with it (issue 18)."""
+    ch = Channel(zmq.Context.instance(), endpoint)
+    if not same_host:
+        return ch
+    try:
+        reply = ch.request("same_host_open", 10, topic="idem", partition=0, pid=os.getpid())
+        reply.raise_for_error()
+    finally:
+        ch.close()
+    return SameHostChannel(zmq.Context.instance(), endpoint, reply.fields)
+
+
+@pytest.fixture(params=[False, True], ids=["tcp", "same_host"])
+def same_host(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
 @pytest.fixture
-def leader(node: Node) -> Iterator[Channel]:
+def leader(node: Node, same_host: bool) -> Iterator[Link]:
     with Admin(node.bootstrap) as admin:
         admin.create_topic("idem", partitions=1)
-    ch = Channel(zmq.Context.instance(), wait_until(lambda: leader_endpoint(node), 30, "idem-0 serving"))
+    ch = connect(wait_until(lambda: leader_endpoint(node), 30, "idem-0 serving"), same_host)
     try:
         yield ch
     finally:
         ch.close()
 
 
-def produce(ch: Channel, values: list[bytes], pid: int, seq: int) -> list[int]:
+def produce(ch: Link, values: list[bytes], pid: int, seq: int) -> list[int]:
     # stamped now, as a producer's batch is: a producer's state expires by its batches'
     # record time (producer.id.expiration.ms, as in Kafka), and time 0 is 56 years idle
     batch = encode_batch(
@@ -46,7 +69,7 @@ def produce(ch: Channel, values: list[bytes], pid: int, seq: int) -> list[int]:
     return offsets
 
 
-def test_a_retried_batch_is_written_once(node: Node, leader: Channel) -> None:
+def test_a_retried_batch_is_written_once(node: Node, leader: Link) -> None:
     with Admin(node.bootstrap) as admin:
         pid = admin._call("init_producer_id")["producer_id"]
     assert produce(leader, [b"a", b"b"], pid, 0) == [0]
@@ -72,14 +95,14 @@ def test_a_retried_batch_is_written_once(node: Node, leader: Channel) -> None:
     assert got == [b"a", b"b", b"c", b"d", b"e", b"e"]
 
 
-def test_duplicates_are_still_recognised_after_a_restart(node: Node, leader: Channel) -> None:
+def test_duplicates_are_still_recognised_after_a_restart(node: Node, leader: Link, same_host: bool) -> None:
     with Admin(node.bootstrap) as admin:
         pid = admin._call("init_producer_id")["producer_id"]
     assert produce(leader, [b"a"], pid, 0) == [0]
     leader.close()
     assert node.stop() == 0
     node.start()
-    ch = Channel(zmq.Context.instance(), wait_until(lambda: leader_endpoint(node), 30, "idem-0 serving again"))
+    ch = connect(wait_until(lambda: leader_endpoint(node), 30, "idem-0 serving again"), same_host)
     try:  # the worker rebuilt its producer state from the log's batch headers
         assert produce(ch, [b"a"], pid, 0) == [0]
         assert produce(ch, [b"b"], pid, 1) == [1]

@@ -12,16 +12,20 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import zmq
 
-from ipc.client import Consumer, Producer
+from ipc.client import Admin, Consumer, Producer
 from ipc.client.samehost import SameHostChannel
 from ipc.client.transport import Channel
 from ipc.ring import Ring
 from ipc.samehost import pack_frames
 from tests.integration.conftest import Node, wait_until
+from tests.integration.test_protected_mode import PORT, node_in_ns0
+from tests.support.netns import Netbed
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -229,3 +233,42 @@ def test_a_consumer_goes_on_after_its_worker_is_killed(node: Node) -> None:
         while len(got) < 20000 and time.monotonic() < deadline:
             got += [r.value for r in c.poll(timeout_ms=200)]
     assert got == [b"%d" % i for i in range(20000)]  # nothing lost, nothing twice
+
+
+# ---- a client on another network namespace ----------------------------------------------------
+@pytest.fixture(scope="module")
+def bed() -> Iterator[Netbed]:
+    if os.geteuid() != 0:
+        pytest.fail("the same-host path's namespace test needs root (network namespaces)")
+    with Netbed(1) as b:
+        yield b
+
+
+def test_a_client_in_another_network_namespace_gets_tcp(bed: Netbed, tmp_path: Path) -> None:
+    """The node in namespace 0, this client in the host's: the worker sees a peer that is
+    not on loopback and refuses the session; the client says so once and uses TCP, with
+    the same records and offsets."""
+    remote = f"tcp://{bed.address(0)}:{PORT}"
+    with node_in_ns0(bed, tmp_path / "ns-node", {"protected_mode": False}, advertise=True):
+        with Admin(remote, timeout_ms=30_000) as admin:
+            admin.create_topic("far", partitions=1)
+        with Producer(remote, same_host=True) as p:
+            offsets = [f.result(timeout=30).offset for f in [p.send("far", b"%d" % i) for i in range(500)]]
+            links = p._sender.same_host
+            assert links is not None and not links.links and list(links.refused) == [endpoint_of_remote(remote)]
+        assert offsets == list(range(500))
+        with Consumer(remote, auto_offset_reset="earliest", same_host=True) as c:
+            c.assign([("far", 0)])
+            got: list[bytes | None] = []
+            deadline = time.monotonic() + 30
+            while len(got) < 500 and time.monotonic() < deadline:
+                got += [r.value for r in c.poll(timeout_ms=200)]
+            assert c._fetcher.same_host is not None and not c._fetcher.same_host.links
+        assert got == [b"%d" % i for i in range(500)]
+
+
+def endpoint_of_remote(bootstrap: str) -> str:
+    with Admin(bootstrap, timeout_ms=10_000) as admin:
+        md = admin._call("metadata", None, topics=["far"])
+    endpoint: str = md["topics"][0]["partitions"][0]["endpoint"]
+    return endpoint
