@@ -62,6 +62,9 @@ class GroupCoordinator:
         # the group metadata record last written (or loaded) per group, the groups whose
         # write is in flight, and when to try again after a failed one
         self._persisted: dict[str, dict[str, Any]] = {}
+        # (generation, state, member ids) of what was last written: a cheap test, each tick,
+        # of whether a group changed since (Group.snapshot is built only then)
+        self._persisted_key: dict[str, tuple[Any, ...]] = {}
         self._persisting: set[str] = set()
         self._persist_retry: dict[str, float] = {}
         # syncs waiting for their generation's record to be acknowledged: (responder, member, generation)
@@ -172,6 +175,7 @@ class GroupCoordinator:
             log.info("group %s: no longer coordinated here (%s)", group_id, why)
         for group_id in [g for g in self._persisted if self.store.partition_for(g) == partition]:
             del self._persisted[group_id]
+            self._persisted_key.pop(group_id, None)
         for group_id in [g for g in self._parked_syncs if self.store.partition_for(g) == partition]:
             for responder, _, _ in self._parked_syncs.pop(group_id):
                 responder.fail(err)
@@ -189,6 +193,7 @@ class GroupCoordinator:
                 log.error("group %s: unreadable metadata record in %s-%d: %r", group_id, OFFSETS_TOPIC, partition, exc)
                 continue
             self._persisted[group_id] = snap
+            self._persisted_key[group_id] = self._change_key(self.groups[group_id])
 
     def persist(self, g: Group) -> None:
         """Write ``g``'s metadata record if its last completed rebalance changed it (one
@@ -196,6 +201,9 @@ class GroupCoordinator:
         group that never had a member writes none."""
         gid = g.group_id
         if gid in self._persisting or self.node.clock() < self._persist_retry.get(gid, 0.0):
+            return
+        key = self._change_key(g)
+        if key == self._persisted_key.get(gid):
             return
         snap = g.snapshot()
         if snap is None or snap == self._persisted.get(gid) or not self.store.group_loaded(gid):
@@ -208,6 +216,7 @@ class GroupCoordinator:
             self._persisting.discard(gid)
             if err is None:
                 self._persisted[gid] = snap
+                self._persisted_key[gid] = key
                 self._persist_retry.pop(gid, None)
             else:
                 self._persist_retry[gid] = self.node.clock() + PERSIST_RETRY_S
@@ -220,6 +229,12 @@ class GroupCoordinator:
             self._answer_syncs(gid, err)
 
         self.store.write(gid, [], done, meta=snap)
+
+    @staticmethod
+    def _change_key(g: Group) -> tuple[Any, ...]:
+        """What changes whenever the group's metadata record would: a completed
+        rebalance, emptying, a static member's new member id."""
+        return (g.generation, g.state, tuple(g.members))
 
     def sync_must_wait(self, g: Group) -> bool:
         """Is ``g``'s current generation not acknowledged by ``__consumer_offsets`` yet?
@@ -328,6 +343,7 @@ class GroupCoordinator:
         def deleted(err: SluiceError | None) -> None:
             if err is None:
                 self._persisted.pop(group_id, None)
+                self._persisted_key.pop(group_id, None)
             done(err)
 
         self.store.write(group_id, [(tp, None) for tp in entries], deleted, meta=None if has_meta else NO_META)
