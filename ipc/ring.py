@@ -393,17 +393,19 @@ class FifoDoorbell:
         except BlockingIOError:  # the pipe is full: the listener has plenty of rings pending
             pass
 
-    def drain(self) -> bool:
+    def drain(self, polled: bool = False) -> bool:
         """Empty the pipe; False if the ringer has gone: end of file (no writer left)
-        after it rang at least once (before any ringer came, a FIFO reads as end of file
-        too, and that is not a hang-up)."""
+        after it rang at least once, or after the poll reported the fd (``polled``: a
+        FIFO no writer ever opened is never reported; one whose writer left reports
+        POLLHUP until the listener acts). Before any ringer came, a FIFO reads as end of
+        file too, and that alone is not a hang-up."""
         for _ in range(64):  # bounded: a pipe holds 64 KiB
             try:
                 got = os.read(self._read_fd, 4096)
             except BlockingIOError:
                 return True
             if not got:
-                return not self._heard
+                return not (self._heard or polled)
             self._heard = True
             if len(got) < 4096:
                 return True

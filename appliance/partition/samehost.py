@@ -140,10 +140,10 @@ class SameHostSessions:
         their last burst (``busy``)."""
         for fd, s in list(self._by_fd.items()):
             if fd in events or s.requests.used():
-                self._serve(s)
+                self._serve(s, fd in events)
 
-    def _serve(self, s: Session) -> None:
-        alive = s.bell.drain()
+    def _serve(self, s: Session, polled: bool) -> None:
+        alive = s.bell.drain(polled)  # a client gone before its first ring hangs up too (no busy poll)
         try:
             for _ in range(BURST):
                 payload = s.requests.read()

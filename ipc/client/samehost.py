@@ -47,6 +47,7 @@ class SameHostChannel:
         self.endpoint = endpoint
         self.gone = False
         self.closed = False
+        self.polled = False
         self._tail = header_tail(ctx)
         token = fields.get("token")
         paths = [fields.get(k) for k in ("request_ring", "reply_ring", "worker_bell", "client_bell")]
@@ -76,7 +77,11 @@ class SameHostChannel:
         return cid
 
     def replies(self, limit: int = 1000) -> Iterator[Reply]:
-        if not self.bell.drain():
+        """The replies in the ring. After the poll reported the doorbell (``polled``, set
+        by ``SameHostLinks.ready``) an end of file means the worker has gone, even before
+        it first rang."""
+        polled, self.polled = self.polled, False
+        if not self.bell.drain(polled):
             self.gone = True
         for _ in range(limit):
             payload = self.replies_ring.read()
@@ -174,7 +179,11 @@ class SameHostLinks:
         return SameHostChannel(self.ctx, endpoint, reply.fields)
 
     def ready(self, events: dict[Any, int]) -> list[SameHostChannel]:
-        return [link for link in self.links.values() if link.sock in events]
+        """The sessions whose doorbell the poll reported."""
+        out = [link for link in self.links.values() if link.sock in events]
+        for link in out:
+            link.polled = True
+        return out
 
     def drop(self, link: SameHostChannel, why: str) -> None:
         """End a session (its worker went away or ended it, or a request got no answer);

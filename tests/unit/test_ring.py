@@ -368,6 +368,19 @@ def test_a_fifo_doorbell_wakes_another_process_and_sees_it_go(tmp_path: Path) ->
     bell.unlink()
 
 
+def test_a_ringer_gone_before_it_rang_is_seen_once_polled(tmp_path: Path) -> None:
+    FifoDoorbell.create(str(tmp_path / "bell"))
+    bell = FifoDoorbell.listen(str(tmp_path / "bell"))
+    poller = select.poll()
+    poller.register(bell.fileno(), select.POLLIN)
+    FifoDoorbell.connect(bell.path).close()  # connected, never rang, gone
+    events = poller.poll(10_000)
+    assert events and events[0][1] & select.POLLHUP  # reported at every poll until acted on
+    assert bell.drain() is True  # unpolled, an end of file alone is not a hang-up
+    assert bell.drain(polled=True) is False
+    bell.close()
+
+
 def test_a_doorbell_nobody_listens_on_is_refused(tmp_path: Path) -> None:
     FifoDoorbell.create(str(tmp_path / "bell"))
     bell = FifoDoorbell.listen(str(tmp_path / "bell"))
