@@ -11,7 +11,7 @@ topic ``sb-in`` (4 partitions, ``--records`` records, keys ``k0``..``k9999``, 10
 JSON values, timestamps 1 ms apart) and the table topic ``sb-customers`` (the 10,000
 keys) are written once; every run of every mode reads them with a group of its own.
 
-Modes (each ``--runs`` times, round-robin, medians reported):
+Modes (each ``--runs`` times, round-robin, the order rotated every round, medians reported):
 
 - ``plain``: a group ``Consumer`` -> ``Producer`` loop, bytes through unchanged: per poll,
   send every record, flush (acks=all), commit. What the streams loop does, minus the library.
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         results: dict[str, list[float]] = {m: [] for m in modes}
         for i in range(a.runs):
-            for m in modes:
+            for m in modes[i % len(modes):] + modes[:i % len(modes)]:  # rotated: no mode always follows another
                 r = run_mode(m, bootstrap, a.records, a.restore_keys, i)
                 results[m].append(r)
                 print(f"run {i + 1} {m}: {r:,.0f} {'keys' if m == 'restore' else 'records'}/s", file=sys.stderr)
