@@ -83,6 +83,13 @@ def served(request: pytest.FixtureRequest) -> Iterator[Served]:
 
 
 def recv_frame(s: socket.socket) -> bytes | None:
+    try:
+        return _recv_frame(s)
+    except ConnectionResetError:
+        return None
+
+
+def _recv_frame(s: socket.socket) -> bytes | None:
     data = b""
     while len(data) < 4:
         chunk = s.recv(4 - len(data))
@@ -100,8 +107,13 @@ def recv_frame(s: socket.socket) -> bytes | None:
 
 
 def ask(s: socket.socket, api: Any, version: int, cid: int, body: dict[str, Any]) -> dict[str, Any] | None:
-    s.sendall(encode_request(api, version, cid, body))
-    frame = recv_frame(s)
+    """The response, or None when the server closed the connection (a FIN, or a reset:
+    a server that closes with our request unread makes the kernel answer RST)."""
+    try:
+        s.sendall(encode_request(api, version, cid, body))
+        frame = recv_frame(s)
+    except (ConnectionResetError, BrokenPipeError):
+        return None
     return None if frame is None else decode_response(api, version, frame)[1]
 
 
