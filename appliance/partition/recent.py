@@ -17,7 +17,9 @@ Consistency with the log (the caller, ``Replica``, checks ``end`` against the lo
 offset before every read): an append that does not start at ``end`` (the log was
 truncated or appended to behind the ring's back) empties the ring first, and so does
 ``truncate``/``clear`` on a role change. A ring whose ``end`` is not the log end
-offset is never read.
+offset is never read, nor asked for an offset below the log's active segment: the
+cleaner rewrites sealed segments of a compacted topic, so what the ring kept of them is
+no longer what the log holds (``Replica.read``).
 """
 
 from __future__ import annotations

@@ -191,14 +191,18 @@ class Replica:
     def read(self, offset: int, max_bytes: int, replica: bool = False) -> bytes:
         """Whole batches from ``offset``: up to the high watermark for a consumer, up to
         the log end offset for a follower (``replica``). Raises OffsetOutOfRangeError.
-        From the recent batches when they hold ``offset`` and end where the log ends."""
+        From the recent batches when they hold ``offset`` and end where the log ends, and
+        ``offset`` is in the active segment: the cleaner rewrites sealed segments (a
+        compacted topic's older batches are not what the ring kept), never the active one."""
         lg = self.log
         limit = lg.log_end_offset if replica else self.high_watermark
         recent = self.recent
         if len(recent):
             if recent.end != lg.log_end_offset:
                 recent.clear()  # the log was truncated since: they are not what it holds
-            elif offset >= lg.log_start_offset:
+            elif offset < lg.segments[-1].base_offset or offset < lg.log_start_offset:
+                recent.misses += 1
+            else:
                 data = recent.read(offset, max_bytes, limit)
                 if data is not None:
                     return data
