@@ -20,8 +20,9 @@ reaps, backs off exponentially, takes a crash-looping child offline, and kills a
 that is silent past the heartbeat timeout, not ready within the start timeout, or still
 running at the shutdown deadline (as gunicorn's arbiter murders late workers).
 
-Starting a child costs the node's loop tens of milliseconds (the fork server's round
-trip, the owner's preparation such as a durable directory marker), so a reconcile that
+Starting a child costs the node's loop milliseconds to tens of milliseconds (the fork
+server's round trip, the owner's preparation; a partition worker writes its durable
+directory marker itself, after the fork), so a reconcile that
 wants 500 new workers does not start them itself: it ``enqueue``s them, and
 ``start_queued`` (run on every pass of the loop, from ``on_events``) starts them within
 a time budget (``START_BUDGET_S``, at least one each pass), going back to serving the
