@@ -94,6 +94,9 @@ def _topic_options(sp: argparse.ArgumentParser, partitions_default: int | None =
     )
 
 
+SAME_HOST_HELP = "through shared-memory rings with the partition workers (a node on this host; docs/architecture.md)"
+
+
 def _producer_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--record-size", type=_int(0), default=100, metavar="B", help="value bytes per record")
     sp.add_argument("--acks", choices=["0", "1", "all"], default="1")
@@ -101,6 +104,7 @@ def _producer_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--linger-ms", type=_int(0), default=5, metavar="MS")
     sp.add_argument("--max-in-flight", type=_int(1), default=1, metavar="N")
     sp.add_argument("--compression", choices=["none", "lz4", "zstd"], default="none")
+    sp.add_argument("--same-host", action="store_true", help=SAME_HOST_HELP)
 
 
 def add_parsers(sub: Any) -> argparse.ArgumentParser:
@@ -143,6 +147,7 @@ def add_parsers(sub: Any) -> argparse.ArgumentParser:
     co.add_argument(
         "--timeout-ms", type=_int(1), default=10_000, metavar="MS", help="give up after this long without a record"
     )
+    co.add_argument("--same-host", action="store_true", help=SAME_HOST_HELP)
     _common(co)
 
     e2e = modes.add_parser("e2e", help="producer and consumer processes; latency from a timestamp in the payload")

@@ -176,6 +176,7 @@ def produce_once(a: argparse.Namespace) -> dict[str, Any]:
         linger_ms=a.linger_ms,
         max_in_flight=a.max_in_flight,
         compression=a.compression,
+        same_host=a.same_host,
     )
     samples: array[float] = array("d")
     errors: list[BaseException] = []
@@ -333,6 +334,8 @@ def _child_command(a: argparse.Namespace, records: int, partition: int | None) -
         cmd += ["--duration", str(a.duration)]
     if partition is not None:
         cmd += ["--partition", str(partition)]
+    if a.same_host:
+        cmd += ["--same-host"]
     if a.bootstrap:
         cmd += ["--bootstrap", a.bootstrap]
     return cmd
@@ -458,6 +461,7 @@ def cmd_consume(a: argparse.Namespace) -> int:
         fetch_max_bytes=a.fetch_max_bytes,
         fetch_max_wait_ms=a.fetch_max_wait_ms,
         group_id=a.group,
+        same_host=a.same_host,
     )
     samples: array[float] = array("d")
     clock = time.perf_counter

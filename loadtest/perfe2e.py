@@ -39,6 +39,8 @@ def _producer_command(a: argparse.Namespace, total: int) -> list[str]:
     cmd += ["--acks", a.acks, "--batch-size", str(a.batch_size)]
     cmd += ["--linger-ms", str(a.linger_ms), "--max-in-flight", str(a.max_in_flight)]
     cmd += ["--compression", a.compression, "--timestamped", "--wait-go", "--json", "--quiet"]
+    if a.same_host:
+        cmd += ["--same-host"]
     if a.bootstrap:
         cmd += ["--bootstrap", a.bootstrap]
     return cmd
@@ -55,6 +57,7 @@ def cmd_e2e(a: argparse.Namespace) -> int:
         auto_offset_reset="latest",
         max_poll_records=a.max_poll_records,
         fetch_max_wait_ms=a.fetch_max_wait_ms,
+        same_host=a.same_host,
     )
     seen = bytearray(total)
     lat_ns: array[int] = array("q")

@@ -85,8 +85,10 @@ def test_perf_produce_processes_spread_over_partitions(node: Node) -> None:
     assert result["starved_partitions"] == []
 
 
-def test_perf_e2e(node: Node) -> None:
-    result = perf(node, "e2e", "--topic", "e2e", "--partitions", "1", "--rate", "2000", "--duration", "1")
+@pytest.mark.parametrize("path", [[], ["--same-host"]], ids=["tcp", "same_host"])
+def test_perf_e2e(node: Node, path: list[str]) -> None:
+    result = perf(node, "e2e", "--topic", "e2e", "--partitions", "1", "--rate", "2000", "--duration", "1", *path)
+    assert result["args"]["same_host"] is bool(path)
     assert result["produced"] == 2000, result["notes"]  # first: a short producer is not a lost record
     assert result["missing"] == 0 and result["duplicates"] == 0 and result["stray"] == 0
     assert_sane(result, 2000)
