@@ -251,11 +251,16 @@ class ThrottlingQuotaExceededError(SluiceError):
 
 
 def _registry() -> dict[str, type[SluiceError]]:
+    """Each code's class. Where a module elsewhere subclasses an error with a code of
+    this module's (``ipc.ring.RingError`` is an INVALID_CONFIG), the class defined here
+    is the one a client raises, whatever order the subclasses were imported in."""
     table: dict[str, type[SluiceError]] = {}
     stack: list[type[SluiceError]] = [SluiceError]
     while stack:
         cls = stack.pop()
-        table.setdefault(cls.code, cls)
+        known = table.get(cls.code)
+        if known is None or (cls.__module__ == __name__ and known.__module__ != __name__):
+            table[cls.code] = cls
         stack.extend(cls.__subclasses__())
     return table
 

@@ -77,3 +77,16 @@ def test_an_unknown_code_is_neither() -> None:
     err = error_for_code("SOMETHING_NEW", "x")
     assert type(err) is SluiceError
     assert not err.retriable and not err.invalid_metadata
+
+
+def test_a_code_decodes_to_this_modules_class_whatever_else_subclasses_it() -> None:
+    """Modules may define their own errors with a shared code (ipc.ring.RingError is an
+    INVALID_CONFIG); a reply's code still raises the class a client catches."""
+    import ipc.ring  # noqa: F401 - its RingError (INVALID_CONFIG) and RingCorruptError (CORRUPT_MESSAGE)
+
+    class LocalError(SluiceError):
+        code = "INVALID_CONFIG"
+
+    for cls in _error_classes():
+        assert type(error_for_code(cls.code, "m")) is cls, cls
+    assert LocalError.code == "INVALID_CONFIG"
