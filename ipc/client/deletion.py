@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
+from ipc.client.fanout import gather
 from ipc.client.metadata import ClusterMetadata
 from ipc.client.structs import TopicPartition
 from ipc.client.transport import BootstrapChannel, Channel, backoff_s
@@ -150,29 +151,11 @@ def _collect(
 ) -> None:
     """Replies to ``waiting`` into ``out`` until all came or the deadline; a retriable
     error is kept in ``last`` (that partition is tried again), any other is its answer."""
-    poller = zmq_module.Poller()
-    channels = {id(ch): ch for _, ch in waiting.values()}
-    for ch in channels.values():
-        poller.register(ch.sock, zmq_module.POLLIN)
-    while waiting:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            for ch in channels.values():
-                ch.reset()  # drop what is queued: the replies would come late
-            return
-        events = dict(poller.poll(min(left, 1.0) * 1000 + 1))
-        for ch in channels.values():
-            if ch.sock not in events:
-                continue
-            for reply in ch.replies():
-                item = waiting.pop(reply.id, None)
-                if item is None:
-                    continue
-                tp = item[0]
-                err = reply.error
-                if err is None:
-                    out[tp] = int(reply.fields["low_watermark"])
-                elif err.retriable:
-                    last[tp] = err
-                else:
-                    out[tp] = _named(err, tp)
+    for tp, reply in gather(zmq_module, waiting, deadline):
+        err = reply.error
+        if err is None:
+            out[tp] = int(reply.fields["low_watermark"])
+        elif err.retriable:
+            last[tp] = err
+        else:
+            out[tp] = _named(err, tp)

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
+from ipc.client.fanout import gather
 from ipc.client.metadata import ClusterMetadata
 from ipc.client.structs import OffsetAndTimestamp
 from ipc.client.transport import BootstrapChannel, Channel, backoff_s
@@ -116,33 +117,15 @@ def _collect(
 ) -> SluiceError | None:
     """Replies to ``waiting`` into ``out`` until all came or the deadline; the last
     retriable error (those partitions are tried again), non-retriable ones raised."""
-    poller = zmq_module.Poller()
-    channels = {id(ch): ch for _, ch in waiting.values()}
-    for ch in channels.values():
-        poller.register(ch.sock, zmq_module.POLLIN)
     last: SluiceError | None = None
-    while waiting:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            for ch in channels.values():
-                ch.reset()  # drop what is queued: the replies would come late
-            break
-        events = dict(poller.poll(min(left, 1.0) * 1000 + 1))
-        for ch in channels.values():
-            if ch.sock not in events:
-                continue
-            for reply in ch.replies():
-                item = waiting.pop(reply.id, None)
-                if item is None:
-                    continue
-                tp = item[0]
-                err = reply.error
-                if err is not None:
-                    if not err.retriable:
-                        err.message = f"{tp[0]}-{tp[1]}: {err.message}"
-                        raise err
-                    last = err
-                    continue
-                offset, ts = int(reply.fields["offset"]), int(reply.fields.get("timestamp", -1))
-                out[tp] = OffsetAndTimestamp(offset, ts) if offset >= 0 else None
+    for tp, reply in gather(zmq_module, waiting, deadline):
+        err = reply.error
+        if err is not None:
+            if not err.retriable:
+                err.message = f"{tp[0]}-{tp[1]}: {err.message}"
+                raise err
+            last = err
+            continue
+        offset, ts = int(reply.fields["offset"]), int(reply.fields.get("timestamp", -1))
+        out[tp] = OffsetAndTimestamp(offset, ts) if offset >= 0 else None
     return last
