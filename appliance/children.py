@@ -86,6 +86,8 @@ def run_titled(name: str, target: Callable[..., object], args: tuple[Any, ...]) 
     target(*args)
 
 
+REAP_WAIT_S = 1.0  # how long a child whose exit sentinel is ready may take to be reapable
+
 class ChildState(enum.Enum):
     STARTING = "starting"  # forked, not ready yet (a worker recovering its log)
     SERVING = "serving"  # said it is ready (a worker: its endpoint is in the metadata)
@@ -267,8 +269,11 @@ class Children:
         proc = child.proc
         assert proc is not None
         proc.join(0)
+        if proc.exitcode is None:  # its sentinel closes while it exits, a moment before it can be reaped
+            proc.join(REAP_WAIT_S)
         code = proc.exitcode if proc.exitcode is not None else -1
-        proc.close()
+        if proc.exitcode is not None:
+            proc.close()  # (one still not reapable is left to the garbage collector, never a crash)
         child.proc = None
         child.killed_at = 0.0
         child.last_exit = code
