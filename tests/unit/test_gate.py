@@ -23,6 +23,7 @@ class FakeFrame:
     def __init__(self, **props: str) -> None:
         self.props = props
         self.asked = 0
+        self.bytes = b'{"api": "metadata", "v": 1, "id": 1}'  # its content: a header (read for on_behalf_of)
 
     def get(self, name: str) -> str:
         self.asked += 1
