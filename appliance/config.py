@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from appliance.kafka.config import KafkaListenerConfig
-from appliance.kafka.config import check as check_kafka_listener
 from appliance.log.config import LogConfig
 from appliance.security_config import SecurityConfig
 from ipc.errors import InvalidConfigError
@@ -304,7 +303,7 @@ def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = N
     _check_metrics_tls(cfg)
     if cfg.security.uses_curve:
         cfg.security.load(cfg.node_id)  # refuse bad key files at start, not in the first worker
-    check_kafka_listener(cfg)  # [kafka]: TLS files, the credentials file, SASL needs CURVE
+    cfg.kafka.check(cfg.kafka_listen, cfg.security.uses_curve)  # [kafka]: TLS and credentials files, SASL needs CURVE
     if cfg.restart_backoff_max_ms < cfg.restart_backoff_ms:
         raise InvalidConfigError(
             f"restart_backoff_max_ms={cfg.restart_backoff_max_ms} is below restart_backoff_ms={cfg.restart_backoff_ms}"

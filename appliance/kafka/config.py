@@ -21,13 +21,10 @@ import dataclasses
 import os
 import ssl
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ipc.errors import InvalidConfigError
 from ipc.kafka.sasl import MECHANISMS
-
-if TYPE_CHECKING:
-    from appliance.config import NodeConfig
 
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MAX_PROCESSES = 64
@@ -67,9 +64,7 @@ class KafkaListenerConfig:
             or not mechs
             or not all(isinstance(m, str) and m.upper() in MECHANISMS for m in mechs)
         ):
-            raise InvalidConfigError(
-                f"kafka.sasl_mechanisms={mechs!r}: a non-empty list of {', '.join(MECHANISMS)}"
-            )
+            raise InvalidConfigError(f"kafka.sasl_mechanisms={mechs!r}: a non-empty list of {', '.join(MECHANISMS)}")
         paths: dict[str, str] = {}
         for k in ("credentials_file", "tls_cert_file", "tls_key_file"):
             v = options.get(k, "")
@@ -108,21 +103,20 @@ class KafkaListenerConfig:
             ) from None
         return ctx
 
+    def check(self, kafka_listen: str, uses_curve: bool) -> None:
+        """What needs the rest of the node's configuration (whether the listener is on,
+        whether the node has CURVE keys), and the files (at start)."""
+        if not kafka_listen:
+            return
+        if self.sasl and not uses_curve:
+            raise InvalidConfigError(
+                f"kafka.security_protocol={self.security_protocol} needs the node's CURVE keys ([security] "
+                "server_key_file, node_key_file, authorized_keys_dir): the listener forwards each user's requests "
+                "to the workers as Node:N, and only an authenticated node may speak for a user (docs/kafka.md#security)"
+            )
+        if self.tls:
+            self.tls_context()
+        if self.sasl:
+            from appliance.kafka.credentials import load
 
-def check(cfg: NodeConfig) -> None:
-    """What needs the whole node's configuration, and the files (at start)."""
-    k = cfg.kafka
-    if not cfg.kafka_listen:
-        return
-    if k.sasl and not cfg.security.uses_curve:
-        raise InvalidConfigError(
-            f"kafka.security_protocol={k.security_protocol} needs the node's CURVE keys ([security] "
-            "server_key_file, node_key_file, authorized_keys_dir): the listener forwards each user's requests to "
-            "the workers as Node:N, and only an authenticated node may speak for a user (docs/kafka.md#security)"
-        )
-    if k.tls:
-        k.tls_context()
-    if k.sasl:
-        from appliance.kafka.credentials import load
-
-        load(k.credentials_file)
+            load(self.credentials_file)
