@@ -491,9 +491,7 @@ class Consumer:
     def metrics(self) -> dict[str, Any]:
         """Counters since construction (records consumed and fetched, fetches, latency) and
         each assigned partition's lag as of its last fetch reply: docs/client.md#metrics."""
-        fetches = self._fetcher.fetches.items()
-        lags = [(tp, st.assigned.position, st.high_watermark) for tp, st in fetches]
-        return consumer_metrics(self._fetcher.stats, lags)
+        return consumer_metrics(self._fetcher.stats, self._fetcher.positions())
 
     def close(self, timeout_ms: int | None = None) -> None:
         """Commit (with auto commit), leave the group (unless a static member), close."""

@@ -197,6 +197,10 @@ class Fetcher:
             if tp not in self.fetches:
                 self.fetches[tp] = PartitionFetch(assigned, tp[0], tp[1])
 
+    def positions(self) -> list[tuple[TopicPartition, int | None, int]]:
+        """(partition, position, high watermark of its last fetch reply) of each assigned one."""
+        return [(tp, st.assigned.position, st.high_watermark) for tp, st in self.fetches.items()]
+
     def seek(self, tp: TopicPartition, offset: int | None) -> None:
         """Position ``tp`` at ``offset`` and fetch from there: buffered records are
         dropped, a fetch in flight is ignored."""
