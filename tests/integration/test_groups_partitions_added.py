@@ -15,10 +15,11 @@ import tests.integration.test_groups as tg
 from ipc.client.subscription import METADATA_REFRESH_S
 from tests.integration.conftest import Node
 
-# the fixtures of test_groups.py: a node, a raw front API client, member processes
+# the fixtures of test_groups.py: a node, a raw front API client, member processes (over TCP)
 node = tg.node
 front = tg.front
 members = tg.members
+same_host = tg.same_host
 
 GROUP = "grow"
 REBALANCE_WITHIN_S = 15.0  # one metadata look (METADATA_REFRESH_S) plus a rebalance, with room
