@@ -41,8 +41,10 @@ def build(app_kind: str, bootstrap: str, delay_s: float) -> Any:
         time.sleep(delay_s)  # makes the app slow enough to be killed mid-stream; not synchronisation
         return value
 
+    # max_task_idle_ms: a click is joined only once its users partition was read (the table's
+    # records come first in time); the default 1 s lets a loaded machine process clicks first
     app = StreamsApp(f"crash-{app_kind}", bootstrap=bootstrap, key_serde="str", value_serde="json",
-                     session_timeout_ms=3000, max_poll_records=100)
+                     session_timeout_ms=3000, max_poll_records=100, max_task_idle_ms=60_000)
     if app_kind == "windowed":
         (app.stream("clicks").map_values(slow).group_by_key()
             .windowed_by(TumblingWindows(WINDOW_MS, grace_ms=3_600_000)).count(name="per-window")
