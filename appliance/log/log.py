@@ -61,6 +61,7 @@ class AppendResult:
     last_offset: int
     max_timestamp: int
     size: int
+    prefix: bytes = dataclasses.field(default=b"", compare=False)  # the stamped 21 bytes written first
 
 
 class Log:
@@ -327,7 +328,7 @@ class Log:
             self._unflushed_since = now
         if policy is FsyncPolicy.INTERVAL:
             self.maybe_flush(now)
-        return AppendResult(base, base + h.last_offset_delta, h.max_timestamp, size)
+        return AppendResult(base, base + h.last_offset_delta, h.max_timestamp, size, prefix)
 
     def _should_roll(self, incoming: int, incoming_max_ts: int) -> bool:
         """Roll by size, or by age as Kafka does: the incoming batch's max timestamp is

@@ -48,7 +48,7 @@ from appliance.replication import LeaderState
 from ipc.control import RoleCommand
 from ipc.errors import NotLeaderError
 from ipc.protocol import Response
-from ipc.records import BatchHeader, iter_headers, stamp_prefix
+from ipc.records import BatchHeader, iter_headers
 from ipc.shm import Role
 
 log = logging.getLogger(__name__)
@@ -182,8 +182,8 @@ class Replica:
         capacity = lg.config.leader_recent_batches_bytes
         if capacity != recent.capacity:
             recent.resize(capacity)
-        if capacity:
-            prefix = stamp_prefix(buf, header, result.base_offset, self.leader_epoch)
+        if capacity:  # the log's stamped prefix: no second CRC over the batch
+            prefix = result.prefix
             data = b"".join((prefix, memoryview(buf)[len(prefix) :]))
             recent.append(result.base_offset, result.last_offset + 1, data)
         return result
