@@ -37,7 +37,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,26 +46,16 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from loadtest import benchutil
+from loadtest.benchutil import free_port
+
 USER = "bench"
 PASSWORD = "bench-pw"
 TOPIC = "bench.public.items"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise SystemExit(f"connectbench: timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)  # polling interval
+    return benchutil.wait("connectbench", predicate, timeout, what, interval)
 
 
 class Postgres:

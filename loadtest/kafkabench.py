@@ -37,26 +37,16 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from loadtest import benchutil
+from loadtest.benchutil import free_port
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TICKS = os.sysconf("SC_CLK_TCK")
 PHASES = ("kafka_produce", "kafka_consume", "sluice_produce", "sluice_consume")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise SystemExit(f"kafkabench: timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)  # polling interval
+    return benchutil.wait("kafkabench", predicate, timeout, what, interval)
 
 
 @contextlib.contextmanager
